@@ -1,0 +1,83 @@
+"""What a generation job is: the request a member makes and the durable record of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+PROMPT_MAX_LENGTH = 1500
+MAX_OUTPUTS = 4
+SEED_MAX = 2**32 - 1
+
+
+class JobState(StrEnum):
+    """Where a job is. Only `POSTED` and `FAILED` are final."""
+
+    RESERVED = "reserved"  # credits held, not yet accepted by PixelDojo
+    SUBMITTED = "submitted"  # PixelDojo accepted it; the runner polls it
+    COMPLETED = "completed"  # PixelDojo finished; images being downloaded and posted
+    POSTED = "posted"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.POSTED, JobState.FAILED)
+
+
+ACTIVE_STATES = (JobState.RESERVED, JobState.SUBMITTED, JobState.COMPLETED)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A member's validated ask: who, where, and what to generate."""
+
+    guild_id: int
+    channel_id: int
+    user_id: int
+    prompt: str
+    aspect_ratio: str
+    num_outputs: int = 1
+    seed: int | None = None
+    parent_job_id: int | None = None
+    role_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the `jobs` table."""
+
+    id: int
+    guild_id: int
+    channel_id: int
+    user_id: int
+    prompt: str
+    aspect_ratio: str
+    num_outputs: int
+    seed: int | None
+    parent_job_id: int | None
+    state: JobState
+    status_message_id: int | None
+    api_job_id: str | None
+    status_url: str | None
+    api_expires_at: float | None
+    credits_reserved: int
+    credits_charged: int | None
+    error: str | None
+    result_message_id: int | None
+    polls: int
+    created_at: float
+    submitted_at: float | None
+    completed_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        data = dict(row)
+        data["state"] = JobState(data["state"])
+        return cls(**data)
+
+    @property
+    def nonce(self) -> str:
+        """Discord message nonce for this job's result (≤25 chars), so a re-send is deduplicated."""
+        return f"pdj-result-{self.id}"

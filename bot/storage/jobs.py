@@ -1,0 +1,202 @@
+"""Durable job records and their state changes, each with its ledger movement in one transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from bot.jobs import ACTIVE_STATES, GenerationRequest, Job, JobState
+from bot.storage import ledger
+from bot.storage.database import Database
+from bot.storage.ledger import LedgerKind
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What an admission check decided: how many credits to hold, and in which period."""
+
+    credits: int
+    period_start: float
+    notices: tuple[str, ...] = ()
+    """Messages for the moderators' log channel (e.g. the spend cap nearing), sent after commit."""
+
+
+AdmissionCheck = Callable[[aiosqlite.Connection, GenerationRequest, float], Awaitable[Admission]]
+"""Runs inside the reservation transaction; raises to refuse the request."""
+
+
+class JobStore:
+    """Reads and writes `jobs` rows. Every state change that moves credits writes its ledger row
+    in the same transaction, so a crash can never leave a charge without its job or vice versa."""
+
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.clock = clock
+
+    async def create(self, request: GenerationRequest, admit: AdmissionCheck) -> Job:
+        """Check the request against the limits and reserve its credits, atomically."""
+        async with self.db.transaction() as conn:
+            now = self.clock()
+            admission = await admit(conn, request, now)
+            cursor = await conn.execute(
+                """
+                INSERT INTO jobs (guild_id, channel_id, user_id, prompt, aspect_ratio, num_outputs,
+                                  seed, parent_job_id, state, credits_reserved, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (
+                    request.guild_id,
+                    request.channel_id,
+                    request.user_id,
+                    request.prompt,
+                    request.aspect_ratio,
+                    request.num_outputs,
+                    request.seed,
+                    request.parent_job_id,
+                    JobState.RESERVED.value,
+                    admission.credits,
+                    now,
+                ),
+            )
+            job_id = cursor.lastrowid
+            await ledger.append(
+                conn,
+                guild_id=request.guild_id,
+                user_id=request.user_id,
+                kind=LedgerKind.RESERVE,
+                amount=admission.credits,
+                period_start=admission.period_start,
+                now=now,
+                job_id=job_id,
+            )
+            return await self._get(conn, job_id)
+
+    async def get(self, job_id: int) -> Job | None:
+        async with self.db.read() as conn:
+            return await self._get_or_none(conn, job_id)
+
+    async def active(self) -> list[Job]:
+        """Every job not yet posted or failed, oldest first (what a restart must resume)."""
+        placeholders = ",".join("?" for _ in ACTIVE_STATES)
+        rows = await self.db.fetchall(
+            f"SELECT * FROM jobs WHERE state IN ({placeholders}) ORDER BY id",
+            [s.value for s in ACTIVE_STATES],
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def recent_for_user(self, guild_id: int, user_id: int, limit: int = 5) -> list[Job]:
+        rows = await self.db.fetchall(
+            "SELECT * FROM jobs WHERE guild_id = ? AND user_id = ? ORDER BY id DESC LIMIT ?",
+            (guild_id, user_id, limit),
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def set_status_message(self, job_id: int, message_id: int) -> None:
+        await self._update(job_id, status_message_id=message_id)
+
+    async def mark_submitted(
+        self, job_id: int, *, api_job_id: str, status_url: str, expires_at: float | None
+    ) -> Job:
+        return await self._update(
+            job_id,
+            state=JobState.SUBMITTED.value,
+            api_job_id=api_job_id,
+            status_url=status_url,
+            api_expires_at=expires_at,
+            submitted_at=self.clock(),
+        )
+
+    async def count_poll(self, job_id: int) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE jobs SET polls = polls + 1 WHERE id = ?", (job_id,))
+
+    async def mark_completed(self, job_id: int, *, charged: int | None) -> Job:
+        """PixelDojo finished: settle the reservation against what it charged."""
+        async with self.db.transaction() as conn:
+            job = await self._get(conn, job_id)
+            if job.state is not JobState.SUBMITTED:
+                return job
+            now = self.clock()
+            final = job.credits_reserved if charged is None else charged
+            await ledger.append(
+                conn,
+                guild_id=job.guild_id,
+                user_id=job.user_id,
+                kind=LedgerKind.SETTLE,
+                amount=final - job.credits_reserved,
+                period_start=await ledger.job_period_start(conn, job_id),
+                now=now,
+                job_id=job_id,
+            )
+            await self._set(
+                conn,
+                job_id,
+                state=JobState.COMPLETED.value,
+                credits_charged=final,
+                completed_at=now,
+            )
+            return await self._get(conn, job_id)
+
+    async def mark_posted(self, job_id: int, *, result_message_id: int) -> Job:
+        return await self._update(
+            job_id,
+            state=JobState.POSTED.value,
+            result_message_id=result_message_id,
+            finished_at=self.clock(),
+        )
+
+    async def mark_failed(self, job_id: int, error: str) -> Job:
+        """The job ended without a result: refund whatever it holds, once."""
+        async with self.db.transaction() as conn:
+            job = await self._get(conn, job_id)
+            if job.state.is_final:
+                return job
+            now = self.clock()
+            held = job.credits_charged if job.credits_charged is not None else job.credits_reserved
+            await ledger.append(
+                conn,
+                guild_id=job.guild_id,
+                user_id=job.user_id,
+                kind=LedgerKind.REFUND,
+                amount=-held,
+                period_start=await ledger.job_period_start(conn, job_id),
+                now=now,
+                job_id=job_id,
+                note=error[:200],
+            )
+            await self._set(
+                conn,
+                job_id,
+                state=JobState.FAILED.value,
+                error=error,
+                credits_charged=0,
+                finished_at=now,
+            )
+            return await self._get(conn, job_id)
+
+    async def _update(self, job_id: int, **fields: Any) -> Job:
+        async with self.db.transaction() as conn:
+            await self._set(conn, job_id, **fields)
+            return await self._get(conn, job_id)
+
+    @staticmethod
+    async def _set(conn: aiosqlite.Connection, job_id: int, **fields: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        await conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id)
+        )
+
+    async def _get(self, conn: aiosqlite.Connection, job_id: int) -> Job:
+        job = await self._get_or_none(conn, job_id)
+        if job is None:
+            raise LookupError(f"job {job_id} does not exist")
+        return job
+
+    @staticmethod
+    async def _get_or_none(conn: aiosqlite.Connection, job_id: int) -> Job | None:
+        row = await (await conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))).fetchone()
+        return Job.from_row(row) if row is not None else None

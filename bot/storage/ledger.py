@@ -1,0 +1,90 @@
+"""The append-only credit ledger: every credit movement is one row.
+
+Amounts count credits *used* in a period: a reservation adds the estimate, a settlement adds
+the difference between what PixelDojo charged and the estimate, a refund takes the job's
+credits back, a reset cancels a member's use so far. Grants add to the allowance instead.
+A member's remaining credits are `allowance + granted - used` for the current period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import aiosqlite
+
+
+class LedgerKind(StrEnum):
+    RESERVE = "reserve"
+    SETTLE = "settle"
+    REFUND = "refund"
+    GRANT = "grant"
+    RESET = "reset"
+
+
+USAGE_KINDS = (LedgerKind.RESERVE, LedgerKind.SETTLE, LedgerKind.REFUND, LedgerKind.RESET)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A member's credit use in one period."""
+
+    used: int
+    granted: int
+
+
+async def append(
+    conn: aiosqlite.Connection,
+    *,
+    guild_id: int,
+    user_id: int,
+    kind: LedgerKind,
+    amount: int,
+    period_start: float,
+    now: float,
+    job_id: int | None = None,
+    actor_id: int | None = None,
+    note: str | None = None,
+) -> bool:
+    """Write one movement inside the caller's transaction.
+
+    Returns False (and writes nothing) when this job already has a row of this kind, so a
+    retried settle or refund can never move credits twice.
+    """
+    cursor = await conn.execute(
+        """
+        INSERT OR IGNORE INTO ledger
+            (guild_id, user_id, job_id, kind, amount, period_start, actor_id, note, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+        """,
+        (guild_id, user_id, job_id, kind.value, amount, period_start, actor_id, note, now),
+    )
+    return cursor.rowcount == 1
+
+
+async def usage(
+    conn: aiosqlite.Connection, guild_id: int, user_id: int, period_start: float
+) -> Usage:
+    """Credits a member used and was granted in the period starting at `period_start`."""
+    row = await (
+        await conn.execute(
+            """
+            SELECT
+                COALESCE(SUM(CASE WHEN kind != 'grant' THEN amount END), 0),
+                COALESCE(SUM(CASE WHEN kind = 'grant' THEN amount END), 0)
+            FROM ledger WHERE guild_id = ? AND user_id = ? AND period_start = ?
+            """,
+            (guild_id, user_id, period_start),
+        )
+    ).fetchone()
+    return Usage(used=row[0], granted=row[1])
+
+
+async def job_period_start(conn: aiosqlite.Connection, job_id: int) -> float:
+    """The period a job's reservation was booked in; its settlement and refund follow it."""
+    row = await (
+        await conn.execute(
+            "SELECT period_start FROM ledger WHERE job_id = ? AND kind = 'reserve'", (job_id,)
+        )
+    ).fetchone()
+    return row[0] if row is not None else 0.0
