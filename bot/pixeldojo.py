@@ -1,0 +1,901 @@
+"""Async client for the PixelDojo REST API (Flux Kontext Pro).
+
+The client wraps one ``httpx.AsyncClient`` and turns every failure into a typed
+:class:`PixelDojoError` whose ``message`` is plain English and safe to show to a Discord user.
+
+Retry policy, in short:
+
+* ``submit`` is not idempotent (a POST the server processed is charged), so it is retried only
+  when the request certainly did not create a job: 429, 503 and connection failures.
+* Reads (``get_job``, ``download``, ``get_model_schema``, ``list_models``) are retried on 429,
+  5xx and transport errors with capped exponential backoff and full jitter.
+
+The bearer token is only ever sent to the configured API origin and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any, ClassVar, Self, TypeVar
+from urllib.parse import quote, unquote
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+MODEL_ID = "flux-kontext-pro"
+ASPECT_RATIOS: tuple[str, ...] = ("1:1", "16:9", "9:16", "21:9", "9:21", "3:2", "2:3", "4:5", "5:4")
+DEFAULT_BASE_URL = "https://pixeldojo.ai/api/v1"
+DEFAULT_TIMEOUT = httpx.Timeout(30, connect=10)
+DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+
+COMPLETED_STATUSES = frozenset({"completed", "complete", "succeeded", "success", "done"})
+FAILED_STATUSES = frozenset(
+    {
+        "failed",
+        "failure",
+        "error",
+        "errored",
+        "canceled",
+        "cancelled",
+        "expired",
+        "rejected",
+        "timeout",
+        "timed_out",
+    }
+)
+
+# Transport errors raised before any byte of the request reached the server: a submit that
+# failed this way certainly created no job, so it is safe to send again.
+_UNSENT_ERRORS: tuple[type[httpx.TransportError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+)
+_MAX_API_MESSAGE_CHARS = 300
+
+T = TypeVar("T")
+SleepFunc = Callable[[float], Awaitable[object]]
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("pixeldojo-bot")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+DEFAULT_USER_AGENT = f"pixeldojo-bot/{_package_version()}"
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class PixelDojoError(Exception):
+    """Base class for every PixelDojo failure.
+
+    ``message`` is plain English, safe to show to users and never contains the API key.
+    ``retryable`` is True when repeating the same call later is both safe and may succeed; for a
+    submit it is False whenever the server may already have created (and charged) the job.
+    ``api_message`` is the server's own wording (scrubbed of the key), for logs.
+    """
+
+    default_message: ClassVar[str] = "PixelDojo returned an unexpected error."
+    default_retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retryable: bool | None = None,
+        api_message: str | None = None,
+    ) -> None:
+        self.message: str = message or self.default_message
+        self.status: int | None = status
+        self.code: str | None = code
+        self.retryable: bool = self.default_retryable if retryable is None else retryable
+        self.api_message: str | None = api_message
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(message={self.message!r}, status={self.status!r}, "
+            f"code={self.code!r}, retryable={self.retryable!r})"
+        )
+
+
+class BadRequest(PixelDojoError):
+    """The API rejected the request body (HTTP 400 or 422); ``details`` holds any field errors."""
+
+    default_message = "PixelDojo rejected the request."
+
+    def __init__(self, message: str | None = None, *, details: Any = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.details: Any = details
+
+
+class AuthenticationError(PixelDojoError):
+    """The API key was missing or refused (HTTP 401)."""
+
+    default_message = "PixelDojo rejected the bot's API key. An operator needs to check it."
+
+
+class InsufficientCredits(PixelDojoError):
+    """The PixelDojo account cannot pay for the request (HTTP 402 or 403)."""
+
+    default_message = "PixelDojo says the account is out of credits."
+
+
+class NotFound(PixelDojoError):
+    """The job, model or file does not exist (HTTP 404 or 410)."""
+
+    default_message = "PixelDojo could not find what the bot asked for."
+
+
+class ImageExpired(NotFound):
+    """A result image could no longer be downloaded (HTTP 403, 404 or 410 on its URL)."""
+
+    default_message = "The image link has expired."
+
+
+class ImageTooLarge(PixelDojoError):
+    """A result image was larger than the download cap."""
+
+    default_message = "The generated image is too large for the bot to download."
+
+
+class RateLimited(PixelDojoError):
+    """Too many requests (HTTP 429); ``retry_after`` is the server's hint in seconds, if any."""
+
+    default_message = "PixelDojo is busy with too many requests. Please try again in a moment."
+    default_retryable = True
+
+    def __init__(
+        self, message: str | None = None, *, retry_after: float | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after: float | None = retry_after
+
+
+class ServerError(PixelDojoError):
+    """PixelDojo failed on its side (HTTP 5xx)."""
+
+    default_message = "PixelDojo is having trouble right now. Please try again later."
+    default_retryable = True
+
+
+class NetworkError(PixelDojoError):
+    """The request could not be completed: connection failure, reset or timeout."""
+
+    default_message = "The bot could not reach PixelDojo. Please try again later."
+    default_retryable = True
+
+
+class MalformedResponse(PixelDojoError):
+    """The API answered with something that is not the JSON shape it documents."""
+
+    default_message = "PixelDojo sent a response the bot could not understand."
+
+
+# --------------------------------------------------------------------------------------------
+# Value objects
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """A job accepted by ``POST /models/{id}/run``."""
+
+    job_id: str
+    status_url: str
+    credit_cost: int | None
+    credits_remaining: int | None
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One poll of a job.
+
+    ``status`` is the raw status, lower-cased. A completed state may carry no image URL (the API
+    misbehaving); it is returned as is and the caller decides how to treat it.
+    """
+
+    job_id: str
+    status: str
+    image_urls: tuple[str, ...]
+    error: str | None
+    credit_cost: int | None
+    expires_at: datetime | None
+
+    @property
+    def is_completed(self) -> bool:
+        """True when the job finished successfully."""
+        return self.status in COMPLETED_STATUSES
+
+    @property
+    def is_failed(self) -> bool:
+        """True when the job ended without a result (failed, cancelled, expired...)."""
+        return self.status in FAILED_STATUSES
+
+    @property
+    def is_running(self) -> bool:
+        """True for every other status, including ones this client does not know."""
+        return not (self.is_completed or self.is_failed)
+
+    @classmethod
+    def from_payload(
+        cls, payload: Any, *, job_id: str | None = None, base_url: str | None = None
+    ) -> Self:
+        """Parse a job-status body; relative image URLs are resolved against ``base_url``.
+
+        Raises :class:`MalformedResponse` when the body is not an object with a status.
+        """
+        if not isinstance(payload, Mapping):
+            raise MalformedResponse(api_message="job status is not a JSON object", retryable=True)
+        raw_status = payload.get("status")
+        if not isinstance(raw_status, str) or not raw_status.strip():
+            raise MalformedResponse(api_message="job status has no 'status'", retryable=True)
+        payload_id = payload.get("jobId") or payload.get("job_id") or payload.get("id")
+        resolved_id = str(payload_id) if payload_id else (job_id or "")
+        urls = _extract_image_urls(payload)
+        if base_url:
+            base = httpx.URL(base_url)
+            urls = [str(base.join(url)) for url in urls]
+        return cls(
+            job_id=resolved_id,
+            status=raw_status.strip().lower(),
+            image_urls=tuple(urls),
+            error=_error_text(payload.get("error")),
+            credit_cost=_as_int(payload.get("creditCost")),
+            expires_at=_as_datetime(payload.get("expiresAt")),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() else None
+    return None
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    parsed: datetime | None = None
+    if isinstance(value, str) and value.strip():
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        # Some APIs send epoch milliseconds; anything past year ~33658 in seconds is ms.
+        seconds = value / 1000 if value > 1e12 else value
+        try:
+            parsed = datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if parsed is not None and parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _url_of(item: Any) -> str | None:
+    if isinstance(item, str):
+        return item.strip() or None
+    if isinstance(item, Mapping):
+        url = item.get("url")
+        if isinstance(url, str) and url.strip():
+            return url.strip()
+    return None
+
+
+def _extract_image_urls(payload: Mapping[str, Any]) -> list[str]:
+    """Collect result URLs from every shape public clients have seen, without duplicates."""
+    candidates: list[Any] = []
+    output = payload.get("output")
+    if isinstance(output, Mapping):
+        images = output.get("images")
+        if isinstance(images, list):
+            candidates.extend(images)
+        candidates.append(output.get("image"))
+    elif isinstance(output, list):
+        candidates.extend(output)
+    elif isinstance(output, str):
+        candidates.append(output)
+    assets = payload.get("assets")
+    if isinstance(assets, list):
+        candidates.extend(assets)
+    images = payload.get("images")
+    if isinstance(images, list):
+        candidates.extend(images)
+    urls: list[str] = []
+    for candidate in candidates:
+        url = _url_of(candidate)
+        if url and url not in urls:
+            urls.append(url)
+    return urls
+
+
+def _error_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, Mapping):
+        for key in ("message", "detail", "code"):
+            text = value.get(key)
+            if isinstance(text, str) and text.strip():
+                return text.strip()
+    return None
+
+
+def _parse_error_body(response: httpx.Response) -> tuple[str | None, str | None, Any]:
+    """Return (code, message, details) from either documented error shape, or Nones."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None, None, None
+    if not isinstance(data, Mapping):
+        return None, None, None
+    code: Any = None
+    message: str | None = None
+    details: Any = None
+    error = data.get("error")
+    if isinstance(error, Mapping):
+        code = error.get("code")
+        message = _error_text(error)
+        details = error.get("details")
+    elif isinstance(error, str):
+        message = error.strip() or None
+    if message is None:
+        message = _error_text({"message": data.get("message"), "detail": data.get("detail")})
+    code = code if code is not None else data.get("code")
+    if details is None:
+        details = data.get("details", data.get("errors"))
+    return (str(code) if code is not None else None), message, details
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def parse_rate_limit_reset(value: str | None) -> float | None:
+    """Seconds until an ``X-RateLimit-Reset`` moment.
+
+    The header is used both as delta-seconds and as a Unix timestamp (seconds or milliseconds)
+    by different APIs; large numbers can only be timestamps.
+    """
+    if value is None or not value.strip():
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        when = _as_datetime(value)
+        return None if when is None else max(0.0, (when - datetime.now(UTC)).total_seconds())
+    if not math.isfinite(number):
+        return None
+    if number > 1e12:
+        number = number / 1000 - time.time()
+    elif number > 1e9:
+        number = number - time.time()
+    return max(0.0, number)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    port = url.port if url.port is not None else {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, port
+
+
+# --------------------------------------------------------------------------------------------
+# Client
+# --------------------------------------------------------------------------------------------
+
+
+class PixelDojoClient:
+    """Async PixelDojo API client holding one HTTP connection pool for its lifetime.
+
+    Use as ``async with PixelDojoClient(key) as client: ...`` or call :meth:`aclose`.
+    """
+
+    last_credits_remaining: int | None
+    rate_limit_remaining: int | None
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        max_attempts: int = 4,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 8.0,
+        max_retry_after: float = 60,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: SleepFunc = asyncio.sleep,
+        user_agent: str = DEFAULT_USER_AGENT,
+    ) -> None:
+        key = (api_key or "").strip()
+        if not key:
+            raise ValueError("api_key must be a non-empty string")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        base = httpx.URL(base_url.rstrip("/"))
+        if base.scheme not in ("http", "https") or not base.host:
+            raise ValueError("base_url must be an absolute http(s) URL")
+        self._api_key = key
+        self._base_url = str(base)
+        self._base = base
+        self._max_attempts = max_attempts
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._max_retry_after = max_retry_after
+        self._sleep = sleep
+        self._warned_foreign_status_url = False
+        # Monotonic deadline before which no API request is sent (rate-limit gate).
+        self._gate_until = 0.0
+        self.last_credits_remaining = None
+        self.rate_limit_remaining = None
+        self._http = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {key}", "User-Agent": user_agent},
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL, without a trailing slash."""
+        return self._base_url
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has run."""
+        return self._http.is_closed
+
+    async def aclose(self) -> None:
+        """Close the underlying connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"PixelDojoClient(base_url={self._base_url!r})"
+
+    # -- public API --------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        prompt: str,
+        aspect_ratio: str,
+        num_outputs: int = 1,
+        seed: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> SubmittedJob:
+        """Start a Flux Kontext Pro generation and return the accepted job.
+
+        Only documented fields are sent; ``extra`` adds fields discovered from the model schema
+        (for example an input image URL) and may not override the documented ones.
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        if aspect_ratio not in ASPECT_RATIOS:
+            raise ValueError(f"aspect_ratio must be one of {', '.join(ASPECT_RATIOS)}")
+        if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
+            raise ValueError("num_outputs must be a positive integer")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError("seed must be a non-negative integer")
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "aspect_ratio": aspect_ratio,
+            "num_outputs": num_outputs,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        if extra:
+            clash = sorted(set(extra) & {"prompt", "aspect_ratio", "num_outputs", "seed"})
+            if clash:
+                raise ValueError(f"extra may not override documented fields: {', '.join(clash)}")
+            body.update(extra)
+
+        url = f"{self._base_url}/models/{MODEL_ID}/run"
+        data = await self._execute(
+            lambda: self._http.build_request(
+                "POST", url, json=body, headers={"Accept": "application/json"}
+            ),
+            idempotent=False,
+            gated=True,
+            target="model",
+            consume=self._read_json,
+        )
+        if not isinstance(data, Mapping):
+            raise MalformedResponse(api_message="submit response is not a JSON object")
+        raw_id = data.get("jobId") or data.get("job_id") or data.get("id")
+        if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or not str(raw_id):
+            raise MalformedResponse(api_message="submit response has no jobId")
+        job_id = str(raw_id)
+        raw_status_url = data.get("statusUrl") or data.get("status_url")
+        if isinstance(raw_status_url, str) and raw_status_url.strip():
+            status_url = str(self._base.join(raw_status_url.strip()))
+        else:
+            status_url = self._job_url(job_id)
+        credits_remaining = _as_int(data.get("creditsRemaining"))
+        if credits_remaining is not None:
+            self.last_credits_remaining = credits_remaining
+        job = SubmittedJob(
+            job_id=job_id,
+            status_url=status_url,
+            credit_cost=_as_int(data.get("creditCost")),
+            credits_remaining=credits_remaining,
+            expires_at=_as_datetime(data.get("expiresAt")),
+        )
+        log.info("PixelDojo accepted job %s (cost %s)", job.job_id, job.credit_cost)
+        return job
+
+    async def get_job(self, job: SubmittedJob | str) -> JobState:
+        """Poll a job by :class:`SubmittedJob`, status URL or job id.
+
+        A status URL on another origin than ``base_url`` is never contacted (it would receive the
+        bearer token); ``{base_url}/jobs/{job_id}`` is polled instead.
+        """
+        url, job_id = self._resolve_status_url(job)
+        data = await self._execute(
+            lambda: self._http.build_request("GET", url, headers={"Accept": "application/json"}),
+            idempotent=True,
+            gated=True,
+            target="job",
+            consume=self._read_json,
+        )
+        state = JobState.from_payload(data, job_id=job_id, base_url=url)
+        if state.error:
+            state = replace(state, error=self._scrub(state.error))
+        return state
+
+    async def download(
+        self, url: str, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    ) -> tuple[bytes, str | None]:
+        """Download a result image and return ``(bytes, content_type)``.
+
+        The Authorization header is sent only to the API origin. Raises :class:`ImageExpired`
+        when the link is gone and :class:`ImageTooLarge` past ``max_bytes``.
+        """
+        target = httpx.URL(url)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise MalformedResponse("PixelDojo returned an image link the bot cannot use.")
+        same_origin = self._is_api_origin(target)
+
+        def build() -> httpx.Request:
+            request = self._http.build_request("GET", target, headers={"Accept": "image/*"})
+            if not same_origin:
+                del request.headers["Authorization"]
+            return request
+
+        async def consume(response: httpx.Response) -> tuple[bytes, str | None]:
+            declared = _as_int(response.headers.get("Content-Length"))
+            if declared is not None and declared > max_bytes:
+                raise self._too_large(max_bytes)
+            buffer = bytearray()
+            async for chunk in response.aiter_bytes():
+                buffer += chunk
+                if len(buffer) > max_bytes:
+                    raise self._too_large(max_bytes)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            return bytes(buffer), content_type or None
+
+        return await self._execute(
+            build,
+            idempotent=True,
+            gated=same_origin,
+            target="image",
+            consume=consume,
+            follow_redirects=True,
+        )
+
+    async def get_model_schema(self, model: str = MODEL_ID) -> dict[str, Any]:
+        """Return the request JSON Schema of ``model`` (``GET /models/{id}/schema``)."""
+        url = f"{self._base_url}/models/{quote(model, safe='')}/schema"
+        data = await self._get_json(url, target="model")
+        if isinstance(data, Mapping) and "properties" not in data:
+            inner = data.get("schema")
+            if isinstance(inner, Mapping):
+                data = inner
+        if not isinstance(data, Mapping):
+            raise MalformedResponse(api_message="model schema is not a JSON object", retryable=True)
+        return dict(data)
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """Return the model catalogue (``GET /models``) as a list of objects."""
+        data = await self._get_json(f"{self._base_url}/models", target="model")
+        if isinstance(data, Mapping):
+            for key in ("models", "data"):
+                if isinstance(data.get(key), list):
+                    data = data[key]
+                    break
+        if not isinstance(data, list):
+            raise MalformedResponse(api_message="model list is not a JSON array", retryable=True)
+        return [dict(item) for item in data if isinstance(item, Mapping)]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _job_url(self, job_id: str) -> str:
+        return f"{self._base_url}/jobs/{quote(job_id, safe='')}"
+
+    def _is_api_origin(self, url: httpx.URL) -> bool:
+        return _origin(url) == _origin(self._base)
+
+    def _resolve_status_url(self, job: SubmittedJob | str) -> tuple[str, str]:
+        if isinstance(job, SubmittedJob):
+            job_id, status_url = job.job_id, job.status_url
+        elif job.startswith(("http://", "https://")):
+            status_url = job
+            job_id = unquote(httpx.URL(job).path.rstrip("/").rsplit("/", 1)[-1])
+        else:
+            job_id, status_url = job, ""
+        if not job_id:
+            raise ValueError("a job id or status URL is required")
+        if not status_url:
+            return self._job_url(job_id), job_id
+        parsed = self._base.join(status_url)
+        if not self._is_api_origin(parsed):
+            if not self._warned_foreign_status_url:
+                self._warned_foreign_status_url = True
+                log.warning(
+                    "PixelDojo returned a status URL on another origin (%s://%s); polling %s "
+                    "instead so the API key stays on the API host",
+                    parsed.scheme,
+                    parsed.host,
+                    self._base_url,
+                )
+            return self._job_url(job_id), job_id
+        return str(parsed), job_id
+
+    async def _get_json(self, url: str, *, target: str) -> Any:
+        return await self._execute(
+            lambda: self._http.build_request("GET", url, headers={"Accept": "application/json"}),
+            idempotent=True,
+            gated=True,
+            target=target,
+            consume=self._read_json,
+        )
+
+    async def _read_json(self, response: httpx.Response) -> Any:
+        await response.aread()
+        try:
+            return response.json()
+        except ValueError:
+            raise MalformedResponse(
+                api_message=f"HTTP {response.status_code} body is not JSON",
+                status=response.status_code,
+                retryable=response.request.method == "GET",
+            ) from None
+
+    @staticmethod
+    def _too_large(max_bytes: int) -> ImageTooLarge:
+        return ImageTooLarge(
+            "The generated image is larger than the bot will download "
+            f"({max_bytes / (1024 * 1024):.1f} MiB)."
+        )
+
+    def _scrub(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        text = text.replace(self._api_key, "[redacted]")
+        if len(text) > _MAX_API_MESSAGE_CHARS:
+            text = text[: _MAX_API_MESSAGE_CHARS - 1] + "…"
+        return text
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)
+
+    async def _wait_for_rate_gate(self, method: str, path: str) -> None:
+        deadline = self._gate_until
+        delay = deadline - time.monotonic()
+        if delay <= 0:
+            return
+        log.info(
+            "PixelDojo rate limit: %s %s waits %.2fs for the window to reset", method, path, delay
+        )
+        await self._sleep(delay)
+        # Clear only if nobody extended it meanwhile; with a real clock it has passed anyway.
+        if self._gate_until == deadline:
+            self._gate_until = 0.0
+
+    def _close_gate_for(self, seconds: float) -> float:
+        deadline = time.monotonic() + min(seconds, self._max_retry_after)
+        self._gate_until = max(self._gate_until, deadline)
+        return deadline
+
+    def _observe_headers(self, response: httpx.Response) -> None:
+        headers = response.headers
+        credits = _as_int(headers.get("X-Credits-Remaining"))
+        if credits is not None:
+            self.last_credits_remaining = credits
+        remaining = _as_int(headers.get("X-RateLimit-Remaining"))
+        if remaining is None:
+            return
+        self.rate_limit_remaining = remaining
+        if remaining <= 0 and response.status_code != 429:
+            reset = parse_rate_limit_reset(headers.get("X-RateLimit-Reset"))
+            if reset:
+                self._close_gate_for(reset)
+
+    def _error_from_response(self, response: httpx.Response, target: str) -> PixelDojoError:
+        status = response.status_code
+        code, raw_message, details = _parse_error_body(response)
+        api_message = self._scrub(raw_message)
+        common: dict[str, Any] = {"status": status, "code": code, "api_message": api_message}
+        if target == "image" and status in (403, 404, 410):
+            return ImageExpired(**common)
+        if status in (400, 422):
+            message = (
+                f"PixelDojo rejected the request: {api_message}"
+                if api_message
+                else BadRequest.default_message
+            )
+            return BadRequest(message, details=details, **common)
+        if status == 401:
+            return AuthenticationError(**common)
+        if status in (402, 403):
+            return InsufficientCredits(**common)
+        if status in (404, 410):
+            message = {
+                "job": "PixelDojo has no record of that job (it may have expired).",
+                "model": "PixelDojo does not offer that model.",
+            }.get(target)
+            return NotFound(message, **common)
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is None:
+                retry_after = parse_rate_limit_reset(response.headers.get("X-RateLimit-Reset"))
+            return RateLimited(retry_after=retry_after, **common)
+        if status >= 500:
+            return ServerError(
+                f"PixelDojo is having trouble right now (HTTP {status}). Please try again later.",
+                **common,
+            )
+        return PixelDojoError(f"PixelDojo refused the request (HTTP {status}).", **common)
+
+    def _log_retry(self, method: str, path: str, reason: str, attempt: int, delay: float) -> None:
+        log.warning(
+            "PixelDojo %s %s failed (%s); attempt %d/%d, retrying in %.2fs",
+            method,
+            path,
+            reason,
+            attempt,
+            self._max_attempts,
+            delay,
+        )
+
+    async def _execute(
+        self,
+        build: Callable[[], httpx.Request],
+        *,
+        idempotent: bool,
+        gated: bool,
+        target: str,
+        consume: Callable[[httpx.Response], Awaitable[T]],
+        follow_redirects: bool = False,
+    ) -> T:
+        """Send a request with the retry policy and hand a 2xx response to ``consume``.
+
+        ``idempotent=False`` (submit) retries only outcomes that certainly created nothing.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            request = build()
+            method, path = request.method, request.url.path
+            if gated:
+                await self._wait_for_rate_gate(method, path)
+            started = time.monotonic()
+            try:
+                response = await self._http.send(
+                    request, stream=True, follow_redirects=follow_redirects
+                )
+                try:
+                    if gated:
+                        self._observe_headers(response)
+                    log.debug(
+                        "PixelDojo %s %s -> %d in %.2fs",
+                        method,
+                        path,
+                        response.status_code,
+                        time.monotonic() - started,
+                    )
+                    if response.is_success:
+                        return await consume(response)
+                    await response.aread()
+                finally:
+                    await response.aclose()
+            except httpx.TransportError as exc:
+                safe = idempotent or isinstance(exc, _UNSENT_ERRORS)
+                if not safe or attempt >= self._max_attempts:
+                    raise self._network_error(exc, target, safe) from exc
+                delay = self._backoff(attempt)
+                self._log_retry(method, path, type(exc).__name__, attempt, delay)
+                await self._sleep(delay)
+                continue
+
+            error = self._error_from_response(response, target)
+            status = response.status_code
+            if status == 429 or status == 503:
+                retry = True
+            else:
+                retry = idempotent and status >= 500
+            if not idempotent and status >= 500 and status != 503:
+                # The server may have created (and charged) the job before failing.
+                error.retryable = False
+            if not retry or attempt >= self._max_attempts:
+                raise error
+            if isinstance(error, RateLimited) and error.retry_after is not None:
+                delay = min(error.retry_after, self._max_retry_after)
+                deadline = self._close_gate_for(delay) if gated else None
+            else:
+                delay = self._backoff(attempt)
+                deadline = None
+            self._log_retry(method, path, f"HTTP {status}", attempt, delay)
+            await self._sleep(delay)
+            if deadline is not None and self._gate_until == deadline:
+                self._gate_until = 0.0
+
+    def _network_error(
+        self, exc: httpx.TransportError, target: str, retryable: bool
+    ) -> NetworkError:
+        what = "download the image" if target == "image" else "reach PixelDojo"
+        if isinstance(exc, httpx.TimeoutException):
+            message = (
+                "PixelDojo did not answer in time."
+                if target != "image"
+                else "Downloading the image timed out."
+            )
+        else:
+            message = f"The bot could not {what}. Please try again later."
+        # httpx exception text can include URLs; keep only the class name for logs.
+        return NetworkError(message, retryable=retryable, api_message=type(exc).__name__)

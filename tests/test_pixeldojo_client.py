@@ -1,0 +1,818 @@
+"""Tests for the PixelDojo client, run against the loopback FakePixelDojo.
+
+``httpx.MockTransport`` is used only where a scripted response is simpler than a server
+(HTTP-date Retry-After, rate-limit headers, odd body shapes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from io import BytesIO
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from bot.fake_pixeldojo import FakePixelDojo, render_placeholder_png
+from bot.pixeldojo import (
+    MODEL_ID,
+    AuthenticationError,
+    BadRequest,
+    ImageExpired,
+    ImageTooLarge,
+    InsufficientCredits,
+    JobState,
+    MalformedResponse,
+    NetworkError,
+    NotFound,
+    PixelDojoClient,
+    PixelDojoError,
+    RateLimited,
+    ServerError,
+    SubmittedJob,
+    parse_rate_limit_reset,
+    parse_retry_after,
+)
+
+SECRET = "sk-live-SECRET-0123456789abcdef"
+
+
+class RecordingSleep:
+    """Stands in for asyncio.sleep: records each delay and only yields to the loop."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def sleeps() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakePixelDojo]:
+    async with FakePixelDojo() as server:
+        yield server
+
+
+@pytest.fixture
+async def client(fake: FakePixelDojo, sleeps: RecordingSleep) -> AsyncIterator[PixelDojoClient]:
+    async with PixelDojoClient("test-key", fake.base_url, sleep=sleeps) as pixeldojo:
+        yield pixeldojo
+
+
+async def wait_done(client: PixelDojoClient, job: SubmittedJob | str) -> JobState:
+    """Poll like the bot does, without real waiting (jobs here take 0 s)."""
+    for _ in range(50):
+        state = await client.get_job(job)
+        if not state.is_running:
+            return state
+    raise AssertionError("job never finished")
+
+
+def mock_client(
+    handler: Callable[[httpx.Request], httpx.Response], sleeps: RecordingSleep, **kwargs: Any
+) -> PixelDojoClient:
+    return PixelDojoClient(
+        "test-key",
+        "https://pixeldojo.test/api/v1",
+        transport=httpx.MockTransport(handler),
+        sleep=sleeps,
+        **kwargs,
+    )
+
+
+def accepted(job_id: str = "job_1", **headers: str) -> httpx.Response:
+    body = {
+        "jobId": job_id,
+        "status": "pending",
+        "statusUrl": f"https://pixeldojo.test/api/v1/jobs/{job_id}",
+        "creditCost": 1,
+        "creditsRemaining": 41,
+        "expiresAt": "2025-01-23T12:00:00Z",
+    }
+    return httpx.Response(202, json=body, headers=headers)
+
+
+class Recorder:
+    """A second loopback server on another origin that records every request's headers."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.png = render_placeholder_png("1:1", seed_key="recorder")
+        self._runner: web.AppRunner | None = None
+        self.origin = ""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.path, dict(request.headers)))
+        if request.path == "/img.png":
+            return web.Response(body=self.png, content_type="image/png")
+        if request.path == "/big.bin":
+            # Chunked: no Content-Length, so the client must count while streaming.
+            response = web.StreamResponse()
+            response.content_type = "application/octet-stream"
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for _ in range(20):
+                await response.write(b"\0" * 16_384)
+            await response.write_eof()
+            return response
+        return web.Response(
+            status=200,
+            body=b'{"jobId": "x", "status": "completed"}',
+            content_type="application/json",
+        )
+
+    async def __aenter__(self) -> Recorder:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.origin = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+# -- happy paths -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "expected_urls"), [("images", 2), ("image", 1), ("assets", 2)])
+async def test_submit_poll_download_for_each_output_shape(
+    sleeps: RecordingSleep, shape: Any, expected_urls: int
+) -> None:
+    async with (
+        FakePixelDojo(output_shape=shape) as fake,
+        PixelDojoClient("test-key", fake.base_url, sleep=sleeps) as client,
+    ):
+        job = await client.submit(prompt="a lighthouse", aspect_ratio="16:9", num_outputs=2, seed=7)
+        assert job.job_id in fake.jobs
+        assert job.status_url == f"{fake.base_url}/jobs/{job.job_id}"
+        assert job.credit_cost == 2
+        assert job.credits_remaining == 9_998 == client.last_credits_remaining
+        assert job.expires_at is not None and job.expires_at > datetime.now(UTC)
+        assert fake.submissions == [
+            {"prompt": "a lighthouse", "aspect_ratio": "16:9", "num_outputs": 2, "seed": 7}
+        ]
+
+        state = await wait_done(client, job)
+        assert state.is_completed and not state.is_failed and not state.is_running
+        assert state.job_id == job.job_id
+        assert state.credit_cost == 2
+        assert len(state.image_urls) == expected_urls
+        for url in state.image_urls:
+            data, content_type = await client.download(url)
+            assert content_type == "image/png"
+            assert Image.open(BytesIO(data)).size == (256, 144)
+    assert client.closed
+    assert sleeps.delays == []
+
+
+async def test_submit_omits_seed_and_passes_schema_fields(sleeps: RecordingSleep) -> None:
+    async with (
+        FakePixelDojo(image_field="image_url") as fake,
+        PixelDojoClient("test-key", fake.base_url, sleep=sleeps) as client,
+    ):
+        await client.submit(prompt="p", aspect_ratio="1:1")
+        await client.submit(
+            prompt="p", aspect_ratio="1:1", extra={"image_url": "https://example.com/a.png"}
+        )
+    assert fake.submissions == [
+        {"prompt": "p", "aspect_ratio": "1:1", "num_outputs": 1},
+        {
+            "prompt": "p",
+            "aspect_ratio": "1:1",
+            "num_outputs": 1,
+            "image_url": "https://example.com/a.png",
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"prompt": "", "aspect_ratio": "1:1"},
+        {"prompt": "p", "aspect_ratio": "4:3"},
+        {"prompt": "p", "aspect_ratio": "1:1", "num_outputs": 0},
+        {"prompt": "p", "aspect_ratio": "1:1", "seed": -1},
+        {"prompt": "p", "aspect_ratio": "1:1", "extra": {"prompt": "override"}},
+    ],
+)
+async def test_invalid_arguments_fail_before_any_request(
+    fake: FakePixelDojo, client: PixelDojoClient, kwargs: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError):
+        await client.submit(**kwargs)
+    assert fake.request_log == []
+
+
+async def test_get_job_accepts_id_or_status_url(
+    fake: FakePixelDojo, client: PixelDojoClient
+) -> None:
+    job = await client.submit(prompt="p", aspect_ratio="1:1")
+    by_id = await client.get_job(job.job_id)
+    by_url = await client.get_job(job.status_url)
+    assert by_id.job_id == by_url.job_id == job.job_id
+    assert by_id.is_completed and by_url.is_completed
+
+
+async def test_failed_job(fake: FakePixelDojo, client: PixelDojoClient) -> None:
+    fake.fail_next(error="NSFW content detected")
+    state = await wait_done(client, await client.submit(prompt="p", aspect_ratio="1:1"))
+    assert state.is_failed and not state.is_running
+    assert state.error == "NSFW content detected"
+    assert state.image_urls == ()
+
+
+async def test_unknown_status_is_treated_as_running(
+    fake: FakePixelDojo, client: PixelDojoClient
+) -> None:
+    fake.set_status_sequence(["pending", "queued", "processing", "weird-unknown"])
+    job = await client.submit(prompt="p", aspect_ratio="1:1")
+    states = [await client.get_job(job) for _ in range(5)]
+    assert [s.status for s in states] == [
+        "pending",
+        "queued",
+        "processing",
+        "weird-unknown",
+        "completed",
+    ]
+    assert [s.is_running for s in states] == [True, True, True, True, False]
+    assert states[-1].is_completed
+
+
+@pytest.mark.parametrize(
+    ("status", "completed", "failed"),
+    [
+        ("Completed", True, False),
+        ("succeeded", True, False),
+        ("FAILED", False, True),
+        ("cancelled", False, True),
+        ("canceled", False, True),
+        ("expired", False, True),
+        ("error", False, True),
+        ("starting", False, False),
+    ],
+)
+def test_status_classification(status: str, completed: bool, failed: bool) -> None:
+    state = JobState.from_payload({"status": status}, job_id="j")
+    assert (state.is_completed, state.is_failed, state.is_running) == (
+        completed,
+        failed,
+        not (completed or failed),
+    )
+
+
+def test_image_url_extraction_accepts_every_known_shape() -> None:
+    payload = {
+        "jobId": "j",
+        "status": "completed",
+        "output": {"images": ["https://a/1.png", {"url": "https://a/2.png"}], "image": "/3.png"},
+        "assets": [{"url": "https://a/4.png"}, {"url": "https://a/1.png"}],
+        "images": ["https://a/5.png"],
+        "creditCost": "1",
+        "expiresAt": "2025-01-23T12:00:00Z",
+    }
+    state = JobState.from_payload(payload, base_url="https://api.test/api/v1/jobs/j")
+    assert state.image_urls == (
+        "https://a/1.png",
+        "https://a/2.png",
+        "https://api.test/3.png",
+        "https://a/4.png",
+        "https://a/5.png",
+    )
+    assert state.credit_cost == 1
+    assert state.expires_at == datetime(2025, 1, 23, 12, tzinfo=UTC)
+    # Completed without any URL is returned as is; the caller decides.
+    bare = JobState.from_payload({"status": "completed"}, job_id="j")
+    assert bare.is_completed and bare.image_urls == ()
+    with pytest.raises(MalformedResponse):
+        JobState.from_payload({"output": {}}, job_id="j")
+
+
+async def test_catalogue_endpoints(client: PixelDojoClient) -> None:
+    models = await client.list_models()
+    assert [m["id"] for m in models] == [MODEL_ID]
+    schema = await client.get_model_schema()
+    assert schema["additionalProperties"] is False
+    assert "prompt" in schema["properties"]
+    with pytest.raises(NotFound):
+        await client.get_model_schema("no-such-model")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [{"id": "a"}, {"id": "b"}],
+        {"models": [{"id": "a"}, {"id": "b"}]},
+        {"data": [{"id": "a"}, {"id": "b"}, "junk"]},
+    ],
+)
+async def test_list_models_accepts_wrapped_and_bare_lists(
+    sleeps: RecordingSleep, body: Any
+) -> None:
+    async with mock_client(lambda request: httpx.Response(200, json=body), sleeps) as client:
+        assert [m["id"] for m in await client.list_models()] == ["a", "b"]
+
+
+# -- error mapping -----------------------------------------------------------------------------
+
+SUBMIT_FAULTS = [
+    ("401", AuthenticationError),
+    ("402", InsufficientCredits),
+    ("403", InsufficientCredits),
+    ("404", NotFound),
+    ("422", BadRequest),
+    ("429", RateLimited),
+    ("500", ServerError),
+    ("503", ServerError),
+    ("malformed", MalformedResponse),
+    ("timeout", NetworkError),
+    ("drop", NetworkError),
+]
+DOWNLOAD_FAULTS = [
+    ("401", AuthenticationError),
+    ("403", ImageExpired),
+    ("404", ImageExpired),
+    ("429", RateLimited),
+    ("500", ServerError),
+    ("503", ServerError),
+    ("timeout", NetworkError),
+    ("drop", NetworkError),
+]
+CASES = (
+    [("submit", kind, error) for kind, error in SUBMIT_FAULTS]
+    + [("poll", kind, error) for kind, error in SUBMIT_FAULTS]
+    + [("download", kind, error) for kind, error in DOWNLOAD_FAULTS]
+)
+
+
+@pytest.mark.parametrize(("route", "kind", "error_type"), CASES)
+async def test_every_fault_maps_to_a_typed_error(
+    fake: FakePixelDojo,
+    sleeps: RecordingSleep,
+    route: str,
+    kind: Any,
+    error_type: type[PixelDojoError],
+) -> None:
+    async with PixelDojoClient(
+        "test-key", fake.base_url, sleep=sleeps, max_attempts=2, timeout=0.25
+    ) as client:
+        job = await client.submit(prompt="p", aspect_ratio="1:1") if route != "submit" else None
+        url = ""
+        if route == "download":
+            assert job is not None
+            url = (await wait_done(client, job)).image_urls[0]
+        fake.fault_next(kind, n=2, route=route, delay=1.0)  # n=2 outlasts any retry
+        with pytest.raises(PixelDojoError) as caught:
+            if route == "submit":
+                await client.submit(prompt="p", aspect_ratio="1:1")
+            elif route == "poll":
+                assert job is not None
+                await client.get_job(job)
+            else:
+                await client.download(url)
+    error = caught.value
+    assert type(error) is error_type
+    assert error.message and "test-key" not in error.message and "test-key" not in repr(error)
+    if kind.isdigit():
+        assert error.status == int(kind)
+
+
+async def test_malformed_download_is_returned_for_the_caller_to_check(
+    fake: FakePixelDojo, client: PixelDojoClient
+) -> None:
+    state = await wait_done(client, await client.submit(prompt="p", aspect_ratio="1:1"))
+    fake.fault_next("malformed", route="download")
+    data, content_type = await client.download(state.image_urls[0])
+    assert content_type == "text/html" and data.startswith(b"<html>")
+
+
+async def test_bad_request_carries_api_message_and_details(
+    fake: FakePixelDojo, client: PixelDojoClient
+) -> None:
+    with pytest.raises(BadRequest) as caught:
+        await client.submit(prompt="p", aspect_ratio="1:1", extra={"bogus": 1})
+    assert caught.value.message == "PixelDojo rejected the request: Unknown properties: bogus."
+    assert caught.value.code == "validation_error"
+    assert caught.value.details == [{"field": "bogus", "message": "Unknown property."}]
+    assert caught.value.retryable is False
+
+
+@pytest.mark.parametrize("shape", ["object", "string", "message"])
+async def test_error_body_shapes_are_parsed(
+    fake: FakePixelDojo, client: PixelDojoClient, shape: Any
+) -> None:
+    fake.fault_next("422", route="submit", error_shape=shape)
+    with pytest.raises(BadRequest) as caught:
+        await client.submit(prompt="p", aspect_ratio="1:1")
+    assert caught.value.api_message == "Request validation failed."
+    assert caught.value.message == "PixelDojo rejected the request: Request validation failed."
+
+
+async def test_generic_messages_when_error_body_is_not_json(sleeps: RecordingSleep) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(402, text="<html>Payment Required</html>")
+
+    async with mock_client(handler, sleeps) as client:
+        with pytest.raises(InsufficientCredits) as caught:
+            await client.submit(prompt="p", aspect_ratio="1:1")
+    assert caught.value.message == "PixelDojo says the account is out of credits."
+    assert caught.value.api_message is None
+
+
+async def test_insufficient_credits_from_a_real_402(
+    fake: FakePixelDojo, client: PixelDojoClient
+) -> None:
+    fake.credits = 0
+    with pytest.raises(InsufficientCredits) as caught:
+        await client.submit(prompt="p", aspect_ratio="1:1")
+    assert caught.value.code == "insufficient_credits"
+    assert caught.value.status == 402
+
+
+# -- retry policy ------------------------------------------------------------------------------
+
+
+async def test_429_on_submit_is_retried_honouring_retry_after(
+    fake: FakePixelDojo, client: PixelDojoClient, sleeps: RecordingSleep
+) -> None:
+    fake.fault_next("429", n=2, route="submit", retry_after=0.05)
+    job = await client.submit(prompt="p", aspect_ratio="1:1")
+    assert sleeps.delays == [pytest.approx(0.05), pytest.approx(0.05)]
+    assert len(fake.submissions) == 3
+    assert list(fake.jobs) == [job.job_id]
+
+
+async def test_retry_after_is_capped(fake: FakePixelDojo, sleeps: RecordingSleep) -> None:
+    fake.fault_next("429", route="submit", retry_after=600)
+    async with PixelDojoClient(
+        "test-key", fake.base_url, sleep=sleeps, max_retry_after=30
+    ) as client:
+        await client.submit(prompt="p", aspect_ratio="1:1")
+    assert sleeps.delays == [30]
+
+
+async def test_429_exhausting_attempts_raises_rate_limited(
+    fake: FakePixelDojo, client: PixelDojoClient, sleeps: RecordingSleep
+) -> None:
+    fake.fault_next("429", n=10, route="submit", retry_after=3)
+    with pytest.raises(RateLimited) as caught:
+        await client.submit(prompt="p", aspect_ratio="1:1")
+    assert caught.value.retry_after == 3 and caught.value.retryable
+    assert sleeps.delays == [3, 3, 3]
+    assert len(fake.submissions) == 4 and fake.jobs == {}
+
+
+async def test_500_on_submit_is_not_retried(
+    fake: FakePixelDojo, client: PixelDojoClient, sleeps: RecordingSleep
+) -> None:
+    fake.fault_next("500", route="submit")
+    with pytest.raises(ServerError) as caught:
+        await client.submit(prompt="p", aspect_ratio="1:1")
+    assert len(fake.submissions) == 1
+    assert sleeps.delays == []
+    # The server may have created the job, so resubmitting is not known to be safe.
+    assert caught.value.retryable is False
+
+
+async def test_503_on_submit_is_retried(
+    fake: FakePixelDojo, client: PixelDojoClient, sleeps: RecordingSleep
+) -> None:
+    fake.fault_next("503", route="submit")
+    await client.submit(prompt="p", aspect_ratio="1:1")
+    assert len(fake.submissions) == 2 and len(fake.jobs) == 1
+    assert len(sleeps.delays) == 1 and 0 <= sleeps.delays[0] <= 0.5
+
+
+@pytest.mark.parametrize("kind", ["drop", "timeout", "malformed"])
+async def test_ambiguous_submit_failures_are_not_retried(
+    fake: FakePixelDojo, sleeps: RecordingSleep, kind: Any
+) -> None:
+    fake.fault_next(kind, route="submit", delay=1.0)
+    async with PixelDojoClient("test-key", fake.base_url, sleep=sleeps, timeout=0.25) as client:
+        with pytest.raises((NetworkError, MalformedResponse)) as caught:
+            await client.submit(prompt="p", aspect_ratio="1:1")
+    assert len(fake.submissions) == 1
+    assert sleeps.delays == []
+    assert caught.value.retryable is False
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_connect_errors_on_submit_are_retried(sleeps: RecordingSleep) -> None:
+    async with PixelDojoClient(
+        "test-key", f"http://127.0.0.1:{unused_port()}/api/v1", sleep=sleeps
+    ) as client:
+        with pytest.raises(NetworkError) as caught:
+            await client.submit(prompt="p", aspect_ratio="1:1")
+    assert caught.value.retryable is True
+    assert len(sleeps.delays) == 3
+    assert all(0 <= d <= cap for d, cap in zip(sleeps.delays, [0.5, 1.0, 2.0], strict=True))
+
+
+class RefuseFirstConnection(httpx.AsyncBaseTransport):
+    """Raises ConnectError once, then sends for real."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.refused = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.refused:
+            self.refused += 1
+            raise httpx.ConnectError("connection refused", request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_submit_succeeds_after_a_connect_error(
+    fake: FakePixelDojo, sleeps: RecordingSleep
+) -> None:
+    transport = RefuseFirstConnection()
+    async with PixelDojoClient(
+        "test-key", fake.base_url, sleep=sleeps, transport=transport
+    ) as client:
+        await client.submit(prompt="p", aspect_ratio="1:1")
+    assert transport.refused == 1 and len(fake.jobs) == 1 and len(sleeps.delays) == 1
+
+
+async def test_poll_retries_5xx_and_drops_then_succeeds(
+    fake: FakePixelDojo,
+    client: PixelDojoClient,
+    sleeps: RecordingSleep,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = await client.submit(prompt="p", aspect_ratio="1:1")
+    fake.fault_next("500", route="poll")
+    fake.fault_next("drop", route="poll")
+    fake.fault_next("503", route="poll")
+    with caplog.at_level(logging.WARNING, logger="bot.pixeldojo"):
+        state = await client.get_job(job)
+    assert state.is_completed
+    assert len(sleeps.delays) == 3
+    assert all(0 <= d <= cap for d, cap in zip(sleeps.delays, [0.5, 1.0, 2.0], strict=True))
+    retries = [r.getMessage() for r in caplog.records if r.name == "bot.pixeldojo"]
+    assert len(retries) == 3
+    assert f"GET /api/v1/jobs/{job.job_id}" in retries[0]
+    assert "HTTP 500" in retries[0] and "attempt 1/4" in retries[0]
+    assert "RemoteProtocolError" in retries[1] and "attempt 2/4" in retries[1]
+    assert "HTTP 503" in retries[2] and "attempt 3/4" in retries[2]
+
+
+async def test_poll_gives_up_after_max_attempts(
+    fake: FakePixelDojo, client: PixelDojoClient, sleeps: RecordingSleep
+) -> None:
+    job = await client.submit(prompt="p", aspect_ratio="1:1")
+    fake.fault_next("500", n=10, route="poll")
+    with pytest.raises(ServerError) as caught:
+        await client.get_job(job)
+    assert caught.value.retryable is True
+    assert len(sleeps.delays) == 3
+    assert fake.jobs[job.job_id].polls == 0
+
+
+async def test_malformed_poll_is_malformed_response(
+    fake: FakePixelDojo, client: PixelDojoClient, sleeps: RecordingSleep
+) -> None:
+    job = await client.submit(prompt="p", aspect_ratio="1:1")
+    fake.fault_next("malformed", route="poll")
+    with pytest.raises(MalformedResponse) as caught:
+        await client.get_job(job)
+    assert caught.value.retryable is True  # polling again is harmless
+    assert sleeps.delays == []
+    assert (await client.get_job(job)).is_completed
+
+
+@pytest.mark.parametrize(
+    "body", [{"status": "pending"}, ["not", "an", "object"], {"jobId": ""}, {"jobId": 12.5}]
+)
+async def test_submit_response_of_the_wrong_shape_is_malformed(
+    sleeps: RecordingSleep, body: Any
+) -> None:
+    async with mock_client(lambda request: httpx.Response(202, json=body), sleeps) as client:
+        with pytest.raises(MalformedResponse):
+            await client.submit(prompt="p", aspect_ratio="1:1")
+
+
+# -- rate-limit headers ------------------------------------------------------------------------
+
+
+async def test_retry_after_http_date(sleeps: RecordingSleep) -> None:
+    responses = iter(
+        [
+            httpx.Response(
+                429,
+                json={"error": {"code": "rate_limited", "message": "slow down"}},
+                headers={
+                    "Retry-After": email.utils.format_datetime(
+                        datetime.now(UTC) + timedelta(seconds=5), usegmt=True
+                    )
+                },
+            ),
+            accepted(),
+        ]
+    )
+    async with mock_client(lambda request: next(responses), sleeps) as client:
+        job = await client.submit(prompt="p", aspect_ratio="1:1")
+    assert job.job_id == "job_1"
+    [delay] = sleeps.delays
+    assert 3.5 <= delay <= 5.5
+
+
+def test_retry_after_and_reset_parsing() -> None:
+    assert parse_retry_after("3") == 3
+    assert parse_retry_after(" 0.5 ") == 0.5
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0  # in the past
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+    assert parse_rate_limit_reset("12") == 12
+    epoch = datetime.now(UTC).timestamp() + 20
+    assert parse_rate_limit_reset(str(int(epoch))) == pytest.approx(20, abs=1.5)
+    assert parse_rate_limit_reset(str(int(epoch * 1000))) == pytest.approx(20, abs=1.5)
+
+
+async def test_exhausted_rate_limit_window_gates_the_next_request(
+    sleeps: RecordingSleep,
+) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.method == "POST":
+            return accepted(**{"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "2"})
+        return httpx.Response(
+            200,
+            json={"jobId": "job_1", "status": "processing"},
+            headers={"X-RateLimit-Remaining": "9"},
+        )
+
+    async with mock_client(handler, sleeps) as client:
+        job = await client.submit(prompt="p", aspect_ratio="1:1")
+        assert client.rate_limit_remaining == 0
+        assert sleeps.delays == []
+        await client.get_job(job)
+        assert sleeps.delays == [pytest.approx(2, abs=0.1)]
+        assert client.rate_limit_remaining == 9
+        await client.get_job(job)
+        assert len(sleeps.delays) == 1  # the window was waited out once
+    assert seen == [
+        "/api/v1/models/flux-kontext-pro/run",
+        "/api/v1/jobs/job_1",
+        "/api/v1/jobs/job_1",
+    ]
+
+
+async def test_credits_header_updates_last_credits_remaining(sleeps: RecordingSleep) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, json={"jobId": "j", "status": "pending"}, headers={"X-Credits-Remaining": "17"}
+        )
+
+    async with mock_client(handler, sleeps) as client:
+        assert client.last_credits_remaining is None
+        await client.get_job("j")
+        assert client.last_credits_remaining == 17
+
+
+# -- secrets and origins -----------------------------------------------------------------------
+
+
+async def test_api_key_never_leaks_into_logs_errors_or_repr(
+    sleeps: RecordingSleep, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    errors: list[PixelDojoError] = []
+    async with (
+        FakePixelDojo(api_key=SECRET) as fake,
+        PixelDojoClient(
+            SECRET, fake.base_url, sleep=sleeps, timeout=0.25, max_attempts=5
+        ) as client,
+    ):
+        assert SECRET not in repr(client)
+        job = await client.submit(prompt="p", aspect_ratio="1:1", seed=1)
+        for kind in ("500", "drop", "429", "timeout"):
+            fake.fault_next(kind, route="poll", delay=1.0)
+        state = await client.get_job(job)
+        await client.download(state.image_urls[0])
+        for kind in ("401", "402", "422", "500", "malformed", "drop", "timeout"):
+            fake.fault_next(kind, route="submit", delay=1.0)
+            try:
+                await client.submit(prompt="p", aspect_ratio="1:1")
+            except PixelDojoError as exc:
+                errors.append(exc)
+    async with PixelDojoClient("wrong-key", "https://pixeldojo.test/api/v1") as wrong:
+        assert "wrong-key" not in repr(wrong)
+
+    # A server echoing the key back must not get it into a user-facing message.
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": {"code": "bad_key", "message": f"Bad {SECRET}"}})
+
+    async with PixelDojoClient(
+        SECRET, "https://pixeldojo.test/api/v1", transport=httpx.MockTransport(echo), sleep=sleeps
+    ) as echoing:
+        try:
+            await echoing.submit(prompt="p", aspect_ratio="1:1")
+        except PixelDojoError as exc:
+            errors.append(exc)
+
+    assert len(errors) == 8
+    for error in errors:
+        for text in (str(error), repr(error), error.message, error.api_message or ""):
+            assert SECRET not in text
+    assert errors[-1].api_message == "Bad [redacted]"
+    assert caplog.records
+    for record in caplog.records:
+        assert SECRET not in record.getMessage()
+        assert SECRET not in str(record.args)
+
+
+async def test_foreign_status_url_never_receives_the_token(
+    sleeps: RecordingSleep, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        Recorder() as foreign,
+        FakePixelDojo(public_base_url=f"{foreign.origin}/api/v1") as fake,
+        PixelDojoClient("test-key", fake.base_url, sleep=sleeps) as client,
+    ):
+        job = await client.submit(prompt="p", aspect_ratio="1:1")
+        assert job.status_url.startswith(foreign.origin)
+        with caplog.at_level(logging.WARNING, logger="bot.pixeldojo"):
+            first = await client.get_job(job)
+            second = await client.get_job(job.status_url)
+        assert first.is_completed and second.is_completed
+        assert foreign.requests == []
+        assert fake.jobs[job.job_id].polls == 2
+        warnings = [r for r in caplog.records if "another origin" in r.getMessage()]
+        assert len(warnings) == 1
+
+
+async def test_downloads_from_other_hosts_carry_no_authorization(
+    fake: FakePixelDojo, client: PixelDojoClient
+) -> None:
+    async with Recorder() as foreign:
+        data, content_type = await client.download(f"{foreign.origin}/img.png")
+        assert data == foreign.png and content_type == "image/png"
+        [(path, headers)] = foreign.requests
+        assert path == "/img.png"
+        assert "authorization" not in {name.lower() for name in headers}
+
+
+async def test_download_of_expired_image(fake: FakePixelDojo, client: PixelDojoClient) -> None:
+    state = await wait_done(client, await client.submit(prompt="p", aspect_ratio="1:1"))
+    fake.expire_images()
+    with pytest.raises(ImageExpired) as caught:
+        await client.download(state.image_urls[0])
+    assert caught.value.message == "The image link has expired."
+    assert caught.value.status == 410
+    assert isinstance(caught.value, NotFound)
+
+
+async def test_download_size_cap(fake: FakePixelDojo, client: PixelDojoClient) -> None:
+    fake.oversize_images(300_000)
+    state = await wait_done(client, await client.submit(prompt="p", aspect_ratio="1:1"))
+    with pytest.raises(ImageTooLarge):
+        await client.download(state.image_urls[0], max_bytes=100_000)
+    data, _ = await client.download(state.image_urls[0])
+    assert len(data) >= 300_000
+
+    async with Recorder() as foreign:  # chunked body: no Content-Length to check up front
+        with pytest.raises(ImageTooLarge):
+            await client.download(f"{foreign.origin}/big.bin", max_bytes=100_000)
+        data, _ = await client.download(f"{foreign.origin}/big.bin")
+        assert len(data) == 20 * 16_384
+
+
+async def test_download_rejects_non_http_links(client: PixelDojoClient) -> None:
+    with pytest.raises(MalformedResponse):
+        await client.download("file:///etc/passwd")
+
+
+def test_constructor_validation() -> None:
+    with pytest.raises(ValueError):
+        PixelDojoClient("")
+    with pytest.raises(ValueError):
+        PixelDojoClient("k", "ftp://pixeldojo.ai/api/v1")
+    with pytest.raises(ValueError):
+        PixelDojoClient("k", max_attempts=0)
