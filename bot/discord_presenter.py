@@ -1,0 +1,175 @@
+"""Shows jobs in Discord: the status message, the result post and failures.
+
+Everything goes through the channel (`channel.send`, message edits by id), never through an
+interaction token, so it works after the 15-minute token lifetime and after a restart.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+import time
+from collections.abc import Callable
+
+import discord
+
+from bot import embeds
+from bot.images import fit_for_upload_async
+from bot.jobs import Job
+from bot.runner import DeliveryError, Phase, ResultImage
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+DEFAULT_FILESIZE_LIMIT = 10 * 1024 * 1024
+_HISTORY_SCAN = 50
+
+
+class ChannelEditBudget:
+    """A token bucket per channel, so status edits in a busy channel stay far below Discord's
+    per-route limits (5 per 5 s) and leave room for the result posts that matter more."""
+
+    def __init__(
+        self, rate: float = 0.8, burst: int = 4, clock: Callable[[], float] = time.monotonic
+    ):
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._tokens: dict[int, tuple[float, float]] = {}
+
+    def take(self, channel_id: int) -> bool:
+        now = self.clock()
+        tokens, last = self._tokens.get(channel_id, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._tokens[channel_id] = (tokens, now)
+            return False
+        self._tokens[channel_id] = (tokens - 1, now)
+        return True
+
+
+class DiscordPresenter:
+    """Implements the runner's `JobPresenter` with discord.py."""
+
+    def __init__(
+        self,
+        client: discord.Client,
+        *,
+        edit_interval: float = 3.0,
+        view_factory: Callable[[Job], discord.ui.View | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.edit_interval = edit_interval
+        self.view_factory = view_factory
+        self.clock = clock
+        self.budget = ChannelEditBudget(clock=clock)
+        self._last_edit: dict[int, tuple[float, Phase]] = {}
+
+    def _channel(self, job: Job) -> discord.PartialMessageable:
+        return self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+
+    def _filesize_limit(self, job: Job) -> int:
+        guild = self.client.get_guild(job.guild_id) if job.guild_id else None
+        return guild.filesize_limit if guild is not None else DEFAULT_FILESIZE_LIMIT
+
+    async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
+        if job.status_message_id is None:
+            return
+        now = self.clock()
+        last = self._last_edit.get(job.id)
+        if last is not None:
+            last_time, last_phase = last
+            if last_phase == phase and now - last_time < self.edit_interval:
+                return
+        # A phase change always goes out; a mere elapsed-time tick waits for the budget.
+        if (last is not None and last[1] == phase) and not self.budget.take(job.channel_id):
+            return
+        self._last_edit[job.id] = (now, phase)
+        message = self._channel(job).get_partial_message(job.status_message_id)
+        try:
+            await message.edit(
+                embed=embeds.status(job, phase, elapsed), allowed_mentions=NO_MENTIONS
+            )
+        except discord.HTTPException as exc:
+            log.info("job %d: status edit failed (%s)", job.id, exc)
+
+    async def show_failure(self, job: Job, reason: str) -> None:
+        self._last_edit.pop(job.id, None)
+        embed = embeds.failure(job, reason)
+        channel = self._channel(job)
+        if job.status_message_id is not None:
+            try:
+                await channel.get_partial_message(job.status_message_id).edit(
+                    embed=embed, allowed_mentions=NO_MENTIONS
+                )
+                return
+            except discord.NotFound:
+                pass  # the status message was deleted: say it in a new message instead
+        await channel.send(embed=embed, allowed_mentions=NO_MENTIONS)
+
+    async def post_result(self, job: Job, images: list[ResultImage], elapsed: float) -> int:
+        uploads = await fit_for_upload_async(
+            [image.data for image in sorted(images, key=lambda i: i.index)],
+            file_limit=self._filesize_limit(job),
+            stem=f"pixeldojo-{job.id}",
+        )
+        files = [discord.File(_as_stream(u.data), filename=u.filename) for u in uploads]
+        view = self.view_factory(job) if self.view_factory else None
+        kwargs = {"view": view} if view is not None else {}
+        try:
+            message = await self._channel(job).send(
+                embed=embeds.result(job, elapsed, reencoded=any(u.reencoded for u in uploads)),
+                files=files,
+                allowed_mentions=NO_MENTIONS,
+                nonce=job.nonce,
+                **kwargs,
+            )
+        except discord.Forbidden as exc:
+            raise DeliveryError(
+                "I am not allowed to post images in this channel.", permanent=True
+            ) from exc
+        except discord.NotFound as exc:
+            raise DeliveryError("the channel no longer exists.", permanent=True) from exc
+        except discord.HTTPException as exc:
+            permanent = exc.status in (400, 413)
+            raise DeliveryError(
+                f"Discord refused the upload ({exc.status}).", permanent=permanent
+            ) from exc
+        self._last_edit.pop(job.id, None)
+        await self._delete_status(job)
+        return message.id
+
+    async def find_posted_result(self, job: Job) -> int | None:
+        me = self.client.user
+        marker = embeds.job_marker(job)
+        after = discord.Object(discord.utils.time_snowflake(_utc(job.created_at)))
+        try:
+            async for message in self._channel(job).history(limit=_HISTORY_SCAN, after=after):
+                if me is not None and message.author.id != me.id:
+                    continue
+                if message.attachments and any(
+                    marker in (e.footer.text or "") for e in message.embeds
+                ):
+                    await self._delete_status(job)
+                    return message.id
+        except discord.HTTPException as exc:
+            log.info("job %d: could not read channel history (%s)", job.id, exc)
+        return None
+
+    async def _delete_status(self, job: Job) -> None:
+        if job.status_message_id is None:
+            return
+        try:
+            await self._channel(job).get_partial_message(job.status_message_id).delete()
+        except discord.HTTPException as exc:
+            log.info("job %d: could not delete the status message (%s)", job.id, exc)
+
+
+def _as_stream(data: bytes) -> io.BytesIO:
+    return io.BytesIO(data)
+
+
+def _utc(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)

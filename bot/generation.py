@@ -1,0 +1,93 @@
+"""The generation service: validates what a member asks for, reserves credits and starts jobs.
+
+Cogs call this; it never touches Discord. Every way to start a job (the slash command, a
+reroll button, the command line) goes through `GenerationService.reserve`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import replace
+
+import aiosqlite
+
+from bot.errors import RequestRefused
+from bot.jobs import MAX_OUTPUTS, PROMPT_MAX_LENGTH, SEED_MAX, GenerationRequest, Job
+from bot.pixeldojo import ASPECT_RATIOS
+from bot.runner import JobRunner
+from bot.storage.jobs import Admission, AdmissionCheck, JobStore
+
+log = logging.getLogger(__name__)
+
+CREDITS_PER_OUTPUT = 1  # Flux Kontext Pro's documented price; settled later from `creditCost`
+
+
+def validate(
+    *, prompt: str, aspect_ratio: str, num_outputs: int, seed: int | None
+) -> tuple[str, str, int, int | None]:
+    """Normalise a request's fields or raise `RequestRefused` saying what to change."""
+    prompt = prompt.strip()
+    if not prompt:
+        raise RequestRefused("The prompt is empty. Describe the image you want.")
+    if len(prompt) > PROMPT_MAX_LENGTH:
+        raise RequestRefused(
+            f"The prompt is {len(prompt)} characters long; the limit is {PROMPT_MAX_LENGTH}."
+        )
+    if aspect_ratio not in ASPECT_RATIOS:
+        raise RequestRefused(
+            f"Aspect ratio {aspect_ratio!r} is not supported. "
+            f"Pick one of: {', '.join(ASPECT_RATIOS)}."
+        )
+    if not 1 <= num_outputs <= MAX_OUTPUTS:
+        raise RequestRefused(f"You can ask for 1 to {MAX_OUTPUTS} images at a time.")
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise RequestRefused(f"The seed must be between 0 and {SEED_MAX}.")
+    return prompt, aspect_ratio, num_outputs, seed
+
+
+async def admit_without_limits(
+    conn: aiosqlite.Connection, request: GenerationRequest, now: float
+) -> Admission:
+    """Hold the estimated cost, with no allowance to check (all-time period)."""
+    return Admission(credits=request.num_outputs * CREDITS_PER_OUTPUT, period_start=0.0)
+
+
+class GenerationService:
+    """Turns requests into running jobs."""
+
+    def __init__(
+        self, store: JobStore, runner: JobRunner, admission: AdmissionCheck = admit_without_limits
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.admission = admission
+
+    async def reserve(self, request: GenerationRequest) -> Job:
+        """Check limits and hold the credits. Raises `RequestRefused` with the reason."""
+        if request.seed is None:
+            # Pick the seed here rather than letting PixelDojo do it, so every result shows a
+            # seed that reproduces it and Reroll/Vary can build on it.
+            request = replace(request, seed=secrets.randbelow(SEED_MAX + 1))
+        job = await self.store.create(request, self.admission)
+        log.info(
+            "job %d: reserved %d credit(s) for user %d in guild %d",
+            job.id,
+            job.credits_reserved,
+            job.user_id,
+            job.guild_id,
+        )
+        return job
+
+    async def launch(self, job: Job, status_message_id: int | None) -> Job:
+        """Remember the status message and hand the job to the runner."""
+        if status_message_id is not None:
+            await self.store.set_status_message(job.id, status_message_id)
+            job = await self.store.get(job.id) or job
+        self.runner.submit(job)
+        return job
+
+    async def abandon(self, job: Job, reason: str) -> None:
+        """The job could not even be shown: refund it."""
+        log.warning("job %d: abandoned before submission: %s", job.id, reason)
+        await self.store.mark_failed(job.id, reason)

@@ -1,0 +1,73 @@
+"""Make result images fit Discord's upload limits without losing more quality than needed."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from dataclasses import dataclass
+
+from PIL import Image
+
+# Discord refuses a whole request above roughly this size, whatever the per-file limit.
+MAX_REQUEST_BYTES = 25 * 1024 * 1024
+# Room for the JSON payload and multipart framing next to the files.
+_OVERHEAD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class UploadImage:
+    """An image as it will be uploaded."""
+
+    data: bytes
+    filename: str
+    reencoded: bool = False
+
+
+def image_extension(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "png"
+
+
+def _shrink(data: bytes, budget: int) -> bytes:
+    """Re-encode as JPEG, lowering quality then size, until it fits `budget` bytes."""
+    with Image.open(io.BytesIO(data)) as source:
+        image = source.convert("RGB")
+    scale = 1.0
+    while True:
+        candidate = image
+        if scale < 1.0:
+            size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+            candidate = image.resize(size, Image.Resampling.LANCZOS)
+        for quality in (92, 85, 75):
+            out = io.BytesIO()
+            candidate.save(out, format="JPEG", quality=quality, optimize=True)
+            if out.tell() <= budget:
+                return out.getvalue()
+        if candidate.width <= 64 or candidate.height <= 64:
+            return out.getvalue()
+        scale *= 0.75
+
+
+def fit_for_upload(images: list[bytes], *, file_limit: int, stem: str) -> list[UploadImage]:
+    """Name the images and re-encode any that would break the per-file or per-request limit."""
+    count = max(1, len(images))
+    budget = min(file_limit, (MAX_REQUEST_BYTES - _OVERHEAD) // count) - _OVERHEAD // count
+    fitted = []
+    for index, data in enumerate(images, start=1):
+        if len(data) <= budget:
+            fitted.append(UploadImage(data, f"{stem}-{index}.{image_extension(data)}"))
+        else:
+            fitted.append(UploadImage(_shrink(data, budget), f"{stem}-{index}.jpg", reencoded=True))
+    return fitted
+
+
+async def fit_for_upload_async(
+    images: list[bytes], *, file_limit: int, stem: str
+) -> list[UploadImage]:
+    """`fit_for_upload` off the event loop: re-encoding is CPU work."""
+    return await asyncio.to_thread(fit_for_upload, images, file_limit=file_limit, stem=stem)

@@ -1,0 +1,339 @@
+"""The job runner: submits jobs, polls them all from one scheduler, and delivers their results.
+
+One scheduler task keeps a heap of due times rather than one sleeping task per job, so a
+thousand jobs in flight cost a heap entry each. Every transition is written to SQLite
+before it is acted on, so `start()` after a crash resumes each unfinished job where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from bot import pixeldojo
+from bot.jobs import Job, JobState
+from bot.storage.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class Phase(StrEnum):
+    """What a status message says a job is doing."""
+
+    QUEUED = "queued"
+    GENERATING = "generating"
+    DELIVERING = "delivering"
+
+
+@dataclass(frozen=True)
+class ResultImage:
+    """A downloaded result, ready to upload."""
+
+    data: bytes
+    content_type: str | None
+    index: int
+
+
+class DeliveryError(Exception):
+    """Posting a result failed. `permanent` means retrying cannot help (no access, no channel)."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class JobPresenter(Protocol):
+    """How the runner shows jobs to people. The Discord implementation lives outside `bot.runner`
+    so the runner never depends on discord.py."""
+
+    async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
+        """Update the job's status message (implementations throttle these)."""
+
+    async def show_failure(self, job: Job, reason: str) -> None:
+        """Tell the member the job failed and that its credits came back."""
+
+    async def post_result(self, job: Job, images: list[ResultImage], elapsed: float) -> int:
+        """Post the images; return the result message id. Raise `DeliveryError` on failure."""
+
+    async def find_posted_result(self, job: Job) -> int | None:
+        """After a crash: the id of a result message already posted for this job, if any."""
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    poll_initial_interval: float = 1.0
+    poll_max_interval: float = 5.0
+    job_timeout: float = 300.0
+    max_concurrent_submits: int = 4
+    max_concurrent_polls: int = 8
+    delivery_attempts: int = 3
+
+
+class JobRunner:
+    """Drives every job from RESERVED to POSTED or FAILED."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        client: pixeldojo.PixelDojoClient,
+        presenter: JobPresenter,
+        settings: RunnerSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.presenter = presenter
+        self.settings = settings or RunnerSettings()
+        self.clock = clock
+        self._due: list[tuple[float, int]] = []
+        self._scheduled: set[int] = set()
+        self._wake = asyncio.Event()
+        self._submit_slots = asyncio.Semaphore(self.settings.max_concurrent_submits)
+        self._poll_slots = asyncio.Semaphore(self.settings.max_concurrent_polls)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._finished: dict[int, asyncio.Future[Job]] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs the scheduler is tracking (waiting for their next poll or being polled)."""
+        return len(self._scheduled)
+
+    async def start(self) -> None:
+        """Resume every unfinished job, then start the poll scheduler."""
+        if self._scheduler is not None:
+            return
+        self._scheduler = asyncio.create_task(self._schedule_loop(), name="job-scheduler")
+        for job in await self.store.active():
+            log.info("job %d: resuming in state %s", job.id, job.state)
+            self._resume(job)
+
+    async def stop(self) -> None:
+        """Stop polling. Jobs stay in the database and resume on the next `start()`."""
+        tasks = [t for t in (self._scheduler, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._scheduler = None
+        self._tasks.clear()
+        self._due.clear()
+        self._scheduled.clear()
+
+    async def wait_finished(self, job_id: int) -> Job:
+        """Wait until this runner takes the job to POSTED or FAILED; returns the final record."""
+        job = await self.store.get(job_id)
+        if job is not None and job.state.is_final:
+            return job
+        return await asyncio.shield(self._finished_future(job_id))
+
+    def _finished_future(self, job_id: int) -> asyncio.Future[Job]:
+        future = self._finished.get(job_id)
+        if future is None:
+            future = self._finished[job_id] = asyncio.get_running_loop().create_future()
+        return future
+
+    def _announce_finished(self, job: Job) -> None:
+        future = self._finished.pop(job.id, None)
+        if future is not None and not future.done():
+            future.set_result(job)
+
+    def submit(self, job: Job) -> None:
+        """Send a freshly reserved job to PixelDojo in the background."""
+        self._spawn(self._submit(job), f"submit-{job.id}")
+
+    def _resume(self, job: Job) -> None:
+        if job.state is JobState.RESERVED:
+            # A crash between reserving and PixelDojo's reply: whether PixelDojo got the request
+            # is unknowable (there is no lookup by our id), so refund rather than risk a double.
+            self._spawn(
+                self._fail(
+                    job, "The bot restarted before PixelDojo accepted this job. Please try again."
+                ),
+                f"fail-{job.id}",
+            )
+        elif job.state is JobState.SUBMITTED:
+            self._schedule(job.id, delay=0)
+        elif job.state is JobState.COMPLETED:
+            self._spawn(self._deliver(job), f"deliver-{job.id}")
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Submission -------------------------------------------------------------------------
+
+    async def _submit(self, job: Job) -> None:
+        try:
+            await self.presenter.show_status(job, Phase.QUEUED, 0.0)
+            async with self._submit_slots:
+                submitted = await self.client.submit(
+                    prompt=job.prompt,
+                    aspect_ratio=job.aspect_ratio,
+                    num_outputs=job.num_outputs,
+                    seed=job.seed,
+                )
+        except pixeldojo.PixelDojoError as exc:
+            log.warning("job %d: PixelDojo refused the submission: %s", job.id, exc.message)
+            await self._fail(job, exc.message)
+            return
+        except Exception:
+            log.exception("job %d: unexpected error while submitting", job.id)
+            await self._fail(job, "Something went wrong while submitting this job.")
+            return
+        expires = submitted.expires_at.timestamp() if submitted.expires_at else None
+        job = await self.store.mark_submitted(
+            job.id,
+            api_job_id=submitted.job_id,
+            status_url=submitted.status_url,
+            expires_at=expires,
+        )
+        log.info("job %d: submitted as PixelDojo job %s", job.id, submitted.job_id)
+        self._schedule(job.id, delay=self._interval(0.0))
+
+    # Polling ----------------------------------------------------------------------------
+
+    def _interval(self, elapsed: float) -> float:
+        """Poll fast while a result is likely soon, then back off (every 20 s adds one step)."""
+        s = self.settings
+        return min(s.poll_max_interval, s.poll_initial_interval * (1 + elapsed / 20))
+
+    def _schedule(self, job_id: int, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        heapq.heappush(self._due, (loop.time() + delay, job_id))
+        self._scheduled.add(job_id)
+        self._wake.set()
+
+    async def _schedule_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            now = loop.time()
+            while self._due and self._due[0][0] <= now:
+                _, job_id = heapq.heappop(self._due)
+                self._spawn(self._poll(job_id), f"poll-{job_id}")
+            timeout = self._due[0][0] - now if self._due else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _poll(self, job_id: int) -> None:
+        job = await self.store.get(job_id)
+        if job is None or job.state is not JobState.SUBMITTED:
+            self._scheduled.discard(job_id)
+            return
+        elapsed = self.clock() - (job.submitted_at or job.created_at)
+        if elapsed > self.settings.job_timeout or (
+            job.api_expires_at is not None and self.clock() > job.api_expires_at
+        ):
+            self._scheduled.discard(job_id)
+            minutes = max(1, round(self.settings.job_timeout / 60))
+            log.warning("job %d: gave up after %.0f s without a result", job.id, elapsed)
+            await self._fail(job, f"PixelDojo did not finish this job within {minutes} min.")
+            return
+        try:
+            async with self._poll_slots:
+                state = await self.client.get_job(job.status_url or job.api_job_id or "")
+            await self.store.count_poll(job.id)
+        except (pixeldojo.AuthenticationError, pixeldojo.NotFound) as exc:
+            self._scheduled.discard(job_id)
+            log.warning("job %d: polling refused: %s", job.id, exc.message)
+            await self._fail(job, f"PixelDojo can no longer report on this job. {exc.message}")
+            return
+        except pixeldojo.PixelDojoError as exc:
+            # The client already retried; keep the job and try again later (until the timeout).
+            log.warning("job %d: poll failed, will retry: %s", job.id, exc.message)
+            self._schedule(job.id, self.settings.poll_max_interval)
+            return
+        except Exception:
+            log.exception("job %d: unexpected error while polling", job.id)
+            self._schedule(job.id, self.settings.poll_max_interval)
+            return
+
+        if state.is_failed:
+            self._scheduled.discard(job_id)
+            reason = state.error or "the job failed"
+            log.info("job %d: PixelDojo reports failure: %s", job.id, reason)
+            await self._fail(job, f"PixelDojo could not generate this: {reason}")
+        elif state.is_completed:
+            self._scheduled.discard(job_id)
+            if not state.image_urls:
+                log.warning("job %d: completed without any image URL", job.id)
+                await self._fail(job, "PixelDojo finished but returned no images.")
+                return
+            job = await self.store.mark_completed(job.id, charged=state.credit_cost)
+            log.info("job %d: completed after %.1f s", job.id, elapsed)
+            await self._deliver(job, state.image_urls)
+        else:
+            await self.presenter.show_status(job, Phase.GENERATING, elapsed)
+            self._schedule(job.id, self._interval(elapsed))
+
+    # Delivery ---------------------------------------------------------------------------
+
+    async def _deliver(self, job: Job, image_urls: tuple[str, ...] | None = None) -> None:
+        try:
+            posted = await self.presenter.find_posted_result(job) if image_urls is None else None
+            if posted is not None:
+                log.info("job %d: result was already posted as message %d", job.id, posted)
+                self._announce_finished(
+                    await self.store.mark_posted(job.id, result_message_id=posted)
+                )
+                return
+            if image_urls is None:
+                # Resumed after a crash: ask PixelDojo for the URLs again.
+                state = await self.client.get_job(job.status_url or job.api_job_id or "")
+                image_urls = state.image_urls
+            await self.presenter.show_status(job, Phase.DELIVERING, self._elapsed(job))
+            images = await self._download(job, image_urls)
+            message_id = await self._post(job, images)
+        except pixeldojo.PixelDojoError as exc:
+            log.warning("job %d: could not fetch the images: %s", job.id, exc.message)
+            await self._fail(job, f"The images could not be saved. {exc.message}")
+            return
+        except DeliveryError as exc:
+            log.warning("job %d: could not post the result: %s", job.id, exc)
+            await self._fail(job, f"The result could not be posted here: {exc}")
+            return
+        job = await self.store.mark_posted(job.id, result_message_id=message_id)
+        log.info("job %d: posted as message %d", job.id, message_id)
+        self._announce_finished(job)
+
+    async def _download(self, job: Job, urls: tuple[str, ...]) -> list[ResultImage]:
+        async def one(index: int, url: str) -> ResultImage:
+            data, content_type = await self.client.download(url)
+            return ResultImage(data=data, content_type=content_type, index=index)
+
+        return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(urls))))
+
+    async def _post(self, job: Job, images: list[ResultImage]) -> int:
+        attempts = self.settings.delivery_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.presenter.post_result(job, images, self._elapsed(job))
+            except DeliveryError as exc:
+                if exc.permanent or attempt == attempts:
+                    raise
+                log.warning("job %d: posting failed (attempt %d): %s", job.id, attempt, exc)
+                await asyncio.sleep(min(2.0**attempt, 10.0))
+        raise AssertionError("unreachable")
+
+    def _elapsed(self, job: Job) -> float:
+        end = job.completed_at or self.clock()
+        return max(0.0, end - (job.submitted_at or job.created_at))
+
+    async def _fail(self, job: Job, reason: str) -> None:
+        job = await self.store.mark_failed(job.id, reason)
+        try:
+            await self.presenter.show_failure(job, reason)
+        except Exception:
+            log.exception("job %d: could not show the failure to the member", job.id)
+        finally:
+            self._announce_finished(job)

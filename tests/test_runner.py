@@ -1,0 +1,253 @@
+"""The job runner against the PixelDojo double, with a recording presenter (no Discord)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bot.fake_pixeldojo import FakePixelDojo
+from bot.generation import GenerationService
+from bot.jobs import GenerationRequest, Job, JobState
+from bot.pixeldojo import PixelDojoClient
+from bot.runner import DeliveryError, JobRunner, Phase, ResultImage, RunnerSettings
+from bot.storage import Database
+from bot.storage.jobs import JobStore
+
+FAST = RunnerSettings(poll_initial_interval=0.02, poll_max_interval=0.05, job_timeout=5)
+
+
+class RecordingPresenter:
+    """Records what a member would have been shown and signals when a job ends."""
+
+    def __init__(self) -> None:
+        self.statuses: list[tuple[int, Phase]] = []
+        self.failures: dict[int, str] = {}
+        self.results: dict[int, list[ResultImage]] = {}
+        self.posted_before: dict[int, int] = {}
+        self.refuse_posts: DeliveryError | None = None
+        self._ended: dict[int, asyncio.Event] = {}
+        self.generating = asyncio.Event()
+
+    def ended(self, job_id: int) -> asyncio.Event:
+        return self._ended.setdefault(job_id, asyncio.Event())
+
+    async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
+        self.statuses.append((job.id, phase))
+        if phase is Phase.GENERATING:
+            self.generating.set()
+
+    async def show_failure(self, job: Job, reason: str) -> None:
+        self.failures[job.id] = reason
+        self.ended(job.id).set()
+
+    async def post_result(self, job: Job, images: list[ResultImage], elapsed: float) -> int:
+        if self.refuse_posts is not None:
+            raise self.refuse_posts
+        self.results[job.id] = images
+        self.ended(job.id).set()
+        return 10_000 + job.id
+
+    async def find_posted_result(self, job: Job) -> int | None:
+        return self.posted_before.get(job.id)
+
+
+@pytest.fixture
+async def api():
+    async with FakePixelDojo(job_duration=0.05) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def db(tmp_path: Path):
+    database = Database(tmp_path / "bot.sqlite3")
+    await database.connect()
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def harness(api: FakePixelDojo, db: Database):
+    presenter = RecordingPresenter()
+    client = PixelDojoClient("test-key", api.base_url, backoff_base=0.01, backoff_cap=0.02)
+    store = JobStore(db)
+    runner = JobRunner(store, client, presenter, FAST)
+    await runner.start()
+    yield GenerationService(store, runner), store, presenter
+    await runner.stop()
+    await client.aclose()
+
+
+def request(**overrides: object) -> GenerationRequest:
+    fields: dict[str, object] = dict(
+        guild_id=1, channel_id=2, user_id=3, prompt="a red fox", aspect_ratio="1:1", num_outputs=1
+    )
+    fields.update(overrides)
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
+
+
+async def run_job(
+    service: GenerationService, presenter: RecordingPresenter, **overrides: object
+) -> Job:
+    job = await service.reserve(request(**overrides))
+    await service.launch(job, status_message_id=99)
+    await asyncio.wait_for(presenter.ended(job.id).wait(), 5)
+    return job
+
+
+async def credits_used(db: Database, user_id: int = 3) -> int:
+    row = await db.fetchone(
+        "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = ?", (user_id,)
+    )
+    return row[0]
+
+
+async def test_completed_job_is_posted_and_settled(
+    harness, api: FakePixelDojo, db: Database
+) -> None:
+    service, store, presenter = harness
+    job = await run_job(service, presenter, num_outputs=3, aspect_ratio="16:9")
+    assert len(presenter.results[job.id]) == 3
+    final = await store.get(job.id)
+    assert final is not None and final.state is JobState.POSTED
+    assert final.result_message_id == 10_000 + job.id
+    assert final.credits_charged == 3
+    assert await credits_used(db) == 3
+    assert api.submissions[0] == {
+        "prompt": "a red fox",
+        "aspect_ratio": "16:9",
+        "num_outputs": 3,
+        "seed": final.seed,
+    }
+    assert final.seed is not None  # chosen by the bot so the result can be reproduced
+
+
+async def test_settles_to_what_the_api_charged(api: FakePixelDojo, harness, db: Database) -> None:
+    service, _store, presenter = harness
+    api.credit_cost_per_output = 0
+    job = await run_job(service, presenter, num_outputs=2)
+    kinds = await db.fetchall(
+        "SELECT kind, amount FROM ledger WHERE job_id = ? ORDER BY id", (job.id,)
+    )
+    assert [(r[0], r[1]) for r in kinds] == [("reserve", 2), ("settle", -2)]
+    assert await credits_used(db) == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [("402", "out of credits"), ("401", "API key"), ("422", "rejected")],
+)
+async def test_refused_submission_is_refunded(harness, api, db, fault: str, expected: str) -> None:
+    service, store, presenter = harness
+    api.fault_next(fault, route="submit")
+    job = await run_job(service, presenter)
+    assert expected in presenter.failures[job.id]
+    final = await store.get(job.id)
+    assert final is not None and final.state is JobState.FAILED
+    assert await credits_used(db) == 0
+
+
+async def test_failed_job_is_refunded_with_the_api_reason(harness, api, db) -> None:
+    service, _store, presenter = harness
+    api.fail_next(error="NSFW content detected")
+    job = await run_job(service, presenter, num_outputs=2)
+    assert "NSFW content detected" in presenter.failures[job.id]
+    assert await credits_used(db) == 0
+
+
+async def test_poll_faults_are_ridden_out(harness, api, db) -> None:
+    service, _store, presenter = harness
+    api.set_duration(0.2)
+    api.fault_next("500", n=2, route="poll")
+    api.fault_next("malformed", route="poll")
+    api.fault_next("429", route="poll")
+    job = await run_job(service, presenter)
+    assert job.id in presenter.results
+    assert await credits_used(db) == 1
+
+
+async def test_unknown_statuses_mean_still_running(harness, api) -> None:
+    service, _store, presenter = harness
+    api.set_status_sequence(["queued", "warming-up", "processing"])
+    job = await run_job(service, presenter)
+    assert job.id in presenter.results
+    assert (job.id, Phase.GENERATING) in presenter.statuses
+
+
+async def test_expired_images_fail_and_refund(harness, api, db) -> None:
+    service, _store, presenter = harness
+    api.fault_next("404", route="download")
+    job = await run_job(service, presenter)
+    assert "expired" in presenter.failures[job.id].lower()
+    assert await credits_used(db) == 0
+
+
+async def test_timeout_gives_up_and_refunds(api, db) -> None:
+    presenter = RecordingPresenter()
+    async with PixelDojoClient("test-key", api.base_url) as client:
+        store = JobStore(db)
+        runner = JobRunner(store, client, presenter, RunnerSettings(0.02, 0.05, job_timeout=0.3))
+        await runner.start()
+        api.set_duration(60)
+        job = await run_job(GenerationService(store, runner), presenter)
+        await runner.stop()
+    assert "did not finish" in presenter.failures[job.id]
+    assert await credits_used(db) == 0
+
+
+async def test_permanent_delivery_failure_refunds(harness, db) -> None:
+    service, _store, presenter = harness
+    presenter.refuse_posts = DeliveryError("no access", permanent=True)
+    job = await run_job(service, presenter)
+    assert "no access" in presenter.failures[job.id]
+    assert await credits_used(db) == 0
+
+
+async def test_restart_resumes_submitted_and_completed_jobs(
+    api: FakePixelDojo, db: Database
+) -> None:
+    store = JobStore(db)
+    async with PixelDojoClient("test-key", api.base_url) as client:
+        # First life: a job is submitted, then the process "dies" before it completes.
+        api.set_duration(0.3)
+        first_presenter = RecordingPresenter()
+        first = JobRunner(store, client, first_presenter, FAST)
+        await first.start()
+        service = GenerationService(store, first)
+        running = await service.reserve(request())
+        await service.launch(running, 5)
+        orphan = await service.reserve(request(prompt="never submitted"))
+        await asyncio.wait_for(first_presenter.generating.wait(), 5)
+        await first.stop()
+
+        second_presenter = RecordingPresenter()
+        second = JobRunner(store, client, second_presenter, FAST)
+        await second.start()
+        await asyncio.wait_for(second_presenter.ended(running.id).wait(), 5)
+        await asyncio.wait_for(second_presenter.ended(orphan.id).wait(), 5)
+        await second.stop()
+    assert running.id in second_presenter.results
+    assert "restarted" in second_presenter.failures[orphan.id]
+    assert len(api.submissions) == 1
+    assert await credits_used(db) == 1
+
+
+async def test_resumed_completed_job_already_posted_is_not_posted_again(api, db) -> None:
+    store = JobStore(db)
+    async with PixelDojoClient("test-key", api.base_url) as client:
+        presenter = RecordingPresenter()
+        runner = JobRunner(store, client, presenter, FAST)
+        service = GenerationService(store, runner)
+        job = await service.reserve(request())
+        submitted = await client.submit(prompt="a red fox", aspect_ratio="1:1")
+        await store.mark_submitted(
+            job.id, api_job_id=submitted.job_id, status_url=submitted.status_url, expires_at=None
+        )
+        await store.mark_completed(job.id, charged=1)
+        presenter.posted_before[job.id] = 4242
+        await runner.start()
+        final = await asyncio.wait_for(runner.wait_finished(job.id), 5)
+        await runner.stop()
+    assert presenter.results == {}
+    assert final.state is JobState.POSTED and final.result_message_id == 4242
