@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import aiosqlite
 
 from bot.errors import RequestRefused
-from bot.jobs import MAX_OUTPUTS, PROMPT_MAX_LENGTH, SEED_MAX, GenerationRequest, Job
+from bot.jobs import (
+    CREDITS_PER_OUTPUT,
+    MAX_OUTPUTS,
+    PROMPT_MAX_LENGTH,
+    SEED_MAX,
+    GenerationRequest,
+    Job,
+)
 from bot.pixeldojo import ASPECT_RATIOS
 from bot.runner import JobRunner
 from bot.storage.jobs import Admission, AdmissionCheck, JobStore
 
 log = logging.getLogger(__name__)
-
-CREDITS_PER_OUTPUT = 1  # Flux Kontext Pro's documented price; settled later from `creditCost`
 
 
 def validate(
@@ -53,15 +59,24 @@ async def admit_without_limits(
     return Admission(credits=request.num_outputs * CREDITS_PER_OUTPUT, period_start=0.0)
 
 
+ModeratorNotifier = Callable[[int, str], Awaitable[None]]
+"""Sends a notice (e.g. the spend cap nearing) to a guild's moderators."""
+
+
 class GenerationService:
     """Turns requests into running jobs."""
 
     def __init__(
-        self, store: JobStore, runner: JobRunner, admission: AdmissionCheck = admit_without_limits
+        self,
+        store: JobStore,
+        runner: JobRunner,
+        admission: AdmissionCheck = admit_without_limits,
+        notify_moderators: ModeratorNotifier | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
         self.admission = admission
+        self.notify_moderators = notify_moderators
 
     async def reserve(self, request: GenerationRequest) -> Job:
         """Check limits and hold the credits. Raises `RequestRefused` with the reason."""
@@ -69,7 +84,11 @@ class GenerationService:
             # Pick the seed here rather than letting PixelDojo do it, so every result shows a
             # seed that reproduces it and Reroll/Vary can build on it.
             request = replace(request, seed=secrets.randbelow(SEED_MAX + 1))
-        job = await self.store.create(request, self.admission)
+        job, admission = await self.store.create_admitted(request, self.admission)
+        for notice in admission.notices:
+            log.warning("guild %d: %s", job.guild_id, notice)
+            if self.notify_moderators is not None:
+                await self.notify_moderators(job.guild_id, notice)
         log.info(
             "job %d: reserved %d credit(s) for user %d in guild %d",
             job.id,

@@ -9,6 +9,8 @@ from typing import Any
 PROMPT_MAX_LENGTH = 1500
 MAX_OUTPUTS = 4
 SEED_MAX = 2**32 - 1
+CREDITS_PER_OUTPUT = 1
+"""Flux Kontext Pro's documented price: the estimate reserved; settled from `creditCost`."""
 
 
 class JobState(StrEnum):
@@ -41,6 +43,8 @@ class GenerationRequest:
     seed: int | None = None
     parent_job_id: int | None = None
     role_ids: tuple[int, ...] = ()
+    input_image_url: str | None = None
+    """Image for Kontext to edit, as sent to PixelDojo (see `bot.image_input`); None: generate."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Job:
     submitted_at: float | None
     completed_at: float | None
     finished_at: float | None
+    input_image_url: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:

@@ -55,7 +55,9 @@ class Database:
 
     async def _migrate(self) -> None:
         async with self.transaction() as conn:
-            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
             row = await (await conn.execute("SELECT MAX(version) FROM schema_version")).fetchone()
             current = row[0] or 0
             for version, statements in enumerate(MIGRATIONS, start=1):

@@ -39,14 +39,23 @@ class JobStore:
 
     async def create(self, request: GenerationRequest, admit: AdmissionCheck) -> Job:
         """Check the request against the limits and reserve its credits, atomically."""
+        job, _ = await self.create_admitted(request, admit)
+        return job
+
+    async def create_admitted(
+        self, request: GenerationRequest, admit: AdmissionCheck
+    ) -> tuple[Job, Admission]:
+        """Like `create`, also returning the admission, whose `notices` are for the moderators'
+        log channel: the transaction has committed when this returns, so they can be sent."""
         async with self.db.transaction() as conn:
             now = self.clock()
             admission = await admit(conn, request, now)
             cursor = await conn.execute(
                 """
                 INSERT INTO jobs (guild_id, channel_id, user_id, prompt, aspect_ratio, num_outputs,
-                                  seed, parent_job_id, state, credits_reserved, created_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  seed, parent_job_id, state, credits_reserved, created_at,
+                                  input_image_url)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
                 (
                     request.guild_id,
@@ -60,6 +69,7 @@ class JobStore:
                     JobState.RESERVED.value,
                     admission.credits,
                     now,
+                    request.input_image_url,
                 ),
             )
             job_id = cursor.lastrowid
@@ -73,7 +83,7 @@ class JobStore:
                 now=now,
                 job_id=job_id,
             )
-            return await self._get(conn, job_id)
+            return await self._get(conn, job_id), admission
 
     async def get(self, job_id: int) -> Job | None:
         async with self.db.read() as conn:

@@ -88,3 +88,57 @@ async def job_period_start(conn: aiosqlite.Connection, job_id: int) -> float:
         )
     ).fetchone()
     return row[0] if row is not None else 0.0
+
+
+def _range(start: float, end: float | None) -> tuple[str, tuple[float, ...]]:
+    if end is None:
+        return "period_start >= ?", (start,)
+    return "period_start >= ? AND period_start < ?", (start, end)
+
+
+async def usage_between(
+    conn: aiosqlite.Connection,
+    guild_id: int,
+    user_id: int,
+    start: float,
+    end: float | None = None,
+) -> Usage:
+    """Like `usage`, but over every row booked in `[start, end)`.
+
+    A range rather than one exact `period_start`, so changing a guild's period (day → week)
+    counts what was booked under the old period that falls inside the new one.
+    """
+    where, bounds = _range(start, end)
+    row = await (
+        await conn.execute(
+            f"""
+            SELECT
+                COALESCE(SUM(CASE WHEN kind != 'grant' THEN amount END), 0),
+                COALESCE(SUM(CASE WHEN kind = 'grant' THEN amount END), 0)
+            FROM ledger WHERE guild_id = ? AND user_id = ? AND {where}
+            """,
+            (guild_id, user_id, *bounds),
+        )
+    ).fetchone()
+    return Usage(used=row[0], granted=row[1])
+
+
+async def guild_spend(
+    conn: aiosqlite.Connection, guild_id: int, start: float, end: float | None = None
+) -> int:
+    """Credits a guild actually spent in `[start, end)`: reservations, settlements and refunds.
+
+    A moderator's reset forgives a member's use but not the money spent, so resets and grants
+    do not count here.
+    """
+    where, bounds = _range(start, end)
+    row = await (
+        await conn.execute(
+            f"""
+            SELECT COALESCE(SUM(amount), 0) FROM ledger
+            WHERE guild_id = ? AND kind IN ('reserve', 'settle', 'refund') AND {where}
+            """,
+            (guild_id, *bounds),
+        )
+    ).fetchone()
+    return int(row[0])

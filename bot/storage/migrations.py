@@ -54,4 +54,88 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX ledger_by_user_period ON ledger (guild_id, user_id, period_start)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ],
+    # 2: per-guild credit rules, moderation state and the audit log. Every row is keyed by
+    # guild_id and every query filters by it, so one guild never sees another's data.
+    [
+        """
+        CREATE TABLE guild_settings (
+            guild_id INTEGER PRIMARY KEY,
+            period TEXT NOT NULL DEFAULT 'day'
+                CHECK (period IN ('day', 'week', 'month', 'none')),
+            reset_hour INTEGER NOT NULL DEFAULT 0 CHECK (reset_hour BETWEEN 0 AND 23),
+            default_allowance INTEGER DEFAULT 10,
+            spend_cap INTEGER,
+            max_concurrent INTEGER NOT NULL DEFAULT 2,
+            cooldown_seconds INTEGER NOT NULL DEFAULT 0,
+            max_outputs INTEGER NOT NULL DEFAULT 4,
+            moderator_role_id INTEGER,
+            log_channel_id INTEGER,
+            cap_warned_period REAL,
+            cap_paused_period REAL
+        )
+        """,
+        """
+        CREATE TABLE role_allowances (
+            guild_id INTEGER NOT NULL,
+            role_id INTEGER NOT NULL,
+            allowance INTEGER,
+            PRIMARY KEY (guild_id, role_id)
+        )
+        """,
+        """
+        CREATE TABLE user_allowances (
+            guild_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,
+            allowance INTEGER,
+            PRIMARY KEY (guild_id, user_id)
+        )
+        """,
+        """
+        CREATE TABLE allowed_channels (
+            guild_id INTEGER NOT NULL,
+            channel_id INTEGER NOT NULL,
+            PRIMARY KEY (guild_id, channel_id)
+        )
+        """,
+        """
+        CREATE TABLE blocked_terms (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            guild_id INTEGER NOT NULL,
+            pattern TEXT NOT NULL,
+            is_regex INTEGER NOT NULL DEFAULT 0,
+            actor_id INTEGER,
+            created_at REAL NOT NULL,
+            UNIQUE (guild_id, pattern)
+        )
+        """,
+        """
+        CREATE TABLE bans (
+            guild_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,
+            until REAL,
+            reason TEXT,
+            actor_id INTEGER,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (guild_id, user_id)
+        )
+        """,
+        """
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            guild_id INTEGER NOT NULL,
+            actor_id INTEGER,
+            action TEXT NOT NULL,
+            target_id INTEGER,
+            details TEXT NOT NULL DEFAULT '{}',
+            summary TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX audit_log_by_guild ON audit_log (guild_id, id)",
+        # The server-wide spend cap sums one guild's ledger for a period.
+        "CREATE INDEX ledger_by_guild_period ON ledger (guild_id, period_start)",
+    ],
+    # 3: the input image an /imagine edit sends to PixelDojo (NULL for plain generations):
+    # the attachment URL, or a data URI / base64 when the model's schema takes inline images.
+    ["ALTER TABLE jobs ADD COLUMN input_image_url TEXT"],
 ]

@@ -1,0 +1,368 @@
+"""Admission: whether a member may start a generation now, and what it holds from their credits.
+
+`Limits.admit` is the `AdmissionCheck` that `JobStore.create` runs inside its `BEGIN IMMEDIATE`
+reservation transaction, so reading the limits and reserving against them is one atomic step:
+concurrent requests can never over-spend an allowance or the server's spend cap. Every rule
+lives in the database; the only thing kept in memory is a cache of compiled blocked terms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiosqlite
+
+from bot.blocklist import TermMatcher
+from bot.errors import RequestRefused
+from bot.jobs import ACTIVE_STATES, CREDITS_PER_OUTPUT, GenerationRequest
+from bot.periods import Period, discord_time, next_reset, period_start
+from bot.storage import guild_settings, ledger
+from bot.storage.database import Database
+from bot.storage.guild_settings import GuildSettings
+from bot.storage.jobs import Admission
+
+CAP_WARNING_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class Balance:
+    """A member's credits in the current period, for `/credits`."""
+
+    allowance: int | None
+    """The period's allowance; None means unlimited."""
+    granted: int
+    used: int
+    remaining: int | None
+    """`allowance + granted - used`, never below 0; None means unlimited."""
+    period: Period
+    period_start: float
+    resets_at: float | None
+    """When the allowance starts over; None when the period is `none`."""
+    active_jobs: int
+
+    @property
+    def unlimited(self) -> bool:
+        return self.allowance is None
+
+
+def credits_for(request: GenerationRequest) -> int:
+    """The estimate a request holds until PixelDojo reports its `creditCost`."""
+    return request.num_outputs * CREDITS_PER_OUTPUT
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _resets(resets_at: float | None) -> str:
+    return "they don't reset" if resets_at is None else f"they reset {discord_time(resets_at)}"
+
+
+async def resolve_allowance(
+    conn: aiosqlite.Connection,
+    settings: GuildSettings,
+    user_id: int,
+    role_ids: Sequence[int],
+) -> int | None:
+    """The member's allowance per period (None = unlimited).
+
+    A per-member override wins; otherwise the most generous of the member's roles that have one
+    (an unlimited role beats any number); otherwise the guild default.
+    """
+    row = await (
+        await conn.execute(
+            "SELECT allowance FROM user_allowances WHERE guild_id = ? AND user_id = ?",
+            (settings.guild_id, user_id),
+        )
+    ).fetchone()
+    if row is not None:
+        return row[0]
+    if role_ids:
+        rows = await (
+            await conn.execute(
+                f"""
+                SELECT allowance FROM role_allowances
+                WHERE guild_id = ? AND role_id IN ({",".join("?" for _ in role_ids)})
+                """,
+                (settings.guild_id, *role_ids),
+            )
+        ).fetchall()
+        if rows:
+            values = [r[0] for r in rows]
+            return None if None in values else max(values)
+    return settings.default_allowance
+
+
+async def count_active_jobs(conn: aiosqlite.Connection, guild_id: int, user_id: int) -> int:
+    """The member's jobs that are reserved, running or being posted."""
+    row = await (
+        await conn.execute(
+            f"""
+            SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?
+            AND state IN ({",".join("?" for _ in ACTIVE_STATES)})
+            """,
+            (guild_id, user_id, *(s.value for s in ACTIVE_STATES)),
+        )
+    ).fetchone()
+    return int(row[0])
+
+
+class Limits:
+    """Decides admissions and reports balances from the rules stored per guild."""
+
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.clock = clock
+        self._matchers: dict[int, tuple[tuple[int, int], TermMatcher]] = {}
+
+    def invalidate_terms(self, guild_id: int) -> None:
+        """Forget a guild's compiled blocked terms (call whenever they change)."""
+        self._matchers.pop(guild_id, None)
+
+    async def admit(
+        self, conn: aiosqlite.Connection, request: GenerationRequest, now: float
+    ) -> Admission:
+        """Check every rule in order and return what to reserve, or raise `RequestRefused`."""
+        settings = await guild_settings.load(conn, request.guild_id)
+        await self._check_ban(conn, request, now)
+        await self._check_channel(conn, request)
+        await self._check_terms(conn, request)
+        cost = credits_for(request)
+        self._check_outputs(settings, request)
+        await self._check_concurrency(conn, settings, request)
+        await self._check_cooldown(conn, settings, request, now)
+        start = period_start(settings.period, settings.reset_hour, now)
+        resets_at = next_reset(settings.period, settings.reset_hour, now)
+        cap_marks, notices = await self._check_cap(conn, settings, cost, start, resets_at)
+        await self._check_allowance(conn, settings, request, cost, start, resets_at)
+        if cap_marks:
+            await guild_settings.update(conn, request.guild_id, **cap_marks)
+        return Admission(credits=cost, period_start=start, notices=notices)
+
+    async def balance(self, guild_id: int, user_id: int, role_ids: Sequence[int]) -> Balance:
+        """What the member has used and has left in the current period."""
+        now = self.clock()
+        async with self.db.read() as conn:
+            settings = await guild_settings.load(conn, guild_id)
+            allowance = await resolve_allowance(conn, settings, user_id, role_ids)
+            start = period_start(settings.period, settings.reset_hour, now)
+            usage = await ledger.usage_between(conn, guild_id, user_id, start)
+            active = await count_active_jobs(conn, guild_id, user_id)
+        remaining = (
+            None if allowance is None else max(0, allowance + usage.granted - usage.used)
+        )
+        return Balance(
+            allowance=allowance,
+            granted=usage.granted,
+            used=usage.used,
+            remaining=remaining,
+            period=settings.period,
+            period_start=start,
+            resets_at=next_reset(settings.period, settings.reset_hour, now),
+            active_jobs=active,
+        )
+
+    async def settings(self, guild_id: int) -> GuildSettings:
+        """The guild's current settings (defaults when none were changed)."""
+        async with self.db.read() as conn:
+            return await guild_settings.load(conn, guild_id)
+
+    async def matcher(self, conn: aiosqlite.Connection, guild_id: int) -> TermMatcher:
+        """The guild's compiled blocked terms, cached until they change.
+
+        Besides `invalidate_terms`, each use compares the terms' (count, newest id) with the
+        cached ones, so a change made by another process (the CLI) is picked up too; ids are
+        never reused (AUTOINCREMENT), so any add or remove changes that pair.
+        """
+        row = await (
+            await conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM blocked_terms WHERE guild_id = ?",
+                (guild_id,),
+            )
+        ).fetchone()
+        signature = (int(row[0]), int(row[1]))
+        cached = self._matchers.get(guild_id)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        rows = await (
+            await conn.execute(
+                "SELECT pattern, is_regex FROM blocked_terms WHERE guild_id = ? ORDER BY id",
+                (guild_id,),
+            )
+        ).fetchall()
+        matcher = TermMatcher.build((r[0], bool(r[1])) for r in rows)
+        self._matchers[guild_id] = (signature, matcher)
+        return matcher
+
+    @staticmethod
+    async def _check_ban(
+        conn: aiosqlite.Connection, request: GenerationRequest, now: float
+    ) -> None:
+        row = await (
+            await conn.execute(
+                "SELECT until, reason FROM bans WHERE guild_id = ? AND user_id = ?",
+                (request.guild_id, request.user_id),
+            )
+        ).fetchone()
+        if row is None or (row["until"] is not None and row["until"] <= now):
+            return
+        reason = f" (reason: {row['reason']})" if row["reason"] else ""
+        if row["until"] is None:
+            raise RequestRefused(
+                f"You can't generate images in this server{reason}. "
+                "Ask a moderator if you think this is a mistake."
+            )
+        until = row["until"]
+        raise RequestRefused(
+            f"You can't generate images here until {discord_time(until, 'f')}, "
+            f"{discord_time(until)}{reason}."
+        )
+
+    @staticmethod
+    async def _check_channel(conn: aiosqlite.Connection, request: GenerationRequest) -> None:
+        rows = await (
+            await conn.execute(
+                "SELECT channel_id FROM allowed_channels WHERE guild_id = ? ORDER BY channel_id",
+                (request.guild_id,),
+            )
+        ).fetchall()
+        channels = [row[0] for row in rows]
+        if channels and request.channel_id not in channels:
+            mentions = ", ".join(f"<#{channel}>" for channel in channels)
+            raise RequestRefused(f"Images can only be generated in {mentions}.")
+
+    async def _check_terms(self, conn: aiosqlite.Connection, request: GenerationRequest) -> None:
+        matcher = await self.matcher(conn, request.guild_id)
+        if matcher.matches(request.prompt):
+            raise RequestRefused(
+                "Your prompt contains a term this server doesn't allow. Please rephrase it."
+            )
+
+    @staticmethod
+    def _check_outputs(settings: GuildSettings, request: GenerationRequest) -> None:
+        if request.num_outputs > settings.max_outputs:
+            if settings.max_outputs == 1:
+                raise RequestRefused("This server allows only 1 image per request.")
+            raise RequestRefused(
+                f"This server allows up to {settings.max_outputs} images per request. "
+                f"Ask for {settings.max_outputs} or fewer."
+            )
+
+    @staticmethod
+    async def _check_concurrency(
+        conn: aiosqlite.Connection, settings: GuildSettings, request: GenerationRequest
+    ) -> None:
+        active = await count_active_jobs(conn, request.guild_id, request.user_id)
+        if active >= settings.max_concurrent:
+            raise RequestRefused(
+                f"You already have {_plural(active, 'generation')} running, and this server "
+                f"allows {settings.max_concurrent} at a time. "
+                "Try again when one of them has finished."
+            )
+
+    @staticmethod
+    async def _check_cooldown(
+        conn: aiosqlite.Connection,
+        settings: GuildSettings,
+        request: GenerationRequest,
+        now: float,
+    ) -> None:
+        if settings.cooldown_seconds <= 0:
+            return
+        row = await (
+            await conn.execute(
+                "SELECT MAX(created_at) FROM jobs WHERE guild_id = ? AND user_id = ?",
+                (request.guild_id, request.user_id),
+            )
+        ).fetchone()
+        last = row[0]
+        if last is None:
+            return
+        ready_at = last + settings.cooldown_seconds
+        if now < ready_at:
+            raise RequestRefused(
+                f"This server has a {settings.cooldown_seconds}-second cooldown between "
+                f"generations. You can generate again {discord_time(ready_at)}."
+            )
+
+    @staticmethod
+    async def _check_cap(
+        conn: aiosqlite.Connection,
+        settings: GuildSettings,
+        cost: int,
+        start: float,
+        resets_at: float | None,
+    ) -> tuple[dict[str, float], tuple[str, ...]]:
+        """Refuse past the server's spend cap; say (once per period) when it nears or hits it."""
+        cap = settings.spend_cap
+        if cap is None:
+            return {}, ()
+        spent = await ledger.guild_spend(conn, settings.guild_id, start)
+        phrase = settings.period.phrase
+        resumes = (
+            f"It resumes {discord_time(resets_at)}, or when a moderator raises the cap."
+            if resets_at is not None
+            else "It resumes when a moderator raises the cap."
+        )
+        if spent >= cap:
+            raise RequestRefused(
+                f"Image generation is paused: this server has used its spend cap of "
+                f"{_plural(cap, 'credit')} {phrase}. {resumes}"
+            )
+        if spent + cost > cap:
+            raise RequestRefused(
+                f"This server has only {_plural(cap - spent, 'credit')} left under its spend cap "
+                f"{phrase}, and this request needs {cost}. Ask for fewer images."
+            )
+        after = spent + cost
+        if after >= cap and settings.cap_paused_period != start:
+            notice = (
+                f"Image generation is paused: this server has reached its spend cap of "
+                f"{_plural(cap, 'credit')} {phrase}. {resumes}"
+            )
+            return {"cap_paused_period": start, "cap_warned_period": start}, (notice,)
+        if after >= cap * CAP_WARNING_FRACTION and settings.cap_warned_period != start:
+            notice = (
+                f"Heads up: this server has used {after} of its {_plural(cap, 'credit')} "
+                f"spend cap {phrase} ({after * 100 // cap}%). Generation pauses at the cap."
+            )
+            return {"cap_warned_period": start}, (notice,)
+        return {}, ()
+
+    @staticmethod
+    async def _check_allowance(
+        conn: aiosqlite.Connection,
+        settings: GuildSettings,
+        request: GenerationRequest,
+        cost: int,
+        start: float,
+        resets_at: float | None,
+    ) -> None:
+        allowance = await resolve_allowance(
+            conn, settings, request.user_id, request.role_ids
+        )
+        if allowance is None:
+            return
+        usage = await ledger.usage_between(conn, request.guild_id, request.user_id, start)
+        total = allowance + usage.granted
+        remaining = max(0, total - usage.used)
+        if cost <= remaining:
+            return
+        if total <= 0:
+            raise RequestRefused(
+                "This server doesn't give you any image credits. "
+                "Ask a moderator if you'd like some."
+            )
+        phrase = settings.period.phrase
+        resets = _resets(resets_at)
+        if remaining == 0:
+            raise RequestRefused(
+                f"You have 0 of {_plural(total, 'credit')} left {phrase}; {resets}. "
+                "A moderator can grant you more."
+            )
+        raise RequestRefused(
+            f"This request needs {_plural(cost, 'credit')}, but you have {remaining} of "
+            f"{total} left {phrase}; {resets}. Ask for fewer images."
+        )

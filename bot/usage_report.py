@@ -1,0 +1,115 @@
+"""The moderators' usage report: who spent what in a period, from the ledger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from bot.jobs import ACTIVE_STATES, JobState
+from bot.periods import Period, next_reset, period_start, previous_period_start
+from bot.storage import ledger
+from bot.storage.guild_settings import GuildSettings
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    """One member's line in the report: credits spent and generations started."""
+
+    user_id: int
+    credits: int
+    jobs: int
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """A guild's spending in one period. Credits are what was actually spent with PixelDojo
+    (reservations, settlements, refunds); moderators' resets and grants don't change them."""
+
+    guild_id: int
+    period: Period
+    period_start: float
+    period_end: float | None
+    """When the period ends (the next reset); None when the period is `none`."""
+    total_credits: int
+    previous_period_start: float | None
+    previous_total_credits: int | None
+    top_users: tuple[UserUsage, ...]
+    jobs_posted: int
+    jobs_failed: int
+    jobs_active: int
+    spend_cap: int | None
+
+    @property
+    def cap_used(self) -> int:
+        """Credits counted against the spend cap in this period."""
+        return self.total_credits
+
+    @property
+    def cap_fraction(self) -> float | None:
+        """How much of the cap is used (1.0 = all of it); None without a cap."""
+        return None if self.spend_cap is None else self.total_credits / self.spend_cap
+
+
+async def build_usage_report(
+    conn: aiosqlite.Connection,
+    settings: GuildSettings,
+    *,
+    now: float,
+    start: float | None = None,
+    top: int = 10,
+) -> UsageReport:
+    """The report for the period containing `start` (default: the current period)."""
+    guild_id = settings.guild_id
+    moment = now if start is None else start
+    begin = period_start(settings.period, settings.reset_hour, moment)
+    end = next_reset(settings.period, settings.reset_hour, moment)
+    previous = previous_period_start(settings.period, settings.reset_hour, moment)
+    where = "l.guild_id = ? AND l.period_start >= ?"
+    if end is not None:
+        where += " AND l.period_start < ?"
+    bounds = (guild_id, begin) if end is None else (guild_id, begin, end)
+
+    rows = await (
+        await conn.execute(
+            f"""
+            SELECT l.user_id,
+                   COALESCE(SUM(l.amount), 0) AS credits,
+                   SUM(CASE WHEN l.kind = 'reserve' THEN 1 ELSE 0 END) AS jobs
+            FROM ledger l
+            WHERE {where} AND l.kind IN ('reserve', 'settle', 'refund')
+            GROUP BY l.user_id
+            ORDER BY credits DESC, jobs DESC, l.user_id
+            LIMIT ?
+            """,
+            (*bounds, max(1, top)),
+        )
+    ).fetchall()
+    states = dict(
+        await (
+            await conn.execute(
+                f"""
+                SELECT j.state, COUNT(*) FROM jobs j
+                JOIN ledger l ON l.job_id = j.id AND l.kind = 'reserve'
+                WHERE {where} GROUP BY j.state
+                """,
+                bounds,
+            )
+        ).fetchall()
+    )
+    return UsageReport(
+        guild_id=guild_id,
+        period=settings.period,
+        period_start=begin,
+        period_end=end,
+        total_credits=await ledger.guild_spend(conn, guild_id, begin, end),
+        previous_period_start=previous,
+        previous_total_credits=(
+            None if previous is None else await ledger.guild_spend(conn, guild_id, previous, begin)
+        ),
+        top_users=tuple(UserUsage(row[0], int(row[1]), int(row[2])) for row in rows),
+        jobs_posted=states.get(JobState.POSTED.value, 0),
+        jobs_failed=states.get(JobState.FAILED.value, 0),
+        jobs_active=sum(states.get(state.value, 0) for state in ACTIVE_STATES),
+        spend_cap=settings.spend_cap,
+    )
