@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from bot import pixeldojo
+from bot import image_input, pixeldojo
 from bot.jobs import Job, JobState
 from bot.storage.jobs import JobStore
 
@@ -173,12 +173,15 @@ class JobRunner:
     async def _submit(self, job: Job) -> None:
         try:
             await self.presenter.show_status(job, Phase.QUEUED, 0.0)
+            # An edit sends its input image in the field the model's schema names.
+            extra = await image_input.submission_extra(self.client, job.input_image_url)
             async with self._submit_slots:
                 submitted = await self.client.submit(
                     prompt=job.prompt,
                     aspect_ratio=job.aspect_ratio,
                     num_outputs=job.num_outputs,
                     seed=job.seed,
+                    extra=extra or None,
                 )
         except pixeldojo.PixelDojoError as exc:
             log.warning("job %d: PixelDojo refused the submission: %s", job.id, exc.message)
