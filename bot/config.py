@@ -52,13 +52,17 @@ def _require(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+def _url(
+    env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...]
+) -> str | None:
     value = _get(env, name) or default
     if value is None:
         return None
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.netloc:
-        raise ConfigError(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        raise ConfigError(
+            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+        )
     return value.rstrip("/")
 
 
@@ -109,7 +113,9 @@ def _snowflake(env: Mapping[str, str], name: str) -> int | None:
 _TOKEN_SHAPE_MIN_LENGTH = 20
 
 
-def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool = True) -> Settings:
+def load_settings(
+    env: Mapping[str, str] | None = None, *, require_discord: bool = True
+) -> Settings:
     """Build `Settings` from `env` (default: `os.environ` after loading `.env`).
 
     Raises `ConfigError` with a one-line message naming the first bad setting.
@@ -122,9 +128,15 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         env = os.environ
 
     sandbox = _flag(env, "PIXELDOJO_SANDBOX")
-    token = _require(env, "DISCORD_TOKEN") if require_discord else (_get(env, "DISCORD_TOKEN") or "")
-    if require_discord and (len(token) < _TOKEN_SHAPE_MIN_LENGTH or any(c.isspace() for c in token)):
-        raise ConfigError("DISCORD_TOKEN does not look like a bot token (copy it from the Developer Portal)")
+    token = (
+        _require(env, "DISCORD_TOKEN") if require_discord else (_get(env, "DISCORD_TOKEN") or "")
+    )
+    if require_discord and (
+        len(token) < _TOKEN_SHAPE_MIN_LENGTH or any(c.isspace() for c in token)
+    ):
+        raise ConfigError(
+            "DISCORD_TOKEN does not look like a bot token (copy it from the Developer Portal)"
+        )
     api_key = _get(env, "PIXELDOJO_API_KEY") or ("sandbox" if sandbox else None)
     if api_key is None:
         raise ConfigError(
@@ -144,7 +156,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
     return Settings(
         discord_token=token,
         pixeldojo_api_key=api_key,
-        pixeldojo_api_base=_url(env, "PIXELDOJO_API_BASE", DEFAULT_API_BASE, ("https", "http")) or "",
+        pixeldojo_api_base=_url(env, "PIXELDOJO_API_BASE", DEFAULT_API_BASE, ("https", "http"))
+        or "",
         database_path=Path(_get(env, "DATABASE_PATH") or DEFAULT_DATABASE_PATH),
         dev_guild_id=_snowflake(env, "DEV_GUILD_ID"),
         discord_api_base=_url(env, "DISCORD_API_BASE", None, ("https", "http")),

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import discord
 
-from bot.jobs import Job
+from bot.jobs import Job, JobState
+from bot.limits import Balance
 from bot.runner import Phase
+
+if TYPE_CHECKING:
+    from bot.moderation import Ban, BlockedTerm
+    from bot.storage.audit import AuditEntry
+    from bot.storage.guild_settings import GuildSettings
+    from bot.usage_report import UsageReport
 
 BRAND = discord.Colour(0x7C3AED)
 SUCCESS = discord.Colour(0x22C55E)
@@ -86,4 +96,255 @@ def job_details(job: Job) -> discord.Embed:
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
     if job.parent_job_id is not None:
         embed.add_field(name="Based on", value=f"Job #{job.parent_job_id}")
+    return embed
+
+
+_STATE_ICONS = {
+    JobState.RESERVED: "⏳",
+    JobState.SUBMITTED: "🎨",
+    JobState.COMPLETED: "📥",
+    JobState.POSTED: "✅",
+    JobState.FAILED: "❌",
+}
+
+
+def job_link(job: Job) -> str:
+    """A jump link to the job's result (or status) message, or the job number alone."""
+    message_id = job.result_message_id or job.status_message_id
+    if message_id is None or not job.guild_id:
+        return job_marker(job)
+    return f"[{job_marker(job)}](https://discord.com/channels/{job.guild_id}/{job.channel_id}/{message_id})"
+
+
+def job_line(job: Job) -> str:
+    """One line of a job list: state, link, prompt excerpt, when."""
+    when = f"<t:{int(job.created_at)}:R>"
+    return f"{_STATE_ICONS[job.state]} {job_link(job)} · {_shorten(job.prompt, 60)} · {when}"
+
+
+def credits(balance: Balance, recent: list[Job]) -> discord.Embed:
+    """`/credits`: what is left, what was used, when it resets, and recent jobs."""
+    period = balance.period.value
+    if balance.unlimited:
+        headline = f"**Unlimited** credits · {balance.used} used"
+    else:
+        total = (balance.allowance or 0) + balance.granted
+        headline = f"**{balance.remaining}** of {total} credits left"
+    embed = discord.Embed(title="Your image credits", description=headline, colour=BRAND)
+    if period != "none":
+        embed.add_field(name=f"Used this {period}", value=str(balance.used))
+    else:
+        embed.add_field(name="Used", value=str(balance.used))
+    if balance.granted:
+        embed.add_field(name="Granted by moderators", value=str(balance.granted))
+    if balance.resets_at is not None:
+        embed.add_field(name="Resets", value=f"<t:{int(balance.resets_at)}:R>")
+    if balance.active_jobs:
+        embed.add_field(name="Running now", value=str(balance.active_jobs))
+    if recent:
+        embed.add_field(
+            name="Recent jobs",
+            value="\n".join(job_line(job) for job in recent)[:1024],
+            inline=False,
+        )
+    embed.set_footer(text="1 credit per image · refunded automatically if a job fails")
+    return embed
+
+
+# -- moderator views (`/mod ...`): always ephemeral, never pinging ----------------------------
+
+FIELD_LIMIT = 1024
+DESCRIPTION_LIMIT = 4096
+
+
+def fit_lines(lines: Sequence[str], limit: int, *, empty: str = "none") -> str:
+    """Lines joined by newlines, within `limit` characters: a tail that doesn't fit becomes
+    "…and N more". Each line is shortened on its own first so one long line can't hide the rest.
+    """
+    if not lines:
+        return empty
+    lines = [_shorten(line, max(1, limit - 20)) for line in lines]
+    kept: list[str] = []
+    length = 0
+    for index, line in enumerate(lines):
+        extra = len(line) + (1 if kept else 0)
+        after = len(lines) - index - 1
+        reserve = len(f"\n…and {after} more") if after else 0
+        if length + extra + reserve > limit:
+            break
+        kept.append(line)
+        length += extra
+    more = len(lines) - len(kept)
+    return "\n".join([*kept, f"…and {more} more"] if more else kept)
+
+
+def allowance_text(allowance: int | None, settings: GuildSettings) -> str:
+    """"unlimited", or "50 credits per day" in the guild's period."""
+    if allowance is None:
+        return "unlimited"
+    return f"{_plural(allowance, 'credit')} {settings.period.per}"
+
+
+def mod_rules(
+    settings: GuildSettings,
+    *,
+    role_allowances: dict[int, int | None],
+    user_allowances: dict[int, int | None],
+    channels: Sequence[int],
+    blocked_terms: int,
+    bans: int,
+) -> discord.Embed:
+    """`/mod limits show`: every rule of the guild in one embed."""
+    if settings.period.value == "none":
+        period = "never (one allowance in total)"
+    else:
+        period = f"every {settings.period.value} at {settings.reset_hour:02d}:00 UTC"
+    cooldown = settings.cooldown_seconds
+    embed = discord.Embed(title="🛡️ Image generation rules", colour=BRAND)
+    embed.add_field(name="Credits reset", value=period)
+    embed.add_field(
+        name="Default allowance", value=allowance_text(settings.default_allowance, settings)
+    )
+    embed.add_field(
+        name="Server spend cap",
+        value="none" if settings.spend_cap is None
+        else allowance_text(settings.spend_cap, settings),
+    )
+    embed.add_field(
+        name="Role allowances",
+        value=fit_lines(
+            [f"<@&{role}>: {allowance_text(a, settings)}" for role, a in role_allowances.items()],
+            FIELD_LIMIT,
+        ),
+        inline=False,
+    )
+    embed.add_field(
+        name="Member overrides",
+        value=fit_lines(
+            [f"<@{user}>: {allowance_text(a, settings)}" for user, a in user_allowances.items()],
+            FIELD_LIMIT,
+        ),
+        inline=False,
+    )
+    embed.add_field(name="Generations at once", value=f"{settings.max_concurrent} per member")
+    embed.add_field(name="Cooldown", value=f"{cooldown} s" if cooldown else "off")
+    embed.add_field(name="Images per request", value=f"up to {settings.max_outputs}")
+    embed.add_field(
+        name="Allowed channels",
+        value=fit_lines([f"<#{c}>" for c in channels], FIELD_LIMIT, empty="every channel"),
+        inline=False,
+    )
+    embed.add_field(
+        name="Moderator role",
+        value="none (Manage Server only)" if settings.moderator_role_id is None
+        else f"<@&{settings.moderator_role_id}>",
+    )
+    embed.add_field(
+        name="Log channel",
+        value="none" if settings.log_channel_id is None else f"<#{settings.log_channel_id}>",
+    )
+    embed.add_field(name="Blocked terms", value=str(blocked_terms))
+    embed.add_field(name="Generation bans", value=str(bans))
+    embed.set_footer(text="Change these with /mod limits, /mod settings, /mod channels")
+    return embed
+
+
+def member_credits(balance: Balance, recent: list[Job], name: str) -> discord.Embed:
+    """`/mod credits check`: a member's credits exactly as `/credits` shows them to the member."""
+    embed = credits(balance, recent)
+    embed.title = _shorten(f"Image credits of {name}", 256)
+    return embed
+
+
+def usage_report(report: UsageReport, account_credits: int | None) -> discord.Embed:
+    """`/mod report`: the period's spending, its top members, jobs and the spend cap."""
+    period = report.period.value
+    if report.period_end is None:
+        span = "since the beginning (credits never reset)"
+    else:
+        span = f"<t:{int(report.period_start)}:f> → <t:{int(report.period_end)}:f>"
+    embed = discord.Embed(
+        title=f"📊 Usage report · {'all time' if period == 'none' else period}",
+        description=span,
+        colour=BRAND,
+    )
+    embed.add_field(name="Credits spent", value=str(report.total_credits))
+    if report.previous_total_credits is not None:
+        embed.add_field(name="Previous period", value=str(report.previous_total_credits))
+    if report.spend_cap is None:
+        cap = "no cap"
+    else:
+        percent = report.total_credits * 100 // report.spend_cap
+        cap = f"{report.total_credits} of {report.spend_cap} ({percent}%)"
+    embed.add_field(name="Spend cap", value=cap)
+    embed.add_field(
+        name="Jobs",
+        value=(
+            f"{report.jobs_posted} posted · {report.jobs_failed} failed · "
+            f"{report.jobs_active} running"
+        ),
+    )
+    embed.add_field(
+        name="PixelDojo account",
+        value="unknown" if account_credits is None else f"{account_credits:,} credits left",
+    )
+    lines = [
+        f"{rank}. <@{usage.user_id}> · {_plural(usage.credits, 'credit')} · "
+        f"{_plural(usage.jobs, 'job')}"
+        for rank, usage in enumerate(report.top_users, start=1)
+    ]
+    embed.add_field(
+        name="Top members", value=fit_lines(lines, FIELD_LIMIT, empty="nobody yet"), inline=False
+    )
+    embed.set_footer(text="Credits actually spent; moderators' grants and resets don't count")
+    return embed
+
+
+def audit_log(entries: Sequence[AuditEntry]) -> discord.Embed:
+    """`/mod audit`: newest first, each with when and who."""
+    lines = [
+        f"<t:{int(entry.created_at)}:R> "
+        f"{'system' if entry.actor_id is None else f'<@{entry.actor_id}>'} {entry.summary}"
+        for entry in entries
+    ]
+    return discord.Embed(
+        title="📜 Audit log",
+        description=fit_lines(lines, DESCRIPTION_LIMIT, empty="Nothing recorded yet."),
+        colour=BRAND,
+    )
+
+
+def ban_list(bans: Sequence[Ban]) -> discord.Embed:
+    """`/mod bans`: who may not generate, until when, why and by whom."""
+    lines = []
+    for ban in bans:
+        until = (
+            "permanently" if ban.until is None
+            else f"until <t:{int(ban.until)}:f> (<t:{int(ban.until)}:R>)"
+        )
+        by = f" · by <@{ban.actor_id}>" if ban.actor_id is not None else ""
+        reason = f" · {ban.reason}" if ban.reason else ""
+        lines.append(f"<@{ban.user_id}> {until}{by}{reason}")
+    return discord.Embed(
+        title=f"🚫 Generation bans ({len(bans)})",
+        description=fit_lines(lines, DESCRIPTION_LIMIT, empty="Nobody is banned."),
+        colour=BRAND,
+    )
+
+
+def blocklist(terms: Sequence[BlockedTerm]) -> discord.Embed:
+    """`/mod blocklist list`: the terms themselves, in a code block (moderators only)."""
+    embed = discord.Embed(title=f"🚧 Blocked terms ({len(terms)})", colour=BRAND)
+    if not terms:
+        embed.description = "No terms are blocked."
+        return embed
+    lines = [
+        f"#{term.id:<5} {term.pattern.replace('```', 'ˋˋˋ')}"
+        + ("  (regex)" if term.is_regex else "")
+        for term in terms
+    ]
+    embed.description = f"```\n{fit_lines(lines, DESCRIPTION_LIMIT - 8)}\n```"
+    embed.set_footer(
+        text="Plain terms match whole words in any case. Remove one with /mod blocklist remove #id"
+    )
     return embed

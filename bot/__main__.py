@@ -1,0 +1,84 @@
+"""Command line: `python -m bot` runs the bot; `python -m bot imagine PROMPT` generates once.
+
+The `imagine` subcommand goes through the same PixelDojo client and job runner as the bot,
+which makes it the quickest check that an API key and the network work, without Discord.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.logging_setup import setup_logging
+
+log = logging.getLogger("bot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from bot.pixeldojo import ASPECT_RATIOS
+
+    parser = argparse.ArgumentParser(prog="pixeldojo-bot", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the Discord bot (the default)")
+    imagine = sub.add_parser("imagine", help="generate images from the command line")
+    imagine.add_argument("prompt")
+    imagine.add_argument("--aspect-ratio", default="1:1", choices=ASPECT_RATIOS)
+    imagine.add_argument("--num-outputs", type=int, default=1, choices=range(1, 5))
+    imagine.add_argument("--seed", type=int)
+    imagine.add_argument("--out", type=Path, default=Path("."), help="folder for the images")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    is_cli = args.command == "imagine"
+    try:
+        settings = load_settings(require_discord=not is_cli)
+    except ConfigError as exc:
+        print(f"pixeldojo-bot: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, [settings.discord_token, settings.pixeldojo_api_key])
+    if is_cli:
+        from bot.cli import generate_once
+
+        return asyncio.run(
+            generate_once(
+                settings,
+                prompt=args.prompt,
+                aspect_ratio=args.aspect_ratio,
+                num_outputs=args.num_outputs,
+                seed=args.seed,
+                out_dir=args.out,
+            )
+        )
+    return run_bot(settings)
+
+
+def run_bot(settings: Settings) -> int:
+    """Run until interrupted. Unfinished jobs resume on the next start."""
+    import discord
+
+    from bot.app import PixelDojoBot, point_discord_at
+
+    point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
+    bot = PixelDojoBot(settings)
+    try:
+        bot.run(settings.discord_token, log_handler=None)
+    except discord.LoginFailure:
+        print(
+            "pixeldojo-bot: Discord rejected DISCORD_TOKEN (check it in the Developer Portal)",
+            file=sys.stderr,
+        )
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        print("pixeldojo-bot: Discord refused the requested gateway intents", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

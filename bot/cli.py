@@ -1,0 +1,114 @@
+"""One generation from the command line, through the bot's own client and job runner."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bot.config import Settings
+from bot.errors import RequestRefused
+from bot.generation import GenerationService, validate
+from bot.images import image_extension
+from bot.jobs import GenerationRequest, Job
+from bot.pixeldojo import PixelDojoClient
+from bot.runner import JobRunner, Phase, ResultImage, RunnerSettings
+from bot.storage import Database
+from bot.storage.jobs import JobStore
+
+
+class FilePresenter:
+    """A `JobPresenter` that prints progress and writes results to a folder."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.saved: list[Path] = []
+        self.failure: str | None = None
+
+    async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
+        print(f"job {job.id}: {phase.value} ({elapsed:.0f} s)", file=sys.stderr)
+
+    async def show_failure(self, job: Job, reason: str) -> None:
+        self.failure = reason
+
+    async def post_result(self, job: Job, images: list[ResultImage], elapsed: float) -> int:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for image in images:
+            name = f"pixeldojo-{job.api_job_id or job.id}-{image.index + 1}"
+            path = self.out_dir / f"{name}.{image_extension(image.data)}"
+            path.write_bytes(image.data)
+            self.saved.append(path)
+        return 0
+
+    async def find_posted_result(self, job: Job) -> int | None:
+        return None
+
+
+async def generate_once(
+    settings: Settings,
+    *,
+    prompt: str,
+    aspect_ratio: str,
+    num_outputs: int,
+    seed: int | None,
+    out_dir: Path,
+) -> int:
+    """Generate, save the images under `out_dir`, print their paths. Returns an exit code."""
+    try:
+        prompt, aspect_ratio, num_outputs, seed = validate(
+            prompt=prompt, aspect_ratio=aspect_ratio, num_outputs=num_outputs, seed=seed
+        )
+    except RequestRefused as refusal:
+        print(f"pixeldojo-bot: {refusal}", file=sys.stderr)
+        return 2
+    db = Database(":memory:")
+    await db.connect()
+    sandbox = None
+    base = settings.pixeldojo_api_base
+    if settings.sandbox:
+        from bot.fake_pixeldojo import FakePixelDojo
+
+        sandbox = FakePixelDojo(
+            api_key=None, credit_cost_per_output=0, render_prompt=True, image_base_size=768
+        )
+        await sandbox.start()
+        base = sandbox.base_url
+    presenter = FilePresenter(out_dir)
+    async with PixelDojoClient(settings.pixeldojo_api_key, base) as client:
+        store = JobStore(db)
+        runner = JobRunner(
+            store,
+            client,
+            presenter,
+            RunnerSettings(
+                poll_initial_interval=settings.poll_initial_interval,
+                poll_max_interval=settings.poll_max_interval,
+                job_timeout=settings.job_timeout,
+            ),
+        )
+        service = GenerationService(store, runner)
+        await runner.start()
+        try:
+            job = await service.reserve(
+                GenerationRequest(
+                    guild_id=0,
+                    channel_id=0,
+                    user_id=0,
+                    prompt=prompt,
+                    aspect_ratio=aspect_ratio,
+                    num_outputs=num_outputs,
+                    seed=seed,
+                )
+            )
+            await service.launch(job, None)
+            await runner.wait_finished(job.id)
+        finally:
+            await runner.stop()
+            await db.close()
+            if sandbox is not None:
+                await sandbox.stop()
+    if presenter.failure is not None:
+        print(f"pixeldojo-bot: {presenter.failure}", file=sys.stderr)
+        return 1
+    for path in presenter.saved:
+        print(path)
+    return 0

@@ -1,0 +1,40 @@
+"""`/credits`: what a member has used and has left."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import embeds
+
+if TYPE_CHECKING:
+    from bot.app import PixelDojoBot
+
+
+class Credits(commands.Cog):
+    """Credit balance commands."""
+
+    def __init__(self, bot: PixelDojoBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="credits", description="See your image credits and recent jobs")
+    @app_commands.guild_only()
+    async def credits(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guild_id = interaction.guild_id or 0
+        user = interaction.user
+        role_ids = tuple(role.id for role in getattr(user, "roles", ()))
+        balance = await self.bot.credit_balance(guild_id, user.id, role_ids)
+        recent = await self.bot.store.recent_for_user(guild_id, user.id, limit=5)
+        await interaction.followup.send(
+            embed=embeds.credits(balance, recent),
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+
+async def setup(bot: PixelDojoBot) -> None:
+    await bot.add_cog(Credits(bot))

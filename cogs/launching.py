@@ -1,0 +1,81 @@
+"""Starting a job from any interaction (the slash command, Reroll, Vary): one code path."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot import embeds
+from bot.errors import RequestRefused
+from bot.generation import validate
+from bot.jobs import GenerationRequest
+from bot.runner import Phase
+
+if TYPE_CHECKING:
+    from bot.app import PixelDojoBot
+
+NO_MENTIONS = discord.AllowedMentions.none()
+CANNOT_POST = (
+    "I can't post in this channel. Ask a moderator to let me send messages and attach files here."
+)
+
+
+def build_request(
+    interaction: discord.Interaction,
+    *,
+    prompt: str,
+    aspect_ratio: str,
+    num_outputs: int,
+    seed: int | None,
+    parent_job_id: int | None = None,
+) -> GenerationRequest:
+    """Validate the fields and attach who is asking and where. Raises `RequestRefused`."""
+    prompt, aspect_ratio, num_outputs, seed = validate(
+        prompt=prompt, aspect_ratio=aspect_ratio, num_outputs=num_outputs, seed=seed
+    )
+    return GenerationRequest(
+        guild_id=interaction.guild_id or 0,
+        channel_id=interaction.channel_id or 0,
+        user_id=interaction.user.id,
+        prompt=prompt,
+        aspect_ratio=aspect_ratio,
+        num_outputs=num_outputs,
+        seed=seed,
+        parent_job_id=parent_job_id,
+        role_ids=tuple(role.id for role in getattr(interaction.user, "roles", ())),
+    )
+
+
+async def launch(
+    bot: PixelDojoBot, interaction: discord.Interaction, request: GenerationRequest
+) -> None:
+    """Reserve credits, post the public status message, start the job, and tell the member.
+
+    The interaction must already be deferred (ephemerally). Refusals are sent to the member
+    as ephemeral follow-ups; credits held for a job that could not be shown are refunded.
+    """
+    service = bot.generation
+    try:
+        job = await service.reserve(request)
+        channel = interaction.channel
+        try:
+            if not isinstance(channel, discord.abc.Messageable):
+                raise RequestRefused("I can't post in this kind of channel.")
+            status = await channel.send(
+                embed=embeds.status(job, Phase.QUEUED, 0.0), allowed_mentions=NO_MENTIONS
+            )
+        except (discord.HTTPException, RequestRefused) as exc:
+            reason = str(exc) if isinstance(exc, RequestRefused) else CANNOT_POST
+            await service.abandon(job, reason)
+            raise RequestRefused(f"{reason} Your credits were not used.") from exc
+        except BaseException:
+            await service.abandon(job, "the command failed before the job started")
+            raise
+    except RequestRefused as refusal:
+        await interaction.followup.send(str(refusal), ephemeral=True, allowed_mentions=NO_MENTIONS)
+        return
+    job = await service.launch(job, status.id)
+    await interaction.followup.send(
+        f"Job #{job.id} is queued: {status.jump_url}", ephemeral=True, allowed_mentions=NO_MENTIONS
+    )

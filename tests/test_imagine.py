@@ -1,0 +1,201 @@
+"""`/imagine` end to end: the real discord.py bot between the Discord and PixelDojo doubles."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+from PIL import Image
+
+from bot.fake_pixeldojo import image_size
+from bot.pixeldojo import ASPECT_RATIOS
+from tests.conftest import (
+    ALICE_ID,
+    BOB_ID,
+    CAROL_ID,
+    CHANNEL_ID,
+    Harness,
+    footer_has,
+    queued_job_id,
+    title_of,
+)
+
+
+async def used_credits(harness: Harness, user_id: int) -> int:
+    row = await harness.bot.db.fetchone(
+        "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = ? AND kind != 'grant'",
+        (user_id,),
+    )
+    return row[0]
+
+
+@pytest.mark.parametrize("ratio", ASPECT_RATIOS)
+async def test_each_ratio_posts_images_of_that_shape(harness: Harness, ratio: str) -> None:
+    record = await harness.imagine("a red fox in snow", aspect_ratio=ratio, num_outputs=2)
+    assert record.response_type == 5 and record.ephemeral  # deferred, privately
+    job_id = await queued_job_id(harness, record)
+    result = await harness.result_for(job_id)
+
+    assert len(result.attachments) == 2
+    for attachment in result.attachments:
+        with Image.open(io.BytesIO(attachment.data)) as image:
+            assert image.size == image_size(ratio, harness.api.image_base_size)
+    embed = result.embeds[0]
+    assert embed["description"] == "a red fox in snow"
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["Aspect ratio"] == ratio
+    assert fields["Requested by"] == f"<@{ALICE_ID}>"
+    assert fields["Credits"] == "2"
+    assert fields["Seed"].isdigit()
+    assert result.allowed_mentions == {"parse": []}
+    assert result.channel_id == CHANNEL_ID
+    assert await used_credits(harness, ALICE_ID) == 2
+    # The status message is cleaned up once the result is posted.
+    status = next(
+        m
+        for m in harness.double.messages.values()
+        if footer_has(m, f"Job #{job_id}") and not m.attachments
+    )
+    if not status.deleted:
+        await harness.double.wait_for(
+            lambda e: (
+                e.kind == "message_delete" and e.message is not None and e.message.id == status.id
+            )
+        )
+
+
+async def test_acknowledges_fast_and_shows_a_moving_status(harness: Harness) -> None:
+    harness.api.set_duration(0.6)
+    record = await harness.imagine("slow clouds")
+    assert record.ack_latency is not None and record.ack_latency < 1.0
+    job_id = await queued_job_id(harness, record)
+    status = await harness.double.wait_for_message(
+        lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨 Generating")
+    )
+    assert status.allowed_mentions == {"parse": []}
+    await harness.result_for(job_id)
+    titles = [edit["embeds"][0]["title"] for edit in status.edits if edit.get("embeds")]
+    assert titles[0].startswith(("⏳", "🎨"))
+    assert any(t.startswith("🎨 Generating") for t in titles)
+
+
+async def test_prompt_cannot_ping_anyone(harness: Harness) -> None:
+    record = await harness.imagine("@everyone look <@1200000000000000012> <@&1>")
+    job_id = await queued_job_id(harness, record)
+    result = await harness.result_for(job_id)
+    assert result.mentions == [] and result.mention_roles == [] and not result.mention_everyone
+    touched = [
+        m for m in harness.double.messages.values() if m.author_id == harness.double.bot_user_id
+    ]
+    assert touched and all(m.allowed_mentions == {"parse": []} for m in touched)
+
+
+async def test_failed_job_explains_and_refunds(harness: Harness) -> None:
+    harness.api.fail_next(error="NSFW content detected")
+    record = await harness.imagine("something", num_outputs=3)
+    job_id = await queued_job_id(harness, record)
+    failure = await harness.failure_for(job_id)
+    assert "NSFW content detected" in failure.embeds[0]["description"]
+    assert "3 credits were refunded" in failure.embeds[0]["description"]
+    assert await used_credits(harness, ALICE_ID) == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [("402", "out of credits"), ("401", "API key"), ("500", "trouble")],
+)
+async def test_refused_submission_explains_and_refunds(
+    harness: Harness, fault: str, words: str
+) -> None:
+    harness.api.fault_next(fault, route="submit")
+    job_id = await queued_job_id(harness, await harness.imagine("anything"))
+    failure = await harness.failure_for(job_id)
+    assert words in failure.embeds[0]["description"]
+    assert await used_credits(harness, ALICE_ID) == 0
+    assert harness.bot.pixeldojo._api_key not in str(failure.embeds)
+
+
+async def test_api_faults_while_polling_still_deliver(harness: Harness) -> None:
+    harness.api.set_duration(0.3)
+    harness.api.fault_next("500", n=2, route="poll")
+    harness.api.fault_next("429", route="poll")
+    harness.api.fault_next("malformed", route="poll")
+    harness.api.fault_next("drop", route="poll")
+    job_id = await queued_job_id(harness, await harness.imagine("stormy sea"))
+    result = await harness.result_for(job_id, timeout=15)
+    assert len(result.attachments) == 1
+    assert await used_credits(harness, ALICE_ID) == 1
+
+
+async def test_expired_images_fail_with_refund(harness: Harness) -> None:
+    harness.api.fault_next("404", route="download")
+    job_id = await queued_job_id(harness, await harness.imagine("ephemeral"))
+    failure = await harness.failure_for(job_id)
+    assert "expired" in failure.embeds[0]["description"]
+    assert await used_credits(harness, ALICE_ID) == 0
+
+
+async def test_oversized_images_are_reencoded_to_fit(harness: Harness) -> None:
+    guild = harness.bot.get_guild(harness.double.guilds[next(iter(harness.double.guilds))].id)
+    assert guild is not None
+    limit = guild.filesize_limit
+    harness.api.image_base_size = 2048
+    harness.api.oversize_images(limit + 1024 * 1024)
+    job_id = await queued_job_id(harness, await harness.imagine("noise", num_outputs=1))
+    result = await harness.result_for(job_id, timeout=30)
+    assert result.attachments[0].size <= limit
+    assert result.attachments[0].filename.endswith(".jpg")
+    assert "re-encoded" in result.embeds[0]["footer"]["text"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "refusal"),
+    [("   ", "prompt is empty")],
+)
+async def test_bad_input_is_refused_privately(harness: Harness, prompt: str, refusal: str) -> None:
+    record = await harness.imagine(prompt)
+    reply = await harness.reply(record)
+    assert refusal in (reply.content or "")
+    assert reply.ephemeral
+    assert harness.api.submissions == []
+    assert await used_credits(harness, ALICE_ID) == 0
+
+
+async def test_discord_rejects_out_of_range_options_before_the_bot(harness: Harness) -> None:
+    with pytest.raises(ValueError):
+        await harness.imagine("x", num_outputs=5)
+    with pytest.raises(ValueError):
+        await harness.imagine("x", aspect_ratio="7:3")
+    with pytest.raises(ValueError):
+        await harness.imagine("x" * 1501)
+
+
+async def test_concurrent_commands_from_several_members(harness: Harness) -> None:
+    harness.api.set_duration(0.2)
+    members = [ALICE_ID, BOB_ID, CAROL_ID] * 2
+    records = await asyncio.gather(
+        *(harness.imagine(f"scene {i}", user_id=user) for i, user in enumerate(members))
+    )
+    assert all(r.ack_latency is not None and r.ack_latency < 2.0 for r in records)
+    job_ids = [await queued_job_id(harness, r) for r in records]
+    assert len(set(job_ids)) == len(members)
+    results = await asyncio.gather(*(harness.result_for(j, timeout=20) for j in job_ids))
+    assert {r.embeds[0]["description"] for r in results} == {f"scene {i}" for i in range(6)}
+    assert len(harness.api.submissions) == len(members)
+    for user in (ALICE_ID, BOB_ID, CAROL_ID):
+        assert await used_credits(harness, user) == 2
+
+
+async def test_credits_command_shows_use(harness: Harness) -> None:
+    job_id = await queued_job_id(harness, await harness.imagine("a cat", num_outputs=2))
+    await harness.result_for(job_id)
+    record = await harness.command("credits", user_id=ALICE_ID)
+    reply = await harness.reply(record)
+    assert reply.ephemeral
+    embed = reply.embeds[0]
+    assert "8** of 10 credits left" in embed["description"]
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["Used this day"] == "2"
+    assert f"Job #{job_id}" in fields["Recent jobs"]
+    assert fields["Resets"].startswith("<t:")
