@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -86,8 +86,10 @@ class JobRunner:
         settings: RunnerSettings | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        on_finished: Callable[[Job], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
+        self.on_finished = on_finished
         self.client = client
         self.presenter = presenter
         self.settings = settings or RunnerSettings()
@@ -139,7 +141,13 @@ class JobRunner:
             future = self._finished[job_id] = asyncio.get_running_loop().create_future()
         return future
 
-    def _announce_finished(self, job: Job) -> None:
+    async def _finish(self, job: Job) -> None:
+        """A job reached POSTED or FAILED: run the hook (the audit trail), then wake waiters."""
+        if self.on_finished is not None:
+            try:
+                await self.on_finished(job)
+            except Exception:
+                log.exception("job %d: the on_finished hook failed", job.id)
         future = self._finished.pop(job.id, None)
         if future is not None and not future.done():
             future.set_result(job)
@@ -286,9 +294,7 @@ class JobRunner:
             posted = await self.presenter.find_posted_result(job) if image_urls is None else None
             if posted is not None:
                 log.info("job %d: result was already posted as message %d", job.id, posted)
-                self._announce_finished(
-                    await self.store.mark_posted(job.id, result_message_id=posted)
-                )
+                await self._finish(await self.store.mark_posted(job.id, result_message_id=posted))
                 return
             if image_urls is None:
                 # Resumed after a crash: ask PixelDojo for the URLs again.
@@ -305,9 +311,13 @@ class JobRunner:
             log.warning("job %d: could not post the result: %s", job.id, exc)
             await self._fail(job, f"The result could not be posted here: {exc}")
             return
+        except Exception:
+            log.exception("job %d: unexpected error while delivering", job.id)
+            await self._fail(job, "Something went wrong while saving the images.")
+            return
         job = await self.store.mark_posted(job.id, result_message_id=message_id)
         log.info("job %d: posted as message %d", job.id, message_id)
-        self._announce_finished(job)
+        await self._finish(job)
 
     async def _download(self, job: Job, urls: tuple[str, ...]) -> list[ResultImage]:
         async def one(index: int, url: str) -> ResultImage:
@@ -333,10 +343,12 @@ class JobRunner:
         return max(0.0, end - (job.submitted_at or job.created_at))
 
     async def _fail(self, job: Job, reason: str) -> None:
+        current = await self.store.get(job.id)
+        if current is None or current.state.is_final:
+            return  # already ended (and shown); never refund or announce twice
         job = await self.store.mark_failed(job.id, reason)
         try:
             await self.presenter.show_failure(job, reason)
         except Exception:
             log.exception("job %d: could not show the failure to the member", job.id)
-        finally:
-            self._announce_finished(job)
+        await self._finish(job)
