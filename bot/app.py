@@ -15,6 +15,8 @@ from discord.ext import commands
 from bot.config import Settings
 from bot.discord_presenter import DiscordPresenter
 from bot.generation import GenerationService
+from bot.image_input import CapabilityCache
+from bot.jobs import Job, JobState
 from bot.limits import Balance, Limits
 from bot.moderation import ModerationService
 from bot.pixeldojo import PixelDojoClient
@@ -25,7 +27,7 @@ from bot.storage.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.credits", "cogs.results", "cogs.moderation")
+EXTENSIONS = ("cogs.imagine", "cogs.credits", "cogs.results", "cogs.history", "cogs.moderation")
 _COMMANDS_HASH_KEY = "synced_commands_hash"
 
 
@@ -49,6 +51,7 @@ class PixelDojoBot(commands.Bot):
     presenter: DiscordPresenter
     limits: Limits
     moderation: ModerationService
+    capabilities: CapabilityCache
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         intents = discord.Intents.none()
@@ -67,6 +70,9 @@ class PixelDojoBot(commands.Bot):
         if settings.sandbox:
             api_base = await self._start_sandbox()
         self.pixeldojo = PixelDojoClient(settings.pixeldojo_api_key, api_base)
+        # Before the cogs load: the /imagine image option describes what the schema allows.
+        self.capabilities = CapabilityCache.for_client(self.pixeldojo)
+        await self.capabilities.refresh()
         self.store = JobStore(self.db)
         self.presenter = DiscordPresenter(self, edit_interval=settings.status_edit_interval)
         self.runner = JobRunner(
@@ -80,6 +86,7 @@ class PixelDojoBot(commands.Bot):
                 max_concurrent_submits=settings.max_concurrent_submits,
                 max_concurrent_polls=settings.max_concurrent_polls,
             ),
+            on_finished=self._audit_generation,
         )
         self.limits = Limits(self.db)
         self.moderation = ModerationService(self.db, self.limits)
@@ -151,6 +158,20 @@ class PixelDojoBot(commands.Bot):
             await channel.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as exc:
             log.warning("guild %d: could not post to the log channel (%s)", guild_id, exc)
+
+    async def _audit_generation(self, job: Job) -> None:
+        """Every generation ends in the audit table and, if configured, the log channel."""
+        posted = job.state is JobState.POSTED
+        entry = await self.moderation.record_generation(
+            guild_id=job.guild_id,
+            user_id=job.user_id,
+            job_id=job.id,
+            outcome="posted" if posted else "failed",
+            credits=(job.credits_charged or 0) if posted else 0,
+        )
+        await self.notify_moderators(
+            job.guild_id, f"{'🎨' if posted else '⚠️'} <@{job.user_id}> {entry.summary}"
+        )
 
     async def log_moderator_action(self, entry: AuditEntry) -> None:
         """Every moderator action is in the audit table already; also tell the log channel."""

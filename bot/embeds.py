@@ -179,7 +179,7 @@ def fit_lines(lines: Sequence[str], limit: int, *, empty: str = "none") -> str:
 
 
 def allowance_text(allowance: int | None, settings: GuildSettings) -> str:
-    """"unlimited", or "50 credits per day" in the guild's period."""
+    """An allowance as text: "unlimited", or "50 credits per day" in the guild's period."""
     if allowance is None:
         return "unlimited"
     return f"{_plural(allowance, 'credit')} {settings.period.per}"
@@ -207,7 +207,8 @@ def mod_rules(
     )
     embed.add_field(
         name="Server spend cap",
-        value="none" if settings.spend_cap is None
+        value="none"
+        if settings.spend_cap is None
         else allowance_text(settings.spend_cap, settings),
     )
     embed.add_field(
@@ -236,7 +237,8 @@ def mod_rules(
     )
     embed.add_field(
         name="Moderator role",
-        value="none (Manage Server only)" if settings.moderator_role_id is None
+        value="none (Manage Server only)"
+        if settings.moderator_role_id is None
         else f"<@&{settings.moderator_role_id}>",
     )
     embed.add_field(
@@ -319,7 +321,8 @@ def ban_list(bans: Sequence[Ban]) -> discord.Embed:
     lines = []
     for ban in bans:
         until = (
-            "permanently" if ban.until is None
+            "permanently"
+            if ban.until is None
             else f"until <t:{int(ban.until)}:f> (<t:{int(ban.until)}:R>)"
         )
         by = f" · by <@{ban.actor_id}>" if ban.actor_id is not None else ""
@@ -347,4 +350,20 @@ def blocklist(terms: Sequence[BlockedTerm]) -> discord.Embed:
     embed.set_footer(
         text="Plain terms match whole words in any case. Remove one with /mod blocklist remove #id"
     )
+    return embed
+
+
+def history(user_id: int, jobs: list[Job]) -> discord.Embed:
+    """`/history`: one line per recent job, newest first."""
+    embed = discord.Embed(title="Recent generations", colour=BRAND)
+    if not jobs:
+        embed.description = f"<@{user_id}> has not generated anything here yet."
+        return embed
+    lines = [job_line(job) for job in jobs]
+    text = f"<@{user_id}>\n"
+    for line in lines:
+        if len(text) + len(line) + 1 > 4000:
+            break
+        text += line + "\n"
+    embed.description = text
     return embed

@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import RequestRefused
+from bot.image_input import encode_input_image, image_option_description, validate_input_image
 from bot.jobs import MAX_OUTPUTS, PROMPT_MAX_LENGTH, SEED_MAX
 from bot.pixeldojo import ASPECT_RATIOS
 from cogs.launching import NO_MENTIONS, build_request, launch
@@ -32,6 +33,7 @@ class Imagine(commands.Cog):
         aspect_ratio="Shape of the image (default 1:1)",
         num_outputs=f"How many images (1-{MAX_OUTPUTS}, 1 credit each)",
         seed="Fix the seed to reproduce a result",
+        image="An image for Kontext to edit",
     )
     @app_commands.choices(aspect_ratio=RATIO_CHOICES)
     async def imagine(
@@ -41,16 +43,19 @@ class Imagine(commands.Cog):
         aspect_ratio: app_commands.Choice[str] | None = None,
         num_outputs: app_commands.Range[int, 1, MAX_OUTPUTS] = 1,
         seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
+        image: discord.Attachment | None = None,
     ) -> None:
         # Acknowledge first: everything after this may take longer than Discord's 3 s.
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
+            input_image = await self._input_image(image) if image is not None else None
             request = build_request(
                 interaction,
                 prompt=prompt,
                 aspect_ratio=aspect_ratio.value if aspect_ratio else "1:1",
                 num_outputs=num_outputs,
                 seed=seed,
+                input_image_url=input_image,
             )
         except RequestRefused as refusal:
             await interaction.followup.send(
@@ -58,6 +63,26 @@ class Imagine(commands.Cog):
             )
             return
         await launch(self.bot, interaction, request)
+
+    async def _input_image(self, image: discord.Attachment) -> str:
+        """Check the attachment and turn it into what the model's image field takes."""
+        capabilities = await self.bot.capabilities.get()
+        validate_input_image(
+            filename=image.filename,
+            content_type=image.content_type,
+            size=image.size,
+            capabilities=capabilities,
+        )
+        data = await image.read() if capabilities.needs_image_bytes else None
+        return encode_input_image(
+            capabilities, url=image.url, data=data, content_type=image.content_type
+        )
+
+    async def cog_load(self) -> None:
+        # The option's description says what this API allows (or that editing is off). discord.py
+        # has no public setter for a parameter description, hence the private `_params`.
+        description = image_option_description(self.bot.capabilities.capabilities)
+        self.imagine._params["image"].description = description
 
 
 async def setup(bot: PixelDojoBot) -> None:

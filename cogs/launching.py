@@ -29,6 +29,7 @@ def build_request(
     num_outputs: int,
     seed: int | None,
     parent_job_id: int | None = None,
+    input_image_url: str | None = None,
 ) -> GenerationRequest:
     """Validate the fields and attach who is asking and where. Raises `RequestRefused`."""
     prompt, aspect_ratio, num_outputs, seed = validate(
@@ -43,6 +44,7 @@ def build_request(
         num_outputs=num_outputs,
         seed=seed,
         parent_job_id=parent_job_id,
+        input_image_url=input_image_url,
         role_ids=tuple(role.id for role in getattr(interaction.user, "roles", ())),
     )
 

@@ -98,6 +98,7 @@ async def _generate(
             num_outputs=job.num_outputs,
             seed=seed,
             parent_job_id=job.id,
+            input_image_url=job.input_image_url,
         )
     except RequestRefused as refusal:
         await interaction.followup.send(str(refusal), ephemeral=True, allowed_mentions=NO_MENTIONS)

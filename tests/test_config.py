@@ -1,0 +1,90 @@
+"""Start-up settings: one clear line for a bad setting, secrets never printed."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, load_settings
+from bot.logging_setup import RedactingFormatter
+
+TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.abcdefghijklmnopqrstuvwxyz012345"
+GOOD = {"DISCORD_TOKEN": TOKEN, "PIXELDOJO_API_KEY": "pd_live_secret_key_123"}
+
+
+def test_defaults() -> None:
+    settings = load_settings(GOOD)
+    assert settings.pixeldojo_api_base == "https://pixeldojo.ai/api/v1"
+    assert settings.database_path == Path("data/pixeldojo-bot.sqlite3")
+    assert settings.dev_guild_id is None and not settings.sandbox
+    assert TOKEN not in repr(settings) and "pd_live_secret_key_123" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"DISCORD_TOKEN": ""}, "DISCORD_TOKEN is not set"),
+        ({"DISCORD_TOKEN": "short"}, "DISCORD_TOKEN does not look like a bot token"),
+        ({"PIXELDOJO_API_KEY": " "}, "PIXELDOJO_API_KEY is not set"),
+        ({"PIXELDOJO_API_BASE": "ftp://x"}, "PIXELDOJO_API_BASE must be a URL"),
+        ({"DEV_GUILD_ID": "abc"}, "DEV_GUILD_ID must be a Discord ID"),
+        ({"POLL_INITIAL_INTERVAL": "fast"}, "POLL_INITIAL_INTERVAL must be a number"),
+        ({"POLL_MAX_INTERVAL": "0.5"}, "POLL_MAX_INTERVAL must be at least"),
+        ({"JOB_TIMEOUT": "-1"}, "JOB_TIMEOUT must be greater than zero"),
+        ({"MAX_CONCURRENT_POLLS": "1.5"}, "MAX_CONCURRENT_POLLS must be a whole number"),
+        ({"PIXELDOJO_SANDBOX": "maybe"}, "PIXELDOJO_SANDBOX must be 1 or 0"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be one of"),
+        (
+            {"DISCORD_GATEWAY_URL": "http://x"},
+            "DISCORD_GATEWAY_URL must be a URL starting with wss://",
+        ),
+    ],
+)
+def test_bad_settings_name_the_setting(changes: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**GOOD, **changes})
+    assert named in str(caught.value)
+    assert TOKEN not in str(caught.value)
+
+
+def test_sandbox_needs_no_api_key() -> None:
+    settings = load_settings({"DISCORD_TOKEN": TOKEN, "PIXELDOJO_SANDBOX": "1"})
+    assert settings.sandbox
+
+
+def test_process_exits_with_one_line_for_bad_config(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,  # no .env here
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(Path(__file__).parent.parent),
+            "DISCORD_TOKEN": TOKEN,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        "pixeldojo-bot: configuration error: PIXELDOJO_API_KEY is not set: add it to your "
+        "environment or .env file (or set PIXELDOJO_SANDBOX=1 to try the bot without one)"
+    ]
+
+
+def test_secrets_are_redacted_from_log_lines_and_tracebacks() -> None:
+    formatter = RedactingFormatter([TOKEN, "pd_live_secret_key_123"])
+    try:
+        raise RuntimeError(f"auth failed for Bearer pd_live_secret_key_123 / {TOKEN}")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "bot", logging.ERROR, __file__, 1, "token was %s", (TOKEN,), sys.exc_info()
+        )
+    text = formatter.format(record)
+    assert TOKEN not in text and "pd_live_secret_key_123" not in text
+    assert "token was [redacted]" in text and "Bearer [redacted] / [redacted]" in text

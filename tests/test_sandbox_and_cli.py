@@ -1,0 +1,92 @@
+"""Sandbox mode and the command-line generator: same client and runner, no Discord needed."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from bot.config import Settings
+from bot.fake_pixeldojo import FakePixelDojo
+from tests.conftest import ALICE_ID, CHANNEL_ID, GUILD_ID, REPO_ROOT, settings_env
+from tests.doubles.discord_double import DiscordDouble
+
+
+async def run_cli(env: dict[str, str], *args: str, cwd: Path) -> tuple[int, str, str]:
+    """`python -m bot imagine ...` as a process, while this loop keeps serving the doubles."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "imagine",
+        *args,
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cli_generates_into_a_folder(
+    api: FakePixelDojo, settings: Settings, tmp_path: Path
+) -> None:
+    env = settings_env(settings)
+    del env["DISCORD_TOKEN"]
+    code, out, err = await run_cli(
+        env,
+        "a lighthouse",
+        "--aspect-ratio",
+        "16:9",
+        "--num-outputs",
+        "2",
+        "--out",
+        "out",
+        cwd=tmp_path,
+    )
+    assert code == 0, err
+    paths = [Path(tmp_path, line) for line in out.split()]
+    assert len(paths) == 2
+    with Image.open(paths[0]) as image:
+        assert image.size[0] * 9 == image.size[1] * 16
+
+
+async def test_cli_reports_an_api_refusal(
+    api: FakePixelDojo, settings: Settings, tmp_path: Path
+) -> None:
+    env = settings_env(settings)
+    env["PIXELDOJO_API_KEY"] = "wrong-key"
+    code, _out, err = await run_cli(env, "a lighthouse", cwd=tmp_path)
+    assert code == 1
+    assert "API key" in err.splitlines()[-1] and "wrong-key" not in err
+
+
+async def test_cli_sandbox_renders_the_prompt(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PIXELDOJO_SANDBOX": "1", "POLL_INITIAL_INTERVAL": "0.2"}
+    code, out, err = await run_cli(env, "hello sandbox", "--out", "o", cwd=tmp_path)
+    assert code == 0, err
+    with Image.open(Path(tmp_path, out.split()[0])) as image:
+        assert image.size == (768, 768)
+
+
+async def test_sandbox_bot_posts_placeholders_at_zero_credits(
+    double: DiscordDouble, settings: Settings, bot_factory
+) -> None:
+    async with bot_factory(sandbox=True, pixeldojo_api_base="https://unreachable.invalid/api/v1"):
+        record = await double.slash(
+            "imagine",
+            {"prompt": "rehearsal"},
+            user_id=ALICE_ID,
+            guild_id=GUILD_ID,
+            channel_id=CHANNEL_ID,
+        )
+        await record.wait_for_response()
+        result = await double.wait_for_message(lambda m: bool(m.attachments), timeout=15)
+    fields = {f["name"]: f["value"] for f in result.embeds[0]["fields"]}
+    assert fields["Credits"] == "0"
+    with Image.open(io.BytesIO(result.attachments[0].data)) as image:
+        assert image.size == (768, 768)
