@@ -487,6 +487,10 @@ class Moderation(commands.Cog):
             if clash:
                 await self._refuse(interaction, f"Give either `{first}` or `{second}`, not both.")
                 return
+        if moderator_role is not None and moderator_role.is_default():
+            # Every member has @everyone: it would make the whole server moderators.
+            await self._refuse(interaction, "Pick a role other than @everyone as moderator role.")
+            return
         actions: list[Action] = []
         if log_channel is not None:
             # First, so this command's other changes are posted there too.
