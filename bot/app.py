@@ -210,6 +210,9 @@ class PixelDojoBot(commands.Bot):
         runner = getattr(self, "runner", None)
         if runner is not None:
             await runner.stop()
+        presenter = getattr(self, "presenter", None)
+        if presenter is not None:
+            await presenter.edits.close()
         client = getattr(self, "pixeldojo", None)
         if client is not None:
             await client.aclose()

@@ -18,35 +18,13 @@ from bot import embeds
 from bot.images import fit_for_upload_async
 from bot.jobs import Job
 from bot.runner import DeliveryError, Phase, ResultImage
+from bot.status_edits import StatusEditQueue
 
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
 DEFAULT_FILESIZE_LIMIT = 10 * 1024 * 1024
 _HISTORY_SCAN = 50
-
-
-class ChannelEditBudget:
-    """A token bucket per channel, so status edits in a busy channel stay far below Discord's
-    per-route limits (5 per 5 s) and leave room for the result posts that matter more."""
-
-    def __init__(
-        self, rate: float = 0.8, burst: int = 4, clock: Callable[[], float] = time.monotonic
-    ):
-        self.rate = rate
-        self.burst = burst
-        self.clock = clock
-        self._tokens: dict[int, tuple[float, float]] = {}
-
-    def take(self, channel_id: int) -> bool:
-        now = self.clock()
-        tokens, last = self._tokens.get(channel_id, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._tokens[channel_id] = (tokens, now)
-            return False
-        self._tokens[channel_id] = (tokens - 1, now)
-        return True
 
 
 class DiscordPresenter:
@@ -64,7 +42,7 @@ class DiscordPresenter:
         self.edit_interval = edit_interval
         self.view_factory = view_factory
         self.clock = clock
-        self.budget = ChannelEditBudget(clock=clock)
+        self.edits = StatusEditQueue(clock=clock)
         self._last_edit: dict[int, tuple[float, Phase]] = {}
 
     def _channel(self, job: Job) -> discord.PartialMessageable:
@@ -75,34 +53,34 @@ class DiscordPresenter:
         return guild.filesize_limit if guild is not None else DEFAULT_FILESIZE_LIMIT
 
     async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
+        """Queue a progress edit: at most one per `edit_interval` per job unless the phase
+        changed, and never waited on, so a slow or rate-limited Discord never delays a job."""
         if job.status_message_id is None:
             return
         now = self.clock()
         last = self._last_edit.get(job.id)
-        if last is not None:
-            last_time, last_phase = last
-            if last_phase == phase and now - last_time < self.edit_interval:
-                return
-        # A phase change always goes out; a mere elapsed-time tick waits for the budget.
-        if (last is not None and last[1] == phase) and not self.budget.take(job.channel_id):
+        if last is not None and last[1] == phase and now - last[0] < self.edit_interval:
             return
         self._last_edit[job.id] = (now, phase)
         message = self._channel(job).get_partial_message(job.status_message_id)
-        try:
-            await message.edit(
-                embed=embeds.status(job, phase, elapsed), allowed_mentions=NO_MENTIONS
-            )
-        except discord.HTTPException as exc:
-            log.info("job %d: status edit failed (%s)", job.id, exc)
+        embed = embeds.status(job, phase, elapsed)
+        self.edits.tick(
+            job.channel_id,
+            job.status_message_id,
+            lambda: message.edit(embed=embed, allowed_mentions=NO_MENTIONS),
+        )
 
     async def show_failure(self, job: Job, reason: str) -> None:
         self._last_edit.pop(job.id, None)
         embed = embeds.failure(job, reason)
         channel = self._channel(job)
         if job.status_message_id is not None:
+            message = channel.get_partial_message(job.status_message_id)
             try:
-                await channel.get_partial_message(job.status_message_id).edit(
-                    embed=embed, allowed_mentions=NO_MENTIONS
+                await self.edits.final(
+                    job.channel_id,
+                    job.status_message_id,
+                    lambda: message.edit(embed=embed, allowed_mentions=NO_MENTIONS),
                 )
                 return
             except discord.NotFound:
@@ -161,6 +139,7 @@ class DiscordPresenter:
     async def _delete_status(self, job: Job) -> None:
         if job.status_message_id is None:
             return
+        self.edits.forget(job.channel_id, job.status_message_id)
         try:
             await self._channel(job).get_partial_message(job.status_message_id).delete()
         except discord.HTTPException as exc:

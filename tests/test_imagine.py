@@ -199,3 +199,18 @@ async def test_credits_command_shows_use(harness: Harness) -> None:
     assert fields["Used this day"] == "2"
     assert f"Job #{job_id}" in fields["Recent jobs"]
     assert fields["Resets"].startswith("<t:")
+
+
+async def test_busy_channel_status_edits_stay_under_discords_limit(harness: Harness) -> None:
+    # Discord allows about 5 message edits per 5 s in a channel; the double enforces that here.
+    harness.double.rate_limit("PATCH", r"/channels/\d+/messages/\d+", limit=5, per=5)
+    harness.api.set_duration(1.5)
+    members = [ALICE_ID, BOB_ID, CAROL_ID] * 2
+    records = await asyncio.gather(
+        *(harness.imagine(f"busy {i}", user_id=user) for i, user in enumerate(members))
+    )
+    job_ids = [await queued_job_id(harness, r) for r in records]
+    await asyncio.gather(*(harness.result_for(j, timeout=20) for j in job_ids))
+    edits = harness.double.requests_to("PATCH", rf"/channels/{CHANNEL_ID}/messages/\d+")
+    assert edits, "members saw progress"
+    assert harness.double.rate_limited_count == 0

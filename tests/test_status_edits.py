@@ -1,0 +1,91 @@
+"""The status edit queue: coalesced, budgeted, never blocking, finals land last."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bot.status_edits import StatusEditQueue
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, str, float]] = []
+        self.changed = asyncio.Event()
+
+    def edit(self, message_id: int, text: str, *, fail: Exception | None = None):
+        async def send() -> None:
+            if fail is not None:
+                raise fail
+            self.sent.append((message_id, text, time.monotonic()))
+            self.changed.set()
+
+        return send
+
+    async def wait_for(self, predicate, timeout: float = 5) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_ticks_for_one_message_are_coalesced() -> None:
+    queue, rec = StatusEditQueue(rate=2, burst=1), Recorder()
+    for second in range(10):
+        queue.tick(1, 100, rec.edit(100, f"{second} s"))
+    await rec.wait_for(lambda: rec.sent and rec.sent[-1][1] == "9 s")
+    assert len(rec.sent) <= 2  # the first, maybe, and the newest: never the eight between
+    await queue.close()
+
+
+async def test_a_channel_never_exceeds_its_budget() -> None:
+    queue, rec = StatusEditQueue(rate=20, burst=3), Recorder()
+    for message_id in range(12):
+        queue.tick(7, message_id, rec.edit(message_id, "tick"))
+    await rec.wait_for(lambda: len(rec.sent) == 12)
+    times = [t for _, _, t in rec.sent]
+    for i, start in enumerate(times):
+        in_window = sum(1 for t in times[i:] if t - start < 0.25)
+        assert in_window <= 3 + 20 * 0.25 + 1  # burst + refill (+1 for timer slack)
+    assert times[-1] - times[0] >= (12 - 3) / 20 * 0.8
+    await queue.close()
+
+
+async def test_channels_do_not_share_a_budget() -> None:
+    queue, rec = StatusEditQueue(rate=0.01, burst=1), Recorder()
+    queue.tick(1, 10, rec.edit(10, "a"))
+    queue.tick(2, 20, rec.edit(20, "b"))
+    await rec.wait_for(lambda: len(rec.sent) == 2)
+    await queue.close()
+
+
+async def test_final_edit_skips_the_budget_and_is_never_overwritten() -> None:
+    queue, rec = StatusEditQueue(rate=0.01, burst=1), Recorder()
+    queue.tick(1, 10, rec.edit(10, "first"))
+    await rec.wait_for(lambda: len(rec.sent) == 1)
+    queue.tick(1, 11, rec.edit(11, "starved"))  # no budget left for this one for 100 s
+    await queue.final(1, 11, rec.edit(11, "failed"))
+    queue.tick(1, 11, rec.edit(11, "stale tick"))
+    assert [text for _, text, _ in rec.sent] == ["first", "failed"]
+    await queue.close()
+
+
+async def test_final_edit_raises_what_the_edit_raised() -> None:
+    queue = StatusEditQueue()
+    with pytest.raises(LookupError):
+        await queue.final(1, 10, Recorder().edit(10, "x", fail=LookupError("gone")))
+    await queue.close()
+
+
+async def test_tick_never_waits_for_discord() -> None:
+    queue = StatusEditQueue()
+    slow = asyncio.Event()
+
+    async def hang() -> None:
+        await slow.wait()
+
+    queue.tick(1, 10, hang)  # returns at once even though the edit never finishes
+    slow.set()
+    await queue.close()
