@@ -16,9 +16,12 @@ TERM_MAX_LENGTH = 200
 
 # Characters that render as nothing and could split a word to slip past the list.
 _INVISIBLE = dict.fromkeys(
-    map(ord, "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f"
+    map(
+        ord,
+        "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f"
         "\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069"
-        "\u3164\ufeff\uffa0"),
+        "\u3164\ufeff\uffa0",
+    ),
     None,
 )
 _SPACES = re.compile(r"\s+")

@@ -150,9 +150,7 @@ class Limits:
             start = period_start(settings.period, settings.reset_hour, now)
             usage = await ledger.usage_between(conn, guild_id, user_id, start)
             active = await count_active_jobs(conn, guild_id, user_id)
-        remaining = (
-            None if allowance is None else max(0, allowance + usage.granted - usage.used)
-        )
+        remaining = None if allowance is None else max(0, allowance + usage.granted - usage.used)
         return Balance(
             allowance=allowance,
             granted=usage.granted,
@@ -340,9 +338,7 @@ class Limits:
         start: float,
         resets_at: float | None,
     ) -> None:
-        allowance = await resolve_allowance(
-            conn, settings, request.user_id, request.role_ids
-        )
+        allowance = await resolve_allowance(conn, settings, request.user_id, request.role_ids)
         if allowance is None:
             return
         usage = await ledger.usage_between(conn, request.guild_id, request.user_id, start)

@@ -160,9 +160,7 @@ class ModerationService:
             "WHERE guild_id = ? ORDER BY id",
             (guild_id,),
         )
-        return [
-            BlockedTerm(row[0], row[1], bool(row[2]), row[3], row[4]) for row in rows
-        ]
+        return [BlockedTerm(row[0], row[1], bool(row[2]), row[3], row[4]) for row in rows]
 
     async def bans(self, guild_id: int) -> list[Ban]:
         """Bans in force now (expired ones are left out)."""
@@ -215,9 +213,19 @@ class ModerationService:
                     f"set the credit period to {new_period.per}, resetting at {hour:02d}:00 UTC"
                 )
             return await self._audit(
-                conn, guild_id, actor_id, "settings.period", None,
-                {"period": new_period.value, "reset_hour": hour,
-                 "previous": {"period": settings.period.value, "reset_hour": settings.reset_hour}},
+                conn,
+                guild_id,
+                actor_id,
+                "settings.period",
+                None,
+                {
+                    "period": new_period.value,
+                    "reset_hour": hour,
+                    "previous": {
+                        "period": settings.period.value,
+                        "reset_hour": settings.reset_hour,
+                    },
+                },
                 summary,
             )
 
@@ -230,7 +238,11 @@ class ModerationService:
             settings = await guild_settings.load(conn, guild_id)
             await guild_settings.update(conn, guild_id, default_allowance=allowance)
             return await self._audit(
-                conn, guild_id, actor_id, "settings.default_allowance", None,
+                conn,
+                guild_id,
+                actor_id,
+                "settings.default_allowance",
+                None,
                 {"allowance": allowance, "previous": settings.default_allowance},
                 f"set the default allowance to {_amount(allowance, settings)}",
             )
@@ -249,7 +261,11 @@ class ModerationService:
                 (guild_id, role_id, allowance),
             )
             return await self._audit(
-                conn, guild_id, actor_id, "allowance.role.set", role_id,
+                conn,
+                guild_id,
+                actor_id,
+                "allowance.role.set",
+                role_id,
                 {"role_id": role_id, "allowance": allowance},
                 f"set <@&{role_id}>'s allowance to {_amount(allowance, settings)}",
             )
@@ -266,8 +282,13 @@ class ModerationService:
             if cursor.rowcount == 0:
                 raise InvalidSetting(f"<@&{role_id}> has no allowance of its own to clear.")
             return await self._audit(
-                conn, guild_id, actor_id, "allowance.role.clear", role_id,
-                {"role_id": role_id}, f"cleared <@&{role_id}>'s allowance",
+                conn,
+                guild_id,
+                actor_id,
+                "allowance.role.clear",
+                role_id,
+                {"role_id": role_id},
+                f"cleared <@&{role_id}>'s allowance",
             )
 
     async def set_user_allowance(
@@ -284,7 +305,11 @@ class ModerationService:
                 (guild_id, user_id, allowance),
             )
             return await self._audit(
-                conn, guild_id, actor_id, "allowance.user.set", user_id,
+                conn,
+                guild_id,
+                actor_id,
+                "allowance.user.set",
+                user_id,
                 {"user_id": user_id, "allowance": allowance},
                 f"set <@{user_id}>'s allowance to {_amount(allowance, settings)}",
             )
@@ -301,8 +326,13 @@ class ModerationService:
             if cursor.rowcount == 0:
                 raise InvalidSetting(f"<@{user_id}> has no allowance of their own to clear.")
             return await self._audit(
-                conn, guild_id, actor_id, "allowance.user.clear", user_id,
-                {"user_id": user_id}, f"removed <@{user_id}>'s own allowance",
+                conn,
+                guild_id,
+                actor_id,
+                "allowance.user.clear",
+                user_id,
+                {"user_id": user_id},
+                f"removed <@{user_id}>'s own allowance",
             )
 
     # -- credits -------------------------------------------------------------------------
@@ -319,11 +349,22 @@ class ModerationService:
             now = self.clock()
             start = period_start(settings.period, settings.reset_hour, now)
             await ledger.append(
-                conn, guild_id=guild_id, user_id=user_id, kind=LedgerKind.GRANT, amount=amount,
-                period_start=start, now=now, actor_id=actor_id, note=note,
+                conn,
+                guild_id=guild_id,
+                user_id=user_id,
+                kind=LedgerKind.GRANT,
+                amount=amount,
+                period_start=start,
+                now=now,
+                actor_id=actor_id,
+                note=note,
             )
             return await self._audit(
-                conn, guild_id, actor_id, "credits.grant", user_id,
+                conn,
+                guild_id,
+                actor_id,
+                "credits.grant",
+                user_id,
                 {"user_id": user_id, "amount": amount, "period_start": start, "note": note},
                 f"granted <@{user_id}> {_plural(amount, 'extra credit')} {settings.period.phrase}",
             )
@@ -344,11 +385,21 @@ class ModerationService:
             forgiven = usage.used - held
             if forgiven > 0:
                 await ledger.append(
-                    conn, guild_id=guild_id, user_id=user_id, kind=LedgerKind.RESET,
-                    amount=-forgiven, period_start=start, now=now, actor_id=actor_id,
+                    conn,
+                    guild_id=guild_id,
+                    user_id=user_id,
+                    kind=LedgerKind.RESET,
+                    amount=-forgiven,
+                    period_start=start,
+                    now=now,
+                    actor_id=actor_id,
                 )
             return await self._audit(
-                conn, guild_id, actor_id, "credits.reset", user_id,
+                conn,
+                guild_id,
+                actor_id,
+                "credits.reset",
+                user_id,
                 {"user_id": user_id, "forgiven": max(forgiven, 0), "period_start": start},
                 f"reset <@{user_id}>'s usage {settings.period.phrase} "
                 f"({_plural(max(forgiven, 0), 'credit')} given back)",
@@ -386,12 +437,17 @@ class ModerationService:
                 (guild_id, user_id, until, reason, actor_id, now),
             )
             length = (
-                "permanently" if duration_seconds is None
+                "permanently"
+                if duration_seconds is None
                 else f"for {_duration(duration_seconds)} (until {discord_time(until or now, 'f')})"
             )
             because = f": {reason}" if reason else ""
             return await self._audit(
-                conn, guild_id, actor_id, "ban.add", user_id,
+                conn,
+                guild_id,
+                actor_id,
+                "ban.add",
+                user_id,
                 {"user_id": user_id, "until": until, "reason": reason},
                 f"banned <@{user_id}> from generating {length}{because}",
             )
@@ -407,8 +463,13 @@ class ModerationService:
             if cursor.rowcount == 0:
                 raise InvalidSetting(f"<@{user_id}> isn't banned from generating.")
             return await self._audit(
-                conn, guild_id, actor_id, "ban.remove", user_id,
-                {"user_id": user_id}, f"lifted <@{user_id}>'s generation ban",
+                conn,
+                guild_id,
+                actor_id,
+                "ban.remove",
+                user_id,
+                {"user_id": user_id},
+                f"lifted <@{user_id}>'s generation ban",
             )
 
     # -- channels ------------------------------------------------------------------------
@@ -424,8 +485,13 @@ class ModerationService:
             if cursor.rowcount == 0:
                 raise InvalidSetting(f"<#{channel_id}> is already an allowed channel.")
             return await self._audit(
-                conn, guild_id, actor_id, "channel.allow", channel_id,
-                {"channel_id": channel_id}, f"allowed generating images in <#{channel_id}>",
+                conn,
+                guild_id,
+                actor_id,
+                "channel.allow",
+                channel_id,
+                {"channel_id": channel_id},
+                f"allowed generating images in <#{channel_id}>",
             )
 
     async def disallow_channel(
@@ -446,7 +512,11 @@ class ModerationService:
             ).fetchone()
             tail = "" if left[0] else "; images can now be generated in any channel"
             return await self._audit(
-                conn, guild_id, actor_id, "channel.disallow", channel_id,
+                conn,
+                guild_id,
+                actor_id,
+                "channel.disallow",
+                channel_id,
                 {"channel_id": channel_id, "remaining": left[0]},
                 f"removed <#{channel_id}> from the allowed channels{tail}",
             )
@@ -460,7 +530,11 @@ class ModerationService:
             if cursor.rowcount == 0:
                 raise InvalidSetting("There are no channel rules; every channel is allowed.")
             return await self._audit(
-                conn, guild_id, actor_id, "channel.clear", None,
+                conn,
+                guild_id,
+                actor_id,
+                "channel.clear",
+                None,
                 {"removed": cursor.rowcount},
                 "cleared the channel rules; images can be generated in any channel",
             )
@@ -488,7 +562,11 @@ class ModerationService:
             self.limits.invalidate_terms(guild_id)
             # The summary goes to a channel: it names the entry, not the term itself.
             return await self._audit(
-                conn, guild_id, actor_id, "blocklist.add", term_id,
+                conn,
+                guild_id,
+                actor_id,
+                "blocklist.add",
+                term_id,
                 {"term_id": term_id, "pattern": pattern, "is_regex": is_regex},
                 f"added blocked {kind} #{term_id}",
             )
@@ -507,7 +585,11 @@ class ModerationService:
             self.limits.invalidate_terms(guild_id)
             kind = "pattern" if row[2] else "term"
             return await self._audit(
-                conn, guild_id, actor_id, "blocklist.remove", row[0],
+                conn,
+                guild_id,
+                actor_id,
+                "blocklist.remove",
+                row[0],
                 {"term_id": row[0], "pattern": row[1], "is_regex": bool(row[2])},
                 f"removed blocked {kind} #{row[0]}",
             )
@@ -518,7 +600,10 @@ class ModerationService:
         """How many generations one member may have running at once."""
         _check_range(value, 1, MAX_CONCURRENT_MAX, "The number of generations at once")
         return await self._set(
-            guild_id, actor_id, "max_concurrent", value,
+            guild_id,
+            actor_id,
+            "max_concurrent",
+            value,
             f"set the limit to {_plural(value, 'generation')} at a time per member",
         )
 
@@ -526,7 +611,8 @@ class ModerationService:
         """Seconds a member waits between starting generations (0 = no cooldown)."""
         _check_range(seconds, 0, COOLDOWN_MAX, "The cooldown in seconds")
         summary = (
-            "turned off the cooldown between generations" if seconds == 0
+            "turned off the cooldown between generations"
+            if seconds == 0
             else f"set the cooldown between a member's generations to {_duration(seconds)}"
         )
         return await self._set(guild_id, actor_id, "cooldown_seconds", seconds, summary)
@@ -535,25 +621,32 @@ class ModerationService:
         """Most images one request may ask for (1-4)."""
         _check_range(value, 1, MAX_OUTPUTS, "The number of images per request")
         return await self._set(
-            guild_id, actor_id, "max_outputs", value,
+            guild_id,
+            actor_id,
+            "max_outputs",
+            value,
             f"set the most images per request to {value}",
         )
 
-    async def set_spend_cap(
-        self, *, guild_id: int, actor_id: int, cap: int | None
-    ) -> AuditEntry:
+    async def set_spend_cap(self, *, guild_id: int, actor_id: int, cap: int | None) -> AuditEntry:
         """Credits the whole server may spend per period (None = no cap)."""
         if cap is not None:
             _check_range(cap, 1, SPEND_CAP_MAX, "The spend cap")
         settings = await self.limits.settings(guild_id)
         summary = (
-            "removed the server spend cap" if cap is None
+            "removed the server spend cap"
+            if cap is None
             else f"set the server spend cap to {_amount(cap, settings)}"
         )
         # A new cap deserves fresh 80% / 100% notices this period.
         return await self._set(
-            guild_id, actor_id, "spend_cap", cap, summary,
-            cap_warned_period=None, cap_paused_period=None,
+            guild_id,
+            actor_id,
+            "spend_cap",
+            cap,
+            summary,
+            cap_warned_period=None,
+            cap_paused_period=None,
         )
 
     async def set_moderator_role(
@@ -563,7 +656,8 @@ class ModerationService:
         if role_id is not None:
             _check_id(role_id, "role")
         summary = (
-            "removed the moderator role" if role_id is None
+            "removed the moderator role"
+            if role_id is None
             else f"set the moderator role to <@&{role_id}>"
         )
         return await self._set(guild_id, actor_id, "moderator_role_id", role_id, summary)
@@ -575,7 +669,8 @@ class ModerationService:
         if channel_id is not None:
             _check_id(channel_id, "channel")
         summary = (
-            "turned off the moderation log channel" if channel_id is None
+            "turned off the moderation log channel"
+            if channel_id is None
             else f"set the moderation log channel to <#{channel_id}>"
         )
         return await self._set(guild_id, actor_id, "log_channel_id", channel_id, summary)
@@ -588,7 +683,11 @@ class ModerationService:
         """Audit one generation's end (`outcome` e.g. "posted" or "failed")."""
         async with self.db.transaction() as conn:
             return await self._audit(
-                conn, guild_id, user_id, f"generation.{outcome}", job_id,
+                conn,
+                guild_id,
+                user_id,
+                f"generation.{outcome}",
+                job_id,
                 {"job_id": job_id, "user_id": user_id, "outcome": outcome, "credits": credits},
                 f"ran generation #{job_id}: {outcome}, {_plural(credits, 'credit')}",
             )
@@ -596,15 +695,25 @@ class ModerationService:
     # -- helpers -------------------------------------------------------------------------
 
     async def _set(
-        self, guild_id: int, actor_id: int, column: str, value: Any, summary: str,
+        self,
+        guild_id: int,
+        actor_id: int,
+        column: str,
+        value: Any,
+        summary: str,
         **also: Any,
     ) -> AuditEntry:
         async with self.db.transaction() as conn:
             settings = await guild_settings.load(conn, guild_id)
             await guild_settings.update(conn, guild_id, **{column: value}, **also)
             return await self._audit(
-                conn, guild_id, actor_id, f"settings.{column}", None,
-                {column: value, "previous": getattr(settings, column)}, summary,
+                conn,
+                guild_id,
+                actor_id,
+                f"settings.{column}",
+                None,
+                {column: value, "previous": getattr(settings, column)},
+                summary,
             )
 
     async def _audit(
@@ -618,8 +727,14 @@ class ModerationService:
         summary: str,
     ) -> AuditEntry:
         return await audit.write(
-            conn, guild_id=guild_id, actor_id=actor_id, action=action, target_id=target_id,
-            details=details, summary=summary, now=self.clock(),
+            conn,
+            guild_id=guild_id,
+            actor_id=actor_id,
+            action=action,
+            target_id=target_id,
+            details=details,
+            summary=summary,
+            now=self.clock(),
         )
 
     @staticmethod
