@@ -244,19 +244,15 @@ class Moderation(commands.Cog):
         unlimited: bool | None = None,
         clear: bool | None = None,
     ) -> None:
-        choice = self._one_of(credits, unlimited, clear)
-        if choice is None:
-            await self._refuse(interaction, ONE_OF)
-            return
         ids = self._ids(interaction)
-        if choice == "clear":
-            action = partial(self.service.clear_role_allowance, **ids, role_id=role.id)
-        else:
-            allowance = None if choice == "unlimited" else credits
-            action = partial(
-                self.service.set_role_allowance, **ids, role_id=role.id, allowance=allowance
-            )
-        await self._apply(interaction, [action])
+        await self._set_allowance(
+            interaction,
+            credits,
+            unlimited,
+            clear,
+            set_action=partial(self.service.set_role_allowance, **ids, role_id=role.id),
+            clear_action=partial(self.service.clear_role_allowance, **ids, role_id=role.id),
+        )
 
     @limits.command(name="user", description="A member's own credits per period, over their roles")
     @app_commands.describe(
@@ -273,18 +269,35 @@ class Moderation(commands.Cog):
         unlimited: bool | None = None,
         clear: bool | None = None,
     ) -> None:
+        ids = self._ids(interaction)
+        await self._set_allowance(
+            interaction,
+            credits,
+            unlimited,
+            clear,
+            set_action=partial(self.service.set_user_allowance, **ids, user_id=user.id),
+            clear_action=partial(self.service.clear_user_allowance, **ids, user_id=user.id),
+        )
+
+    async def _set_allowance(
+        self,
+        interaction: discord.Interaction,
+        credits: int | None,
+        unlimited: bool | None,
+        clear: bool | None,
+        *,
+        set_action: Callable[..., Awaitable[AuditEntry]],
+        clear_action: Action,
+    ) -> None:
+        """Apply exactly one of credits / unlimited / clear to a role's or member's allowance."""
         choice = self._one_of(credits, unlimited, clear)
         if choice is None:
             await self._refuse(interaction, ONE_OF)
             return
-        ids = self._ids(interaction)
         if choice == "clear":
-            action = partial(self.service.clear_user_allowance, **ids, user_id=user.id)
+            action = clear_action
         else:
-            allowance = None if choice == "unlimited" else credits
-            action = partial(
-                self.service.set_user_allowance, **ids, user_id=user.id, allowance=allowance
-            )
+            action = partial(set_action, allowance=None if choice == "unlimited" else credits)
         await self._apply(interaction, [action])
 
     @staticmethod
