@@ -71,7 +71,7 @@ class PixelDojoBot(commands.Bot):
             api_base = await self._start_sandbox()
         self.pixeldojo = PixelDojoClient(settings.pixeldojo_api_key, api_base)
         # Before the cogs load: the /imagine image option describes what the schema allows.
-        self.capabilities = CapabilityCache.for_client(self.pixeldojo)
+        self.capabilities = CapabilityCache(self.pixeldojo)
         await self.capabilities.refresh()
         self.store = JobStore(self.db)
         self.presenter = DiscordPresenter(self, edit_interval=settings.status_edit_interval)
@@ -87,6 +87,7 @@ class PixelDojoBot(commands.Bot):
                 max_concurrent_polls=settings.max_concurrent_polls,
             ),
             on_finished=self._audit_generation,
+            capabilities=self.capabilities,
         )
         self.limits = Limits(self.db)
         self.moderation = ModerationService(self.db, self.limits)

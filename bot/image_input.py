@@ -25,12 +25,11 @@ import logging
 import math
 import re
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from bot.errors import RequestRefused
 from bot.pixeldojo import MODEL_ID, PixelDojoError
@@ -484,10 +483,8 @@ class CapabilityCache:
 
     A failed refresh keeps the last successful discovery (a blip must not switch editing off)
     and is retried after ``retry_after`` seconds; successful ones are kept ``max_age`` seconds
-    (None: until :meth:`refresh`). Use :meth:`for_client` to share one cache per client.
+    (None: until :meth:`refresh`). The bot keeps one for its client and hands it to the runner.
     """
-
-    _shared: ClassVar[weakref.WeakKeyDictionary[Any, CapabilityCache]] = weakref.WeakKeyDictionary()
 
     def __init__(
         self,
@@ -506,14 +503,6 @@ class CapabilityCache:
         self._capabilities = ModelCapabilities(model=model, error="not discovered yet")
         self._checked_at: float | None = None
         self._lock = asyncio.Lock()
-
-    @classmethod
-    def for_client(cls, client: SchemaSource, **kwargs: Any) -> CapabilityCache:
-        """The shared cache of ``client`` (created on first use with ``kwargs``)."""
-        cache = cls._shared.get(client)
-        if cache is None:
-            cache = cls._shared[client] = cls(client, **kwargs)
-        return cache
 
     @property
     def capabilities(self) -> ModelCapabilities:
@@ -702,15 +691,20 @@ def image_field_value(
     return {capabilities.image_field: value}
 
 
-async def submission_extra(client: SchemaSource, input_image: str | None) -> dict[str, str]:
+async def submission_extra(
+    cache: CapabilityCache | None, input_image: str | None
+) -> dict[str, str]:
     """The ``extra`` body fields for a job whose stored input image is ``input_image``.
 
     Empty without an image. Raises :class:`ImageInputUnavailable` (a ``PixelDojoError``, so the
-    runner fails and refunds the job with its message) if the schema has no image field.
+    runner fails and refunds the job with its message) if there is no capability cache or the
+    schema has no image field.
     """
     if not input_image:
         return {}
-    capabilities = await CapabilityCache.for_client(client).get()
+    if cache is None:
+        raise ImageInputUnavailable()
+    capabilities = await cache.get()
     if capabilities.image_field is None:
         raise ImageInputUnavailable()
     return {capabilities.image_field: input_image}

@@ -87,8 +87,10 @@ class JobRunner:
         *,
         clock: Callable[[], float] = time.time,
         on_finished: Callable[[Job], Awaitable[None]] | None = None,
+        capabilities: image_input.CapabilityCache | None = None,
     ) -> None:
         self.store = store
+        self.capabilities = capabilities
         self.on_finished = on_finished
         self.client = client
         self.presenter = presenter
@@ -182,7 +184,7 @@ class JobRunner:
         try:
             await self.presenter.show_status(job, Phase.QUEUED, 0.0)
             # An edit sends its input image in the field the model's schema names.
-            extra = await image_input.submission_extra(self.client, job.input_image_url)
+            extra = await image_input.submission_extra(self.capabilities, job.input_image_url)
             async with self._submit_slots:
                 submitted = await self.client.submit(
                     prompt=job.prompt,

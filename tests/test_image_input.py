@@ -250,12 +250,6 @@ async def test_concurrent_gets_discover_once() -> None:
     assert stub.calls == 1 and all(r.image_field == "image_url" for r in results)
 
 
-def test_for_client_shares_one_cache() -> None:
-    stub = SchemaStub()
-    assert CapabilityCache.for_client(stub) is CapabilityCache.for_client(stub)
-    assert CapabilityCache.for_client(stub) is not CapabilityCache.for_client(SchemaStub())
-
-
 # Attachment validation -----------------------------------------------------------------------
 
 
@@ -388,7 +382,7 @@ def test_inline_field_values_encode_the_bytes() -> None:
 
 async def test_submission_extra_is_empty_without_an_image() -> None:
     stub = SchemaStub(ServerError())
-    assert await submission_extra(stub, None) == {}
+    assert await submission_extra(CapabilityCache(stub), None) == {}
     assert stub.calls == 0  # no schema request for plain generations
 
 
@@ -408,14 +402,14 @@ async def run_through_runner(
 ) -> tuple[RecordingPresenter, int]:
     presenter = RecordingPresenter()
     async with client_for(fake) as client:
-        cache = CapabilityCache.for_client(client)
+        cache = CapabilityCache(client)
         caps = await cache.refresh()  # what the bot does at start-up
         image = request_fields.pop("image", None)
         if image is not None:
             validate_input_image(capabilities=caps, **image["attachment"])
             request_fields["input_image_url"] = encode_input_image(caps, **image["encode"])
         store = JobStore(db)
-        runner = JobRunner(store, client, presenter, FAST)
+        runner = JobRunner(store, client, presenter, FAST, capabilities=cache)
         await runner.start()
         try:
             service = GenerationService(store, runner)
