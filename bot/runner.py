@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -97,7 +98,9 @@ class JobRunner:
         self.settings = settings or RunnerSettings()
         self.clock = clock
         self._due: list[tuple[float, int]] = []
-        self._scheduled: set[int] = set()
+        # Jobs being polled, kept in memory so a poll costs no database round trip.
+        self._polling: dict[int, Job] = {}
+        self._polls: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._submit_slots = asyncio.Semaphore(self.settings.max_concurrent_submits)
         self._poll_slots = asyncio.Semaphore(self.settings.max_concurrent_polls)
@@ -108,7 +111,7 @@ class JobRunner:
     @property
     def in_flight(self) -> int:
         """Jobs the scheduler is tracking (waiting for their next poll or being polled)."""
-        return len(self._scheduled)
+        return len(self._polling)
 
     async def start(self) -> None:
         """Resume every unfinished job, then start the poll scheduler."""
@@ -128,7 +131,7 @@ class JobRunner:
         self._scheduler = None
         self._tasks.clear()
         self._due.clear()
-        self._scheduled.clear()
+        self._polling.clear()
 
     async def wait_finished(self, job_id: int) -> Job:
         """Wait until this runner takes the job to POSTED or FAILED; returns the final record."""
@@ -169,7 +172,8 @@ class JobRunner:
                 f"fail-{job.id}",
             )
         elif job.state is JobState.SUBMITTED:
-            self._schedule(job.id, delay=0)
+            self._polls[job.id] = job.polls
+            self._schedule(job, delay=0)
         elif job.state is JobState.COMPLETED:
             self._spawn(self._deliver(job), f"deliver-{job.id}")
 
@@ -209,20 +213,29 @@ class JobRunner:
             expires_at=expires,
         )
         log.info("job %d: submitted as PixelDojo job %s", job.id, submitted.job_id)
-        self._schedule(job.id, delay=self._interval(0.0))
+        self._schedule(job, delay=self._interval(0.0))
 
     # Polling ----------------------------------------------------------------------------
 
     def _interval(self, elapsed: float) -> float:
-        """Poll fast while a result is likely soon, then back off (every 20 s adds one step)."""
-        s = self.settings
-        return min(s.poll_max_interval, s.poll_initial_interval * (1 + elapsed / 20))
+        """Poll fast while a result is likely soon, then back off (every 20 s adds one step).
 
-    def _schedule(self, job_id: int, delay: float) -> None:
+        ±10% jitter keeps jobs submitted in the same burst from being polled in lockstep.
+        """
+        s = self.settings
+        base = min(s.poll_max_interval, s.poll_initial_interval * (1 + elapsed / 20))
+        return base * random.uniform(0.9, 1.1)
+
+    def _schedule(self, job: Job, delay: float) -> None:
         loop = asyncio.get_running_loop()
-        heapq.heappush(self._due, (loop.time() + delay, job_id))
-        self._scheduled.add(job_id)
+        self._polling[job.id] = job
+        heapq.heappush(self._due, (loop.time() + delay, job.id))
         self._wake.set()
+
+    def _stop_polling(self, job_id: int) -> int:
+        """Forget a job that left SUBMITTED; returns how many times it was polled."""
+        self._polling.pop(job_id, None)
+        return self._polls.pop(job_id, 0)
 
     async def _schedule_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -230,64 +243,67 @@ class JobRunner:
             self._wake.clear()
             now = loop.time()
             while self._due and self._due[0][0] <= now:
+                # Take a poll slot before starting the poll: due jobs are polled in due order
+                # and at most `max_concurrent_polls` poll tasks exist at once.
+                await self._poll_slots.acquire()
                 _, job_id = heapq.heappop(self._due)
-                self._spawn(self._poll(job_id), f"poll-{job_id}")
+                job = self._polling.get(job_id)
+                if job is None:
+                    self._poll_slots.release()
+                    continue
+                self._spawn(self._poll(job), f"poll-{job_id}")
             timeout = self._due[0][0] - now if self._due else None
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
 
-    async def _poll(self, job_id: int) -> None:
-        job = await self.store.get(job_id)
-        if job is None or job.state is not JobState.SUBMITTED:
-            self._scheduled.discard(job_id)
-            return
-        elapsed = self.clock() - (job.submitted_at or job.created_at)
-        if elapsed > self.settings.job_timeout or (
-            job.api_expires_at is not None and self.clock() > job.api_expires_at
-        ):
-            self._scheduled.discard(job_id)
+    async def _poll(self, job: Job) -> None:
+        """One status check; the caller acquired a poll slot, released once PixelDojo answers."""
+        try:
+            elapsed = self.clock() - (job.submitted_at or job.created_at)
+            expired = job.api_expires_at is not None and self.clock() > job.api_expires_at
+            if elapsed > self.settings.job_timeout or expired:
+                state: pixeldojo.JobState | Exception | None = None
+            else:
+                try:
+                    state = await self.client.get_job(job.status_url or job.api_job_id or "")
+                except Exception as exc:
+                    state = exc
+                self._polls[job.id] = self._polls.get(job.id, 0) + 1
+        finally:
+            self._poll_slots.release()
+
+        if state is None:
             minutes = max(1, round(self.settings.job_timeout / 60))
             log.warning("job %d: gave up after %.0f s without a result", job.id, elapsed)
             await self._fail(job, f"PixelDojo did not finish this job within {minutes} min.")
-            return
-        try:
-            async with self._poll_slots:
-                state = await self.client.get_job(job.status_url or job.api_job_id or "")
-            await self.store.count_poll(job.id)
-        except (pixeldojo.AuthenticationError, pixeldojo.NotFound) as exc:
-            self._scheduled.discard(job_id)
-            log.warning("job %d: polling refused: %s", job.id, exc.message)
-            await self._fail(job, f"PixelDojo can no longer report on this job. {exc.message}")
-            return
-        except pixeldojo.PixelDojoError as exc:
+        elif isinstance(state, (pixeldojo.AuthenticationError, pixeldojo.NotFound)):
+            log.warning("job %d: polling refused: %s", job.id, state.message)
+            await self._fail(job, f"PixelDojo can no longer report on this job. {state.message}")
+        elif isinstance(state, Exception):
             # The client already retried; keep the job and try again later (until the timeout).
-            log.warning("job %d: poll failed, will retry: %s", job.id, exc.message)
-            self._schedule(job.id, self.settings.poll_max_interval)
-            return
-        except Exception:
-            log.exception("job %d: unexpected error while polling", job.id)
-            self._schedule(job.id, self.settings.poll_max_interval)
-            return
-
-        if state.is_failed:
-            self._scheduled.discard(job_id)
+            if isinstance(state, pixeldojo.PixelDojoError):
+                log.warning("job %d: poll failed, will retry: %s", job.id, state.message)
+            else:
+                log.error("job %d: unexpected error while polling", job.id, exc_info=state)
+            self._schedule(job, self.settings.poll_max_interval)
+        elif state.is_failed:
             reason = state.error or "the job failed"
             log.info("job %d: PixelDojo reports failure: %s", job.id, reason)
             await self._fail(job, f"PixelDojo could not generate this: {reason}")
         elif state.is_completed:
-            self._scheduled.discard(job_id)
             if not state.image_urls:
                 log.warning("job %d: completed without any image URL", job.id)
                 await self._fail(job, "PixelDojo finished but returned no images.")
                 return
-            job = await self.store.mark_completed(job.id, charged=state.credit_cost)
-            log.info("job %d: completed after %.1f s", job.id, elapsed)
+            polls = self._stop_polling(job.id)
+            job = await self.store.mark_completed(job.id, charged=state.credit_cost, polls=polls)
+            log.info("job %d: completed after %.1f s and %d polls", job.id, elapsed, polls)
             await self._deliver(job, state.image_urls)
         else:
             await self.presenter.show_status(job, Phase.GENERATING, elapsed)
-            self._schedule(job.id, self._interval(elapsed))
+            self._schedule(job, self._interval(elapsed))
 
     # Delivery ---------------------------------------------------------------------------
 
@@ -345,10 +361,11 @@ class JobRunner:
         return max(0.0, end - (job.submitted_at or job.created_at))
 
     async def _fail(self, job: Job, reason: str) -> None:
+        polls = self._stop_polling(job.id)
         current = await self.store.get(job.id)
         if current is None or current.state.is_final:
             return  # already ended (and shown); never refund or announce twice
-        job = await self.store.mark_failed(job.id, reason)
+        job = await self.store.mark_failed(job.id, reason, polls=polls)
         try:
             await self.presenter.show_failure(job, reason)
         except Exception:

@@ -120,11 +120,9 @@ class JobStore:
             submitted_at=self.clock(),
         )
 
-    async def count_poll(self, job_id: int) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute("UPDATE jobs SET polls = polls + 1 WHERE id = ?", (job_id,))
-
-    async def mark_completed(self, job_id: int, *, charged: int | None) -> Job:
+    async def mark_completed(
+        self, job_id: int, *, charged: int | None, polls: int | None = None
+    ) -> Job:
         """PixelDojo finished: settle the reservation against what it charged."""
         async with self.db.transaction() as conn:
             job = await self._get(conn, job_id)
@@ -148,6 +146,7 @@ class JobStore:
                 state=JobState.COMPLETED.value,
                 credits_charged=final,
                 completed_at=now,
+                **({"polls": polls} if polls is not None else {}),
             )
             return await self._get(conn, job_id)
 
@@ -159,7 +158,7 @@ class JobStore:
             finished_at=self.clock(),
         )
 
-    async def mark_failed(self, job_id: int, error: str) -> Job:
+    async def mark_failed(self, job_id: int, error: str, *, polls: int | None = None) -> Job:
         """The job ended without a result: refund whatever it holds, once."""
         async with self.db.transaction() as conn:
             job = await self._get(conn, job_id)
@@ -185,6 +184,7 @@ class JobStore:
                 error=error,
                 credits_charged=0,
                 finished_at=now,
+                **({"polls": polls} if polls else {}),
             )
             return await self._get(conn, job_id)
 
