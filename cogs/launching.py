@@ -19,6 +19,7 @@ NO_MENTIONS = discord.AllowedMentions.none()
 CANNOT_POST = (
     "I can't post in this channel. Ask a moderator to let me send messages and attach files here."
 )
+DISCORD_BUSY = "Discord didn't accept my status message just now. Please try again in a moment."
 
 
 def build_request(
@@ -68,7 +69,12 @@ async def launch(
                 embed=embeds.status(job, Phase.QUEUED, 0.0), allowed_mentions=NO_MENTIONS
             )
         except (discord.HTTPException, RequestRefused) as exc:
-            reason = str(exc) if isinstance(exc, RequestRefused) else CANNOT_POST
+            if isinstance(exc, RequestRefused):
+                reason = str(exc)
+            elif isinstance(exc, discord.Forbidden):
+                reason = CANNOT_POST
+            else:  # rate limited past discord.py's retries, or a Discord outage
+                reason = DISCORD_BUSY
             await service.abandon(job, reason)
             raise RequestRefused(f"{reason} Your credits were not used.") from exc
         except BaseException:

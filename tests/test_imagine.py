@@ -15,6 +15,7 @@ from tests.conftest import (
     BOB_ID,
     CAROL_ID,
     CHANNEL_ID,
+    GUILD_ID,
     Harness,
     footer_has,
     queued_job_id,
@@ -214,3 +215,26 @@ async def test_busy_channel_status_edits_stay_under_discords_limit(harness: Harn
     edits = harness.double.requests_to("PATCH", rf"/channels/{CHANNEL_ID}/messages/\d+")
     assert edits, "members saw progress"
     assert harness.double.rate_limited_count == 0
+
+
+async def test_channel_where_the_bot_cannot_post_refuses_and_refunds(harness: Harness) -> None:
+    channel = harness.double.guilds[GUILD_ID].channel(CHANNEL_ID)
+    assert channel is not None
+    channel.permission_overwrites.append(
+        {"id": str(harness.double.bot_user_id), "type": 1, "allow": "0", "deny": str(1 << 11)}
+    )
+    reply = await harness.reply(await harness.imagine("nowhere to go"))
+    assert "can't post in this channel" in (reply.content or "")
+    assert "credits were not used" in (reply.content or "")
+    assert harness.api.submissions == []
+    assert await used_credits(harness, ALICE_ID) == 0
+
+
+async def test_discord_refusing_the_status_message_is_not_blamed_on_permissions(
+    harness: Harness,
+) -> None:
+    harness.double.rate_limit("POST", rf"/channels/{CHANNEL_ID}/messages", limit=0, per=0.2)
+    reply = await harness.reply(await harness.imagine("busy busy"), timeout=60)
+    assert "try again in a moment" in (reply.content or "")
+    assert harness.api.submissions == []
+    assert await used_credits(harness, ALICE_ID) == 0

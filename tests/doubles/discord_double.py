@@ -922,7 +922,8 @@ class DiscordDouble:
             while bucket.hits and now - bucket.hits[0] >= bucket.per:
                 bucket.hits.popleft()
             if len(bucket.hits) >= bucket.limit:
-                retry_after = max(round(bucket.hits[0] + bucket.per - now, 3), 0.001)
+                oldest = bucket.hits[0] if bucket.hits else now  # limit 0: every request is over
+                retry_after = max(round(oldest + bucket.per - now, 3), 0.001)
                 self.rate_limited_count += 1
                 headers = {
                     "Via": "1.1 google",
