@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.logging_setup import setup_logging
+
+if TYPE_CHECKING:
+    from bot.app import PixelDojoBot
 
 log = logging.getLogger("bot")
 
@@ -59,15 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_bot(settings: Settings) -> int:
-    """Run until interrupted. Unfinished jobs resume on the next start."""
+    """Run until SIGINT or SIGTERM, then shut down cleanly. Unfinished jobs resume next start."""
     import discord
 
     from bot.app import PixelDojoBot, point_discord_at
 
     point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
-    bot = PixelDojoBot(settings)
     try:
-        bot.run(settings.discord_token, log_handler=None)
+        asyncio.run(_serve(PixelDojoBot(settings), settings.discord_token))
     except discord.LoginFailure:
         print(
             "pixeldojo-bot: Discord rejected DISCORD_TOKEN (check it in the Developer Portal)",
@@ -78,6 +82,22 @@ def run_bot(settings: Settings) -> int:
         print("pixeldojo-bot: Discord refused the requested gateway intents", file=sys.stderr)
         return 2
     return 0
+
+
+async def _serve(bot: PixelDojoBot, token: str) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # A service manager stops the bot with SIGTERM: close the gateway, stop polling and
+        # close the database instead of dying mid-write (a crash would still lose nothing).
+        loop.add_signal_handler(signum, _request_close, bot, signum)
+    async with bot:
+        await bot.start(token)
+    log.info("shut down")
+
+
+def _request_close(bot: PixelDojoBot, signum: int) -> None:
+    log.info("received %s: shutting down", signal.Signals(signum).name)
+    asyncio.get_running_loop().create_task(bot.close())
 
 
 if __name__ == "__main__":

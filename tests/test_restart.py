@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 from bot.app import PixelDojoBot
 from bot.config import Settings
@@ -101,3 +102,17 @@ async def test_crash_after_posting_does_not_post_twice(
     assert len(api.submissions) == 1
     # Found in the channel history: not even a deduplicated re-send was attempted.
     assert len(double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages")) == posts_before
+
+
+async def test_sigterm_shuts_down_cleanly(
+    double: DiscordDouble, settings: Settings, bot_process: BotProcess
+) -> None:
+    bot_process.start()
+    await double.wait_until_ready(timeout=20, min_identifies=1)
+    assert bot_process.process is not None
+    bot_process.process.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(bot_process.process.wait, 20)
+    assert code == 0
+    log = bot_process.log()
+    assert "received SIGTERM: shutting down" in log and log.rstrip().endswith("bot: shut down")
+    assert settings.discord_token not in log
