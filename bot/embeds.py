@@ -124,17 +124,13 @@ def job_line(job: Job) -> str:
 
 def credits(balance: Balance, recent: list[Job]) -> discord.Embed:
     """`/credits`: what is left, what was used, when it resets, and recent jobs."""
-    period = balance.period.value
     if balance.unlimited:
         headline = f"**Unlimited** credits · {balance.used} used"
     else:
         total = (balance.allowance or 0) + balance.granted
         headline = f"**{balance.remaining}** of {total} credits left"
     embed = discord.Embed(title="Your image credits", description=headline, colour=BRAND)
-    if period != "none":
-        embed.add_field(name=f"Used this {period}", value=str(balance.used))
-    else:
-        embed.add_field(name="Used", value=str(balance.used))
+    embed.add_field(name=f"Used {balance.period.phrase}", value=str(balance.used))
     if balance.granted:
         embed.add_field(name="Granted by moderators", value=str(balance.granted))
     if balance.resets_at is not None:

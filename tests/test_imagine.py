@@ -197,7 +197,7 @@ async def test_credits_command_shows_use(harness: Harness) -> None:
     embed = reply.embeds[0]
     assert "8** of 10 credits left" in embed["description"]
     fields = {f["name"]: f["value"] for f in embed["fields"]}
-    assert fields["Used this day"] == "2"
+    assert fields["Used today"] == "2"
     assert f"Job #{job_id}" in fields["Recent jobs"]
     assert fields["Resets"].startswith("<t:")
 
