@@ -40,6 +40,14 @@ def point_discord_at(api_base: str | None, gateway_url: str | None) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
+RECENT_JOBS = 5
+
+
+def role_ids_of(user: discord.abc.User) -> tuple[int, ...]:
+    """The role ids of a guild member (none for a plain user), for limits and permissions."""
+    return tuple(role.id for role in getattr(user, "roles", ()))
+
+
 class PixelDojoBot(commands.Bot):
     """discord.py bot that owns the services for its lifetime (created in `setup_hook`)."""
 
@@ -132,11 +140,13 @@ class PixelDojoBot(commands.Bot):
         where = f"guild {guild.id}" if guild else "all guilds (may take up to an hour to appear)"
         log.info("synced %d slash command(s) to %s", len(synced), where)
 
-    async def credit_balance(
-        self, guild_id: int, user_id: int, role_ids: tuple[int, ...]
-    ) -> Balance:
-        """A member's credits this period (for `/credits`)."""
-        return await self.limits.balance(guild_id, user_id, role_ids)
+    async def credit_summary(
+        self, guild_id: int, member: discord.abc.User
+    ) -> tuple[Balance, list[Job]]:
+        """A member's credits this period and recent jobs (`/credits`, `/mod credits check`)."""
+        balance = await self.limits.balance(guild_id, member.id, role_ids_of(member))
+        recent = await self.store.recent_for_user(guild_id, member.id, limit=RECENT_JOBS)
+        return balance, recent
 
     async def can_moderate(self, interaction: discord.Interaction) -> bool:
         """Manage Server, or the guild's configured moderator role."""
@@ -145,7 +155,7 @@ class PixelDojoBot(commands.Bot):
             return False
         return await self.moderation.is_moderator(
             interaction.guild_id,
-            tuple(role.id for role in member.roles),
+            role_ids_of(member),
             member.guild_permissions.manage_guild,
         )
 

@@ -24,11 +24,7 @@ class Credits(commands.Cog):
     @app_commands.guild_only()
     async def credits(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        guild_id = interaction.guild_id or 0
-        user = interaction.user
-        role_ids = tuple(role.id for role in getattr(user, "roles", ()))
-        balance = await self.bot.credit_balance(guild_id, user.id, role_ids)
-        recent = await self.bot.store.recent_for_user(guild_id, user.id, limit=5)
+        balance, recent = await self.bot.credit_summary(interaction.guild_id or 0, interaction.user)
         await interaction.followup.send(
             embed=embeds.credits(balance, recent),
             ephemeral=True,

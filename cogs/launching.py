@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot import embeds
+from bot.app import role_ids_of
 from bot.errors import RequestRefused
 from bot.generation import validate
 from bot.jobs import GenerationRequest
@@ -46,7 +47,7 @@ def build_request(
         seed=seed,
         parent_job_id=parent_job_id,
         input_image_url=input_image_url,
-        role_ids=tuple(role.id for role in getattr(interaction.user, "roles", ())),
+        role_ids=role_ids_of(interaction.user),
     )
 
 

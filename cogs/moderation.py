@@ -345,10 +345,7 @@ class Moderation(commands.Cog):
     @app_commands.describe(user="The member")
     async def credits_check(self, interaction: discord.Interaction, user: Member) -> None:
         await _defer(interaction)
-        guild_id = interaction.guild_id or 0
-        role_ids = tuple(role.id for role in getattr(user, "roles", ()))
-        balance = await self.bot.credit_balance(guild_id, user.id, role_ids)
-        recent = await self.bot.store.recent_for_user(guild_id, user.id, limit=5)
+        balance, recent = await self.bot.credit_summary(interaction.guild_id or 0, user)
         await _reply(interaction, embed=embeds.member_credits(balance, recent, user.display_name))
 
     # -- /mod ban, unban, bans ---------------------------------------------------------------
