@@ -23,6 +23,27 @@ CANNOT_POST = (
 DISCORD_BUSY = "Discord didn't accept my status message just now. Please try again in a moment."
 
 
+def check_bot_can_post(permissions: discord.Permissions) -> None:
+    """Refuse before anything is reserved if the bot could not post the result here.
+
+    Discord sends the bot's permissions in this channel with every interaction, so this
+    costs no request."""
+    missing = [
+        name
+        for name, granted in (
+            ("Send Messages", permissions.send_messages),
+            ("Embed Links", permissions.embed_links),
+            ("Attach Files", permissions.attach_files),
+        )
+        if not granted
+    ]
+    if missing:
+        raise RequestRefused(
+            f"I can't post images in this channel: I'm missing {', '.join(missing)}. "
+            "Ask a moderator to give me those permissions here, or use another channel."
+        )
+
+
 def build_request(
     interaction: discord.Interaction,
     *,
@@ -61,6 +82,7 @@ async def launch(
     """
     service = bot.generation
     try:
+        check_bot_can_post(interaction.app_permissions)
         job = await service.reserve(request)
         channel = interaction.channel
         try:

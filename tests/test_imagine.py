@@ -217,15 +217,14 @@ async def test_busy_channel_status_edits_stay_under_discords_limit(harness: Harn
     assert harness.double.rate_limited_count == 0
 
 
-async def test_channel_where_the_bot_cannot_post_refuses_and_refunds(harness: Harness) -> None:
+async def test_channel_where_the_bot_cannot_post_refuses_up_front(harness: Harness) -> None:
     channel = harness.double.guilds[GUILD_ID].channel(CHANNEL_ID)
     assert channel is not None
     channel.permission_overwrites.append(
         {"id": str(harness.double.bot_user_id), "type": 1, "allow": "0", "deny": str(1 << 11)}
     )
     reply = await harness.reply(await harness.imagine("nowhere to go"))
-    assert "can't post in this channel" in (reply.content or "")
-    assert "credits were not used" in (reply.content or "")
+    assert "I can't post images in this channel: I'm missing Send Messages" in reply.content
     assert harness.api.submissions == []
     assert await used_credits(harness, ALICE_ID) == 0
 
@@ -236,5 +235,27 @@ async def test_discord_refusing_the_status_message_is_not_blamed_on_permissions(
     harness.double.rate_limit("POST", rf"/channels/{CHANNEL_ID}/messages", limit=0, per=0.2)
     reply = await harness.reply(await harness.imagine("busy busy"), timeout=60)
     assert "try again in a moment" in (reply.content or "")
+    assert harness.api.submissions == []
+    assert await used_credits(harness, ALICE_ID) == 0
+
+
+async def test_status_post_forbidden_anyway_is_refunded(harness: Harness) -> None:
+    """Permissions can change between the interaction and the post: refund then too."""
+    original = harness.bot.generation.reserve
+
+    async def reserve_then_lose_permission(request):
+        job = await original(request)
+        channel = harness.double.guilds[GUILD_ID].channel(CHANNEL_ID)
+        assert channel is not None
+        bot_id = str(harness.double.bot_user_id)
+        channel.permission_overwrites.append(
+            {"id": bot_id, "type": 1, "allow": "0", "deny": str(1 << 11)}
+        )
+        return job
+
+    harness.bot.generation.reserve = reserve_then_lose_permission  # type: ignore[method-assign]
+    reply = await harness.reply(await harness.imagine("moving target"))
+    assert "can't post in this channel" in (reply.content or "")
+    assert "credits were not used" in (reply.content or "")
     assert harness.api.submissions == []
     assert await used_credits(harness, ALICE_ID) == 0
