@@ -252,6 +252,7 @@ class JobRunner:
                     self._poll_slots.release()
                     continue
                 self._spawn(self._poll(job), f"poll-{job_id}")
+                now = loop.time()  # waiting for a slot took time: more polls may be due
             timeout = self._due[0][0] - now if self._due else None
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)

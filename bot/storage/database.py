@@ -93,12 +93,13 @@ class Database:
             yield self.conn
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        async with self.read() as conn:
-            return await (await conn.execute(sql, tuple(params))).fetchone()
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
         async with self.read() as conn:
-            return list(await (await conn.execute(sql, tuple(params))).fetchall())
+            # One trip to aiosqlite's thread instead of two (execute, then fetch).
+            return list(await conn.execute_fetchall(sql, tuple(params)))
 
     async def get_meta(self, key: str) -> str | None:
         row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (key,))

@@ -123,32 +123,30 @@ class JobStore:
     async def mark_completed(
         self, job_id: int, *, charged: int | None, polls: int | None = None
     ) -> Job:
-        """PixelDojo finished: settle the reservation against what it charged."""
+        """PixelDojo finished: settle the reservation against what it charged (`None`: the
+        estimate stands)."""
         async with self.db.transaction() as conn:
-            job = await self._get(conn, job_id)
-            if job.state is not JobState.SUBMITTED:
-                return job
             now = self.clock()
-            final = job.credits_reserved if charged is None else charged
-            await ledger.append(
-                conn,
-                guild_id=job.guild_id,
-                user_id=job.user_id,
-                kind=LedgerKind.SETTLE,
-                amount=final - job.credits_reserved,
-                period_start=await ledger.job_period_start(conn, job_id),
-                now=now,
-                job_id=job_id,
+            rows = await conn.execute_fetchall(
+                """
+                UPDATE jobs SET state = ?, credits_charged = COALESCE(?, credits_reserved),
+                                completed_at = ?, polls = COALESCE(?, polls)
+                WHERE id = ? AND state = ?
+                RETURNING *
+                """,
+                (JobState.COMPLETED.value, charged, now, polls, job_id, JobState.SUBMITTED.value),
             )
-            await self._set(
+            if not rows:
+                return await self._get(conn, job_id)  # not polling any more: nothing to settle
+            job = Job.from_row(next(iter(rows)))
+            await ledger.append_for_job(
                 conn,
                 job_id,
-                state=JobState.COMPLETED.value,
-                credits_charged=final,
-                completed_at=now,
-                **({"polls": polls} if polls is not None else {}),
+                kind=LedgerKind.SETTLE,
+                amount=(job.credits_charged or 0) - job.credits_reserved,
+                now=now,
             )
-            return await self._get(conn, job_id)
+            return job
 
     async def mark_posted(self, job_id: int, *, result_message_id: int) -> Job:
         return await self._update(
@@ -160,45 +158,34 @@ class JobStore:
 
     async def mark_failed(self, job_id: int, error: str, *, polls: int | None = None) -> Job:
         """The job ended without a result: refund whatever it holds, once."""
+        final_states = (JobState.POSTED.value, JobState.FAILED.value)
         async with self.db.transaction() as conn:
-            job = await self._get(conn, job_id)
-            if job.state.is_final:
-                return job
             now = self.clock()
-            held = job.credits_charged if job.credits_charged is not None else job.credits_reserved
-            await ledger.append(
-                conn,
-                guild_id=job.guild_id,
-                user_id=job.user_id,
-                kind=LedgerKind.REFUND,
-                amount=-held,
-                period_start=await ledger.job_period_start(conn, job_id),
-                now=now,
-                job_id=job_id,
-                note=error[:200],
+            await ledger.refund_job(conn, job_id, note=error[:200], now=now, unless=final_states)
+            rows = await conn.execute_fetchall(
+                """
+                UPDATE jobs SET state = ?, error = ?, credits_charged = 0, finished_at = ?,
+                                polls = COALESCE(?, polls)
+                WHERE id = ? AND state NOT IN (?, ?)
+                RETURNING *
+                """,
+                (JobState.FAILED.value, error, now, polls or None, job_id, *final_states),
             )
-            await self._set(
-                conn,
-                job_id,
-                state=JobState.FAILED.value,
-                error=error,
-                credits_charged=0,
-                finished_at=now,
-                **({"polls": polls} if polls else {}),
-            )
-            return await self._get(conn, job_id)
+            if not rows:
+                return await self._get(conn, job_id)  # already ended: nothing moves
+            return Job.from_row(next(iter(rows)))
 
     async def _update(self, job_id: int, **fields: Any) -> Job:
-        async with self.db.transaction() as conn:
-            await self._set(conn, job_id, **fields)
-            return await self._get(conn, job_id)
-
-    @staticmethod
-    async def _set(conn: aiosqlite.Connection, job_id: int, **fields: Any) -> None:
+        """One `UPDATE … RETURNING`: a single statement is atomic on its own."""
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        await conn.execute(
-            f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id)
-        )
+        async with self.db.read() as conn:
+            rows = await conn.execute_fetchall(
+                f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING *",
+                (*fields.values(), job_id),
+            )
+        if not rows:
+            raise LookupError(f"job {job_id} does not exist")
+        return Job.from_row(next(iter(rows)))
 
     async def _get(self, conn: aiosqlite.Connection, job_id: int) -> Job:
         job = await self._get_or_none(conn, job_id)
@@ -208,5 +195,5 @@ class JobStore:
 
     @staticmethod
     async def _get_or_none(conn: aiosqlite.Connection, job_id: int) -> Job | None:
-        row = await (await conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))).fetchone()
-        return Job.from_row(row) if row is not None else None
+        rows = await conn.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(next(iter(rows))) if rows else None

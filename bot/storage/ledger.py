@@ -80,16 +80,6 @@ async def usage(
     return Usage(used=row[0], granted=row[1])
 
 
-async def job_period_start(conn: aiosqlite.Connection, job_id: int) -> float:
-    """The period a job's reservation was booked in; its settlement and refund follow it."""
-    row = await (
-        await conn.execute(
-            "SELECT period_start FROM ledger WHERE job_id = ? AND kind = 'reserve'", (job_id,)
-        )
-    ).fetchone()
-    return row[0] if row is not None else 0.0
-
-
 def _range(start: float, end: float | None) -> tuple[str, tuple[float, ...]]:
     if end is None:
         return "period_start >= ?", (start,)
@@ -142,3 +132,47 @@ async def guild_spend(
         )
     ).fetchone()
     return int(row[0])
+
+
+_RESERVED_PERIOD = (
+    "COALESCE((SELECT period_start FROM ledger WHERE job_id = ? AND kind = 'reserve'), 0)"
+)
+
+
+async def append_for_job(
+    conn: aiosqlite.Connection, job_id: int, *, kind: LedgerKind, amount: int, now: float
+) -> bool:
+    """A job's settle-style movement, booked in the period of its reservation (one statement).
+
+    Returns False when the job already has a row of this kind."""
+    cursor = await conn.execute(
+        f"""
+        INSERT OR IGNORE INTO ledger
+            (guild_id, user_id, job_id, kind, amount, period_start, created_at)
+        SELECT guild_id, user_id, id, ?, ?, {_RESERVED_PERIOD}, ?
+        FROM jobs WHERE id = ?
+        """,
+        (kind.value, amount, job_id, now, job_id),
+    )
+    return cursor.rowcount == 1
+
+
+async def refund_job(
+    conn: aiosqlite.Connection, job_id: int, *, note: str, now: float, unless: tuple[str, ...]
+) -> bool:
+    """Give back everything the job holds according to the ledger (its reservation plus any
+    settlement), unless the job is in one of the `unless` states. One statement."""
+    placeholders = ", ".join("?" for _ in unless)
+    cursor = await conn.execute(
+        f"""
+        INSERT OR IGNORE INTO ledger
+            (guild_id, user_id, job_id, kind, amount, period_start, note, created_at)
+        SELECT guild_id, user_id, id, 'refund',
+               -COALESCE((SELECT SUM(amount) FROM ledger
+                          WHERE job_id = jobs.id AND kind IN ('reserve', 'settle')), 0),
+               {_RESERVED_PERIOD}, ?, ?
+        FROM jobs WHERE id = ? AND state NOT IN ({placeholders})
+        """,
+        (job_id, note, now, job_id, *unless),
+    )
+    return cursor.rowcount == 1
