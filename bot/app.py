@@ -77,7 +77,13 @@ class PixelDojoBot(commands.Bot):
         api_base = settings.pixeldojo_api_base
         if settings.sandbox:
             api_base = await self._start_sandbox()
-        self.pixeldojo = PixelDojoClient(settings.pixeldojo_api_key, api_base)
+        self.pixeldojo = PixelDojoClient(
+            settings.pixeldojo_api_key,
+            api_base,
+            requests_per_minute=None
+            if settings.sandbox
+            else settings.pixeldojo_requests_per_minute,
+        )
         # Before the cogs load: the /imagine image option describes what the schema allows.
         self.capabilities = CapabilityCache(self.pixeldojo)
         await self.capabilities.refresh()

@@ -73,7 +73,11 @@ async def generate_once(
         await sandbox.start()
         base = sandbox.base_url
     presenter = FilePresenter(out_dir)
-    async with PixelDojoClient(settings.pixeldojo_api_key, base) as client:
+    async with PixelDojoClient(
+        settings.pixeldojo_api_key,
+        base,
+        requests_per_minute=None if sandbox else settings.pixeldojo_requests_per_minute,
+    ) as client:
         store = JobStore(db)
         runner = JobRunner(
             store,

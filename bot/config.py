@@ -29,12 +29,13 @@ class Settings:
     discord_gateway_url: str | None = None
     sandbox: bool = False
     log_level: str = "INFO"
-    poll_initial_interval: float = 1.0
+    poll_initial_interval: float = 0.5
     poll_max_interval: float = 5.0
     job_timeout: float = 300.0
     status_edit_interval: float = 3.0
     max_concurrent_submits: int = 4
     max_concurrent_polls: int = 8
+    pixeldojo_requests_per_minute: float | None = None
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -148,7 +149,7 @@ def load_settings(
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
 
-    poll_initial = _positive_float(env, "POLL_INITIAL_INTERVAL", 1.0)
+    poll_initial = _positive_float(env, "POLL_INITIAL_INTERVAL", 0.5)
     poll_max = _positive_float(env, "POLL_MAX_INTERVAL", 5.0)
     if poll_max < poll_initial:
         raise ConfigError("POLL_MAX_INTERVAL must be at least POLL_INITIAL_INTERVAL")
@@ -170,4 +171,9 @@ def load_settings(
         status_edit_interval=_positive_float(env, "STATUS_EDIT_INTERVAL", 3.0),
         max_concurrent_submits=_positive_int(env, "MAX_CONCURRENT_SUBMITS", 4),
         max_concurrent_polls=_positive_int(env, "MAX_CONCURRENT_POLLS", 8),
+        pixeldojo_requests_per_minute=(
+            _positive_float(env, "PIXELDOJO_REQUESTS_PER_MINUTE", 1.0)
+            if _get(env, "PIXELDOJO_REQUESTS_PER_MINUTE")
+            else None
+        ),
     )

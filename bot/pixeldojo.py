@@ -431,6 +431,36 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
 # --------------------------------------------------------------------------------------------
 
 
+class RequestBudget:
+    """Spaces API requests to at most `per_minute` a minute, bursting up to `burst` at once.
+
+    PixelDojo reports per-key rate limits (10-60 requests a minute are documented), and a
+    busy bot would otherwise learn them from 429s. This is the generic cell rate algorithm:
+    each request books the next slot synchronously, so concurrent callers queue fairly.
+    """
+
+    def __init__(
+        self,
+        per_minute: float,
+        *,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if per_minute <= 0:
+            raise ValueError("per_minute must be positive")
+        self.interval = 60.0 / per_minute
+        self.burst = burst if burst is not None else max(1, int(per_minute // 6))
+        self.clock = clock
+        self._theoretical_arrival = 0.0
+
+    def reserve(self) -> float:
+        """Book a slot; returns how many seconds to wait before sending."""
+        now = self.clock()
+        arrival = max(self._theoretical_arrival, now)
+        self._theoretical_arrival = arrival + self.interval
+        return max(0.0, arrival - now - (self.burst - 1) * self.interval)
+
+
 class PixelDojoClient:
     """Async PixelDojo API client holding one HTTP connection pool for its lifetime.
 
@@ -453,6 +483,7 @@ class PixelDojoClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: SleepFunc = asyncio.sleep,
         user_agent: str = DEFAULT_USER_AGENT,
+        requests_per_minute: float | None = None,
     ) -> None:
         key = (api_key or "").strip()
         if not key:
@@ -473,6 +504,7 @@ class PixelDojoClient:
         self._warned_foreign_status_url = False
         # Monotonic deadline before which no API request is sent (rate-limit gate).
         self._gate_until = 0.0
+        self._budget = RequestBudget(requests_per_minute) if requests_per_minute else None
         self.last_credits_remaining = None
         self.rate_limit_remaining = None
         self._http = httpx.AsyncClient(
@@ -833,6 +865,10 @@ class PixelDojoClient:
             request = build()
             method, path = request.method, request.url.path
             if gated:
+                if self._budget is not None:
+                    wait = self._budget.reserve()
+                    if wait > 0:
+                        await self._sleep(wait)
                 await self._wait_for_rate_gate(method, path)
             started = time.monotonic()
             try:

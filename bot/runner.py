@@ -11,7 +11,9 @@ import asyncio
 import heapq
 import logging
 import random
+import statistics
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -66,9 +68,28 @@ class JobPresenter(Protocol):
         """After a crash: the id of a result message already posted for this job, if any."""
 
 
+class DurationEstimate:
+    """The median of recent generation times, which the poll schedule is shaped around."""
+
+    def __init__(self, window: int = 50, minimum_samples: int = 3) -> None:
+        self.window = window
+        self.minimum_samples = minimum_samples
+        self._recent: deque[float] = deque(maxlen=window)
+
+    def add(self, seconds: float) -> None:
+        if seconds > 0:
+            self._recent.append(seconds)
+
+    def typical(self) -> float | None:
+        """The median, or None until enough jobs finished to trust one."""
+        if len(self._recent) < self.minimum_samples:
+            return None
+        return statistics.median(self._recent)
+
+
 @dataclass(frozen=True)
 class RunnerSettings:
-    poll_initial_interval: float = 1.0
+    poll_initial_interval: float = 0.5
     poll_max_interval: float = 5.0
     job_timeout: float = 300.0
     max_concurrent_submits: int = 4
@@ -107,6 +128,7 @@ class JobRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduler: asyncio.Task[None] | None = None
         self._finished: dict[int, asyncio.Future[Job]] = {}
+        self.durations = DurationEstimate()
 
     @property
     def in_flight(self) -> int:
@@ -118,6 +140,8 @@ class JobRunner:
         if self._scheduler is not None:
             return
         self._scheduler = asyncio.create_task(self._schedule_loop(), name="job-scheduler")
+        for seconds in await self.store.recent_durations(self.durations.window):
+            self.durations.add(seconds)
         for job in await self.store.active():
             log.info("job %d: resuming in state %s", job.id, job.state)
             self._resume(job)
@@ -213,17 +237,29 @@ class JobRunner:
             expires_at=expires,
         )
         log.info("job %d: submitted as PixelDojo job %s", job.id, submitted.job_id)
+        # The status moves at once, even when the first poll is a few seconds away.
+        await self.presenter.show_status(job, Phase.GENERATING, 0.0)
         self._schedule(job, delay=self._interval(0.0))
 
     # Polling ----------------------------------------------------------------------------
 
     def _interval(self, elapsed: float) -> float:
-        """Poll fast while a result is likely soon, then back off (every 20 s adds one step).
+        """Seconds until a job `elapsed` seconds into generation is polled again.
 
-        ±10% jitter keeps jobs submitted in the same burst from being polled in lockstep.
+        Once a few jobs have finished, polls are sparse while a result is unlikely (before 60%
+        of the typical duration), dense around when it usually arrives (until twice the
+        typical duration), then back off: results are seen soon after they are ready without
+        polling more than about once a second on average. ±10% jitter keeps jobs submitted
+        in the same burst from being polled in lockstep.
         """
         s = self.settings
-        base = min(s.poll_max_interval, s.poll_initial_interval * (1 + elapsed / 20))
+        typical = self.durations.typical()
+        if typical is not None and elapsed < 0.6 * typical:
+            return max(s.poll_initial_interval, 0.6 * typical - elapsed)
+        dense_until = 2 * typical if typical is not None else 20.0
+        base = s.poll_initial_interval
+        if elapsed > dense_until:
+            base = min(s.poll_max_interval, base * (1 + (elapsed - dense_until) / 20))
         return base * random.uniform(0.9, 1.1)
 
     def _schedule(self, job: Job, delay: float) -> None:
@@ -300,6 +336,9 @@ class JobRunner:
                 return
             polls = self._stop_polling(job.id)
             job = await self.store.mark_completed(job.id, charged=state.credit_cost, polls=polls)
+            if job.completed_at is not None and job.submitted_at is not None:
+                # The same figure a restart reads back from the database.
+                self.durations.add(job.completed_at - job.submitted_at)
             log.info("job %d: completed after %.1f s and %d polls", job.id, elapsed, polls)
             await self._deliver(job, state.image_urls)
         else:

@@ -33,7 +33,7 @@ def test_defaults() -> None:
         ({"PIXELDOJO_API_BASE": "ftp://x"}, "PIXELDOJO_API_BASE must be a URL"),
         ({"DEV_GUILD_ID": "abc"}, "DEV_GUILD_ID must be a Discord ID"),
         ({"POLL_INITIAL_INTERVAL": "fast"}, "POLL_INITIAL_INTERVAL must be a number"),
-        ({"POLL_MAX_INTERVAL": "0.5"}, "POLL_MAX_INTERVAL must be at least"),
+        ({"POLL_MAX_INTERVAL": "0.2"}, "POLL_MAX_INTERVAL must be at least"),
         ({"JOB_TIMEOUT": "-1"}, "JOB_TIMEOUT must be greater than zero"),
         ({"MAX_CONCURRENT_POLLS": "1.5"}, "MAX_CONCURRENT_POLLS must be a whole number"),
         ({"PIXELDOJO_SANDBOX": "maybe"}, "PIXELDOJO_SANDBOX must be 1 or 0"),
@@ -88,3 +88,11 @@ def test_secrets_are_redacted_from_log_lines_and_tracebacks() -> None:
     text = formatter.format(record)
     assert TOKEN not in text and "pd_live_secret_key_123" not in text
     assert "token was [redacted]" in text and "Bearer [redacted] / [redacted]" in text
+
+
+def test_request_budget_setting() -> None:
+    assert load_settings(GOOD).pixeldojo_requests_per_minute is None
+    settings = load_settings({**GOOD, "PIXELDOJO_REQUESTS_PER_MINUTE": "60"})
+    assert settings.pixeldojo_requests_per_minute == 60.0
+    with pytest.raises(ConfigError, match="PIXELDOJO_REQUESTS_PER_MINUTE must be a number"):
+        load_settings({**GOOD, "PIXELDOJO_REQUESTS_PER_MINUTE": "lots"})

@@ -35,6 +35,7 @@ from bot.pixeldojo import (
     PixelDojoClient,
     PixelDojoError,
     RateLimited,
+    RequestBudget,
     ServerError,
     SubmittedJob,
     parse_rate_limit_reset,
@@ -816,3 +817,28 @@ def test_constructor_validation() -> None:
         PixelDojoClient("k", "ftp://pixeldojo.ai/api/v1")
     with pytest.raises(ValueError):
         PixelDojoClient("k", max_attempts=0)
+
+
+def test_request_budget_spaces_requests_after_a_burst() -> None:
+    now = [0.0]
+    budget = RequestBudget(60, burst=3, clock=lambda: now[0])
+    waits = [budget.reserve() for _ in range(6)]
+    assert waits == [0.0, 0.0, 0.0, 1.0, 2.0, 3.0]
+    now[0] = 100.0  # a quiet spell refills the burst
+    assert [budget.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
+async def test_client_waits_for_its_request_budget(fake: FakePixelDojo) -> None:
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    async with PixelDojoClient(
+        "test-key", fake.base_url, sleep=record, requests_per_minute=60
+    ) as client:
+        for _ in range(12):
+            await client.submit(prompt="p", aspect_ratio="1:1")
+    assert len(fake.submissions) == 12
+    assert len(slept) == 2  # burst of 10 (a tenth of a minute's budget), then spaced
+    assert all(s > 0.9 for s in slept)

@@ -251,3 +251,33 @@ async def test_resumed_completed_job_already_posted_is_not_posted_again(api, db)
         await runner.stop()
     assert presenter.results == {}
     assert final.state is JobState.POSTED and final.result_message_id == 4242
+
+
+def test_poll_schedule_follows_typical_generation_time() -> None:
+    runner = JobRunner(None, None, RecordingPresenter(), RunnerSettings(0.5, 5.0))  # type: ignore[arg-type]
+    assert 0.45 <= runner._interval(0.0) <= 0.55  # nothing learned yet: poll densely
+    for seconds in (6.0, 8.0, 10.0):
+        runner.durations.add(seconds)
+    assert runner._interval(0.0) == pytest.approx(4.8)  # 60% of the 8 s median
+    assert runner._interval(3.0) == pytest.approx(1.8)
+    assert 0.45 <= runner._interval(7.0) <= 0.55  # around when results usually arrive
+    assert 0.45 <= runner._interval(15.0) <= 0.55
+    assert runner._interval(36.0) > 0.9  # long past the usual time: back off
+    assert runner._interval(600.0) <= 5.0 * 1.1
+
+
+async def test_typical_duration_is_remembered_across_restarts(api, db) -> None:
+    store = JobStore(db)
+    async with PixelDojoClient("test-key", api.base_url) as client:
+        presenter = RecordingPresenter()
+        runner = JobRunner(store, client, presenter, FAST)
+        await runner.start()
+        service = GenerationService(store, runner)
+        for _ in range(3):
+            await run_job(service, presenter)
+        learned = runner.durations.typical()
+        await runner.stop()
+        again = JobRunner(store, client, RecordingPresenter(), FAST)
+        await again.start()
+        await again.stop()
+    assert learned is not None and again.durations.typical() == pytest.approx(learned)

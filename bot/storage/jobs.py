@@ -98,6 +98,18 @@ class JobStore:
         )
         return [Job.from_row(row) for row in rows]
 
+    async def recent_durations(self, limit: int) -> list[float]:
+        """Seconds from submission to completion of the latest finished jobs, oldest first."""
+        rows = await self.db.fetchall(
+            """
+            SELECT completed_at - submitted_at FROM jobs
+            WHERE completed_at IS NOT NULL AND submitted_at IS NOT NULL
+            ORDER BY id DESC LIMIT ?
+            """,
+            (limit,),
+        )
+        return [row[0] for row in reversed(rows)]
+
     async def recent_for_user(self, guild_id: int, user_id: int, limit: int = 5) -> list[Job]:
         rows = await self.db.fetchall(
             "SELECT * FROM jobs WHERE guild_id = ? AND user_id = ? ORDER BY id DESC LIMIT ?",
