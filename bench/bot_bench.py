@@ -1,0 +1,550 @@
+"""End-to-end benchmark: the real bot process under a burst of /imagine from many members.
+
+Run from the repository root: `python bench/bot_bench.py [--fast] [--requests N] [--members M]`.
+
+`python -m bot` runs as its own process (environment from `tests.conftest.settings_env`) against
+the Discord double and FakePixelDojo, which both run in this process. The guild's limits are
+set on the database file with `ModerationService` before the bot starts (unlimited allowance,
+10 generations at a time per member, up to 4 images), so nothing is refused.
+
+Defaults are the product's timing: POLL_INITIAL_INTERVAL 0.5, POLL_MAX_INTERVAL 5,
+STATUS_EDIT_INTERVAL 3, job durations drawn from 6-10 s (seeded). `--fast` multiplies durations
+and intervals by `--fast-scale` (0.1) for a quick smoke run.
+
+Prints one "name: value unit" figure per line, then OK, or FAIL lines and exit status 1 when
+a result is missing or the ledger does not match the images posted. Caveat: the doubles share
+this process's event loop, so their timestamps include this process's own scheduling delay
+(printed as "bench loop lag"). Without `--discord-limits` the Discord double enforces no rate
+limits (and sends no rate-limit headers, so discord.py sends one request per route and channel
+at a time); with it, the double's sliding-window buckets answer 429 somewhat more often than
+Discord's fixed windows would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.fake_pixeldojo import FakePixelDojo
+from bot.limits import Limits
+from bot.moderation import ModerationService
+from bot.pixeldojo import ASPECT_RATIOS
+from bot.storage import Database
+from tests.conftest import BotProcess, footer_has, job_id_of, test_settings
+from tests.doubles.discord_double import (
+    ChannelSpec,
+    DiscordDouble,
+    Event,
+    GuildSpec,
+    InteractionRecord,
+    MemberSpec,
+    MessageRecord,
+)
+
+GUILD_ID = 1_300_000_000_000_000_001
+CHANNEL_ID = 1_300_000_000_000_000_002
+OWNER_ID = 1_300_000_000_000_000_010
+FIRST_MEMBER_ID = 1_300_000_000_000_001_000
+
+PROMPTS = (
+    "a lighthouse at dawn",
+    "a fox in a snowy forest, watercolour",
+    "neon city street in the rain",
+    "a bowl of ramen, studio photo",
+    "an astronaut riding a horse on the moon",
+    "isometric pixel-art castle",
+    "portrait of an old sailor, oil painting",
+    "a cat wearing a tiny wizard hat",
+)
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def show(name: str, value: float | int | str, unit: str = "") -> None:
+    if isinstance(value, float):
+        text = "nan" if math.isnan(value) else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    else:
+        text = str(value)
+    print(f"{name}: {text}{' ' + unit if unit else ''}", flush=True)
+
+
+def show_ms(name: str, seconds: list[float]) -> None:
+    for label, p in (("p50", 50), ("p99", 99)):
+        show(f"{name} {label}", pct(seconds, p) * 1000, "ms")
+    show(f"{name} max", (max(seconds) if seconds else math.nan) * 1000, "ms")
+
+
+def peak_per_window(times: list[float], window: float) -> int:
+    """Most events in any sliding window of `window` seconds."""
+    ordered = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(ordered):
+        while t - ordered[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def route_kind(method: str, path: str) -> str:
+    if path.startswith("/interactions/"):
+        return "interaction callback"
+    if path.startswith("/webhooks/"):
+        return f"webhook {method}"
+    if re.fullmatch(r"/channels/\d+/messages", path):
+        return f"channel message {method}"
+    if re.fullmatch(r"/channels/\d+/messages/\d+", path):
+        return f"channel message {method}"
+    return "other"
+
+
+class LoopLag:
+    """Overshoot of a 50 ms timer in this (bench/doubles) process.
+
+    A timer callback re-armed after each sample (no task, no sleep loop). Like a task waking
+    from `asyncio.sleep`, the sample is taken one loop iteration after the timer fires."""
+
+    def __init__(self, period: float = 0.05) -> None:
+        self.period = period
+        self.samples: list[float] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.Handle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._arm()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self) -> None:
+        assert self._loop is not None
+        self._due = self._loop.time() + self.period
+        self._handle = self._loop.call_at(self._due, self._fired)
+
+    def _fired(self) -> None:
+        assert self._loop is not None
+        self._handle = self._loop.call_soon(self._sample)
+
+    def _sample(self) -> None:
+        assert self._loop is not None
+        self.samples.append(max(0.0, self._loop.time() - self._due))
+        self._arm()
+
+
+def proc_stats(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, peak RSS in KiB) of a live process, from /proc; None if unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        hwm = 0
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+        return cpu, hwm
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# -- set-up ------------------------------------------------------------------------------------
+
+
+def make_guild(members: int) -> GuildSpec:
+    return GuildSpec(
+        id=GUILD_ID,
+        name="Bench Lab",
+        owner_id=OWNER_ID,
+        channels=[ChannelSpec(CHANNEL_ID, "creations")],
+        roles=[],
+        members=[
+            MemberSpec(OWNER_ID, "owner"),
+            *(MemberSpec(FIRST_MEMBER_ID + i, f"member{i:03d}") for i in range(members)),
+        ],
+    )
+
+
+HISTORY_GUILD_ID = 1
+
+
+async def prepare_database(path: Path, history: list[float]) -> None:
+    """Limits that let the burst through, and `history`: generation times of earlier jobs (in
+    another guild, so no figure counts them), as a bot that has been running would have."""
+    db = Database(path)
+    await db.connect()
+    try:
+        now = time.time()
+        async with db.transaction() as conn:
+            for seconds in history:
+                await conn.execute(
+                    """
+                    INSERT INTO jobs (guild_id, channel_id, user_id, prompt, aspect_ratio,
+                                      num_outputs, state, credits_reserved, created_at,
+                                      submitted_at, completed_at, finished_at)
+                    VALUES (?, 1, 1, 'history', '1:1', 1, 'posted', 1, ?, ?, ?, ?)
+                    """,
+                    (HISTORY_GUILD_ID, now - 600, now - 600, now - 600 + seconds, now - 590),
+                )
+        moderation = ModerationService(db, Limits(db))
+        await moderation.set_default_allowance(guild_id=GUILD_ID, actor_id=OWNER_ID, allowance=None)
+        await moderation.set_max_concurrent(guild_id=GUILD_ID, actor_id=OWNER_ID, value=10)
+        await moderation.set_max_outputs(guild_id=GUILD_ID, actor_id=OWNER_ID, value=4)
+    finally:
+        await db.close()
+
+
+async def read_database(path: Path) -> tuple[dict[int, dict], int]:
+    """Job rows by id, and the guild's credits used in the ledger (all kinds but grants)."""
+    db = Database(path)
+    await db.connect()
+    try:
+        rows = await db.fetchall(
+            "SELECT id, state, api_job_id, num_outputs, credits_charged, polls FROM jobs "
+            "WHERE guild_id = ?",
+            (GUILD_ID,),
+        )
+        used = await db.fetchone(
+            "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE guild_id = ? AND kind != 'grant'",
+            (GUILD_ID,),
+        )
+    finally:
+        await db.close()
+    return {row["id"]: dict(row) for row in rows}, int(used[0])
+
+
+def is_result(message: MessageRecord) -> bool:
+    return bool(message.attachments) and not message.deleted and footer_has(message, "Job #")
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> int:
+    scale = args.fast_scale if args.fast else 1.0
+    rng = random.Random(args.seed)
+    durations = [
+        rng.uniform(args.min_duration, args.max_duration) * scale for _ in range(args.requests)
+    ]
+    asks = [
+        (
+            FIRST_MEMBER_ID + i % args.members,
+            rng.choice(PROMPTS),
+            rng.randint(1, 4),
+            rng.choice(ASPECT_RATIOS),
+        )
+        for i in range(args.requests)
+    ]
+    bench_started = time.monotonic()
+    show("mode", "fast" if args.fast else "realistic")
+    show("requests", args.requests)
+    show("members", args.members)
+    show("poll initial interval", args.poll_initial * scale, "s")
+    show("poll max interval", args.poll_max * scale, "s")
+    show("status edit interval", args.status_edit * scale, "s")
+    show("job duration min", min(durations), "s")
+    show("job duration max", max(durations), "s")
+
+    history = [
+        rng.uniform(args.min_duration, args.max_duration) * scale
+        for _ in range(0 if args.cold else 20)
+    ]
+    show("earlier jobs in the database (warm poll schedule)", len(history))
+    with tempfile.TemporaryDirectory(prefix="bot-bench-") as folder:
+        database = Path(folder) / "bot.sqlite3"
+        await prepare_database(database, history)
+        async with (
+            FakePixelDojo() as api,
+            DiscordDouble(guilds=[make_guild(args.members)]) as double,
+        ):
+            api.durations.extend(durations)
+            if args.discord_limits:
+                # Discord's observed per-channel buckets (one channel here, so one bucket each):
+                # message create 5 per 5 s, edit 5 per 5 s, delete 5 per 1 s.
+                message = r"/channels/\d+/messages/\d+"
+                double.rate_limit(
+                    "POST", r"/channels/\d+/messages", limit=5, per=5, send_headers=True
+                )
+                double.rate_limit("PATCH", message, limit=5, per=5, send_headers=True)
+                double.rate_limit("DELETE", message, limit=5, per=1, send_headers=True)
+            settings = replace(
+                test_settings(double, api, database),
+                poll_initial_interval=args.poll_initial * scale,
+                poll_max_interval=args.poll_max * scale,
+                status_edit_interval=args.status_edit * scale,
+                job_timeout=300.0,
+            )
+            process = BotProcess(settings, Path(folder) / "bot.log")
+            lag = LoopLag()
+            lag.start()
+            try:
+                return await drive(args, api, double, process, asks, database, bench_started, lag)
+            except BaseException:
+                print("--- last lines of the bot log ---", file=sys.stderr)
+                print("\n".join(process.log().splitlines()[-40:]), file=sys.stderr)
+                raise
+            finally:
+                lag.stop()
+                await asyncio.to_thread(process.stop)
+
+
+async def drive(
+    args: argparse.Namespace,
+    api: FakePixelDojo,
+    double: DiscordDouble,
+    process: BotProcess,
+    asks: list[tuple[int, str, int, str]],
+    database: Path,
+    bench_started: float,
+    lag: LoopLag,
+) -> int:
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    process.start()
+    await double.wait_until_ready(timeout=30)
+    await double.wait_for_commands(timeout=30)
+    show("bot start-up to commands synced", time.monotonic() - started, "s")
+    assert process.process is not None
+    pid = process.process.pid
+    lag.samples.clear()
+
+    # (a) The burst: every /imagine dispatched within ~burst_seconds.
+    requests_before = len(double.requests)
+    spacing = args.burst_seconds / max(1, len(asks))
+    burst_at = loop.time() + 0.1
+
+    async def fire(index: int, ask: tuple[int, str, int, str]) -> InteractionRecord:
+        await asyncio.sleep(max(0.0, burst_at + index * spacing - loop.time()))
+        user_id, prompt, outputs, ratio = ask
+        return await double.slash(
+            "imagine",
+            {"prompt": prompt, "num_outputs": outputs, "aspect_ratio": ratio},
+            user_id=user_id,
+            guild_id=GUILD_ID,
+            channel_id=CHANNEL_ID,
+        )
+
+    burst_started = time.monotonic()
+    records = list(await asyncio.gather(*(fire(i, ask) for i, ask in enumerate(asks))))
+    dispatched = [r.received_at for r in records]
+    show("burst dispatch span", max(dispatched) - min(dispatched), "s")
+    await asyncio.gather(
+        *(r.wait_for_response(timeout=10) for r in records), return_exceptions=True
+    )
+    acks = [r.ack_latency for r in records if r.ack_latency is not None]
+    show_ms("ack latency", acks)
+    show("acks missing", len(records) - len(acks))
+    show("acks rejected (late or duplicate)", sum(bool(r.rejected_callbacks) for r in records))
+    over_3s = sum(a > 3.0 for a in acks)
+    show("acks over 3 s", over_3s)
+
+    # Every member should be told "Job #N is queued"; anything else is a refusal.
+    scale = args.fast_scale if args.fast else 1.0
+    # With Discord's limits each status message waits for the channel's create bucket (~1/s).
+    slack = 2.5 * len(records) if args.discord_limits else 0.0
+    # The double checks the condition after every event (each request is one, and a follow-up's
+    # request event comes after the follow-up is recorded).
+    with contextlib.suppress(TimeoutError):
+        await double.wait_until(lambda: all(r.followups for r in records), timeout=30 + slack)
+    queued: dict[int, InteractionRecord] = {}
+    refusals: Counter[str] = Counter()
+    for record in records:
+        content = record.followups[0].content if record.followups else None
+        if content and content.startswith("Job #"):
+            queued[int(content.split()[1].lstrip("#"))] = record
+        else:
+            refusals[(content or "<no follow-up>")[:80]] += 1
+    show("jobs queued", len(queued))
+    for text, count in refusals.most_common(3):
+        show("refused", f"{count}x {text!r}")
+
+    # Wait for every result message: collect them as they are created or edited.
+    timeout = args.timeout or 60 + 30 * scale + slack
+    results = {job_id_of(m): m for m in list(double.messages.values()) if is_result(m)}
+
+    def all_results(event: Event) -> bool:
+        message = event.message
+        if event.kind in ("message_create", "message_update") and message is not None:
+            if is_result(message):
+                results[job_id_of(message)] = message
+        return len(results) >= len(queued)
+
+    if len(results) < len(queued):
+        with contextlib.suppress(TimeoutError):
+            await double.wait_for(all_results, timeout=timeout)
+    results = {job_id_of(m): m for m in list(double.messages.values()) if is_result(m)}
+    wall = max((m.created_at for m in results.values()), default=time.monotonic()) - burst_started
+    stats = proc_stats(pid)
+    # Let the last status deletes land before stopping (they count as REST traffic).
+    await asyncio.sleep(min(2.0, 10 * scale))
+    await asyncio.to_thread(process.stop)
+    jobs, credits_used = await read_database(database)
+
+    # (b) API completion -> result message in the channel.
+    to_post: list[float] = []
+    detect: list[float] = []
+    deliver: list[float] = []
+    polls: list[int] = []
+    poll_rates: list[float] = []
+    for job_id, message in results.items():
+        fake = api.jobs.get(jobs.get(job_id, {}).get("api_job_id") or "")
+        if fake is None:
+            continue
+        to_post.append(message.created_at - fake.complete_at)
+        if fake.completed_seen_at is not None:
+            detect.append(fake.completed_seen_at - fake.complete_at)
+            deliver.append(message.created_at - fake.completed_seen_at)
+        polls.append(fake.polls)
+        poll_rates.append(fake.polls / max(1e-9, fake.complete_at - fake.created_at))
+    submit_delay = []
+    for job_id, record in queued.items():
+        fake = api.jobs.get(jobs.get(job_id, {}).get("api_job_id") or "")
+        if fake is not None:
+            submit_delay.append(fake.created_at - record.received_at)
+    show_ms("interaction to PixelDojo submission", submit_delay)
+    show_ms("completion to result message", to_post)
+    show_ms("  completion to first poll seeing it", detect)
+    show_ms("  that poll to result message", deliver)
+
+    # (c) Polls.
+    show("polls per job mean", sum(polls) / len(polls) if polls else math.nan)
+    # The runner counts polls in memory and writes the count with the job's final state.
+    db_polls = {job_id: jobs[job_id]["polls"] for job_id in results if job_id in jobs}
+    show(
+        "polls per job mean (jobs.polls in the DB)",
+        sum(db_polls.values()) / len(db_polls) if db_polls else math.nan,
+    )
+    api_polls = {
+        job_id: fake.polls
+        for job_id in db_polls
+        if (fake := api.jobs.get(jobs[job_id]["api_job_id"] or "")) is not None
+    }
+    matching = sum(api_polls.get(job_id) == count for job_id, count in db_polls.items())
+    show("jobs whose DB poll count matches PixelDojo's", f"{matching}/{len(db_polls)}")
+    show("polls per job max", max(polls, default=0))
+    show(
+        "polls per job per second of generation mean",
+        sum(poll_rates) / len(poll_rates) if poll_rates else math.nan,
+        "/s",
+    )
+    poll_times = [t for m, p, _, t in api.request_log if m == "GET" and "/jobs/" in p]
+    show("PixelDojo polls per second peak", peak_per_window(poll_times, 1.0), "/s")
+
+    # (d) Discord REST traffic during the load.
+    load = [r for r in double.requests[requests_before:] if r.api]
+    times = [r.at for r in load]
+    span = (max(times) - min(times)) if times else 0.0
+    show("Discord REST requests", len(load))
+    show("Discord REST requests per second peak", peak_per_window(times, 1.0), "/s")
+    show("Discord REST requests per second mean", len(load) / span if span else math.nan, "/s")
+    # Interaction callbacks and their webhooks are exempt from Discord's 50/s global limit.
+    bound = [r.at for r in load if not r.path.startswith(("/interactions/", "/webhooks/"))]
+    show(
+        "  of which global-limit routes, peak (Discord allows 50)",
+        peak_per_window(bound, 1.0),
+        "/s",
+    )
+    kinds = Counter(route_kind(r.method, r.path) for r in load)
+    for kind, count in sorted(kinds.items()):
+        show(f"  {kind}", count)
+    creates = [
+        r.at for r in load if r.method == "POST" and re.fullmatch(r"/channels/\d+/messages", r.path)
+    ]
+    show("channel message POSTs in busiest 5 s (Discord allows ~5)", peak_per_window(creates, 5.0))
+    show("Discord 429 responses", double.rate_limited_count)
+    show("Discord non-2xx responses", sum(not 200 <= r.status < 300 for r in load))
+
+    # (e) Totals and consistency.
+    requested = sum(a[2] for a in asks)
+    posted_jobs = [j for j in jobs.values() if j["state"] == "posted"]
+    posted_outputs = sum(j["num_outputs"] for j in posted_jobs)
+    show("wall time burst to last result", wall, "s")
+    show("results posted", f"{len(results)}/{len(records)}")
+    show("jobs in state posted", f"{len(posted_jobs)}/{len(jobs)}")
+    show("images requested", requested)
+    show("images in posted jobs", posted_outputs)
+    show("credits used in ledger", credits_used)
+    show("credits charged by PixelDojo", sum(j.credit_cost for j in api.jobs.values()))
+    if stats is not None:
+        show("bot process CPU time", stats[0], "s")
+        show("bot process peak RSS", stats[1] / 1024, "MiB")
+    show_ms("bench loop lag (doubles' timestamp noise)", lag.samples)
+    show("bench runtime", time.monotonic() - bench_started, "s")
+
+    failures = []
+    if len(results) != len(records):
+        failures.append(f"only {len(results)} of {len(records)} results posted")
+    if len(posted_jobs) != len(records):
+        failures.append(f"only {len(posted_jobs)} of {len(records)} jobs reached 'posted'")
+    if not credits_used == posted_outputs == requested:
+        failures.append(
+            f"ledger {credits_used} credits, posted jobs {posted_outputs} images, "
+            f"requested {requested} images"
+        )
+    for failure in failures:
+        print(f"FAIL: {failure}", flush=True)
+    if failures:
+        return 1
+    print("OK", flush=True)
+    return 0
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200, help="/imagine commands in the burst")
+    parser.add_argument("--members", type=int, default=50, help="members sending them")
+    parser.add_argument("--burst-seconds", type=float, default=1.0, help="dispatch window")
+    parser.add_argument("--min-duration", type=float, default=6.0, help="shortest job (s)")
+    parser.add_argument("--max-duration", type=float, default=10.0, help="longest job (s)")
+    parser.add_argument("--poll-initial", type=float, default=0.5, help="POLL_INITIAL_INTERVAL")
+    parser.add_argument("--poll-max", type=float, default=5.0, help="POLL_MAX_INTERVAL")
+    parser.add_argument("--status-edit", type=float, default=3.0, help="STATUS_EDIT_INTERVAL")
+    parser.add_argument("--fast", action="store_true", help="scale durations and intervals down")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="start with no earlier jobs, so the bot has not learned typical generation times",
+    )
+    parser.add_argument("--fast-scale", type=float, default=0.1, help="the --fast factor")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--timeout", type=float, default=0, help="seconds to wait for results")
+    parser.add_argument(
+        "--discord-limits",
+        action="store_true",
+        help="have the double enforce Discord's per-channel message limits (create and edit 5 "
+        "per 5 s, delete 5 per 1 s); slow: use with fewer --requests",
+    )
+    args = parser.parse_args(argv)
+    if args.members < 1 or args.requests < 1:
+        parser.error("--requests and --members must be positive")
+    if args.requests > args.members * 10:
+        parser.error("more than 10 requests per member would hit max_concurrent 10")
+    return args
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(run(parse())))
