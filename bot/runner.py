@@ -249,15 +249,18 @@ class JobRunner:
         Once a few jobs have finished, polls are sparse while a result is unlikely (before 60%
         of the typical duration), dense around when it usually arrives (until twice the
         typical duration), then back off: results are seen soon after they are ready without
-        polling more than about once a second on average. ±10% jitter keeps jobs submitted
-        in the same burst from being polled in lockstep.
+        polling more than about once a second on average. Until then, about once a second.
+        ±10% jitter keeps jobs submitted in the same burst from being polled in lockstep.
         """
         s = self.settings
         typical = self.durations.typical()
-        if typical is not None and elapsed < 0.6 * typical:
+        if typical is None:
+            # Nothing learned yet: about once a second (twice the dense interval) for 20 s.
+            dense_until, base = 20.0, 2 * s.poll_initial_interval
+        elif elapsed < 0.6 * typical:
             return max(s.poll_initial_interval, 0.6 * typical - elapsed)
-        dense_until = 2 * typical if typical is not None else 20.0
-        base = s.poll_initial_interval
+        else:
+            dense_until, base = 2 * typical, s.poll_initial_interval
         if elapsed > dense_until:
             base = min(s.poll_max_interval, base * (1 + (elapsed - dense_until) / 20))
         return base * random.uniform(0.9, 1.1)
