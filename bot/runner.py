@@ -258,7 +258,8 @@ class JobRunner:
             # Nothing learned yet: about once a second (twice the dense interval) for 20 s.
             dense_until, base = 20.0, 2 * s.poll_initial_interval
         elif elapsed < 0.6 * typical:
-            return max(s.poll_initial_interval, 0.6 * typical - elapsed)
+            base = max(s.poll_initial_interval, 0.6 * typical - elapsed)
+            return base * random.uniform(0.9, 1.1)
         else:
             dense_until, base = 2 * typical, s.poll_initial_interval
         if elapsed > dense_until:
@@ -300,6 +301,7 @@ class JobRunner:
 
     async def _poll(self, job: Job) -> None:
         """One status check; the caller acquired a poll slot, released once PixelDojo answers."""
+        answered_at: float | None = None
         try:
             elapsed = self.clock() - (job.submitted_at or job.created_at)
             expired = job.api_expires_at is not None and self.clock() > job.api_expires_at
@@ -310,6 +312,9 @@ class JobRunner:
                     state = await self.client.get_job(job.status_url or job.api_job_id or "")
                 except Exception as exc:
                     state = exc
+                # When PixelDojo said so, not when the database got to it: the learned
+                # typical duration must not grow with the bot's own load.
+                answered_at = self.clock()
                 self._polls[job.id] = self._polls.get(job.id, 0) + 1
         finally:
             self._poll_slots.release()
@@ -338,7 +343,9 @@ class JobRunner:
                 await self._fail(job, "PixelDojo finished but returned no images.")
                 return
             polls = self._stop_polling(job.id)
-            job = await self.store.mark_completed(job.id, charged=state.credit_cost, polls=polls)
+            job = await self.store.mark_completed(
+                job.id, charged=state.credit_cost, polls=polls, at=answered_at
+            )
             if job.completed_at is not None and job.submitted_at is not None:
                 # The same figure a restart reads back from the database.
                 self.durations.add(job.completed_at - job.submitted_at)

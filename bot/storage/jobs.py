@@ -133,12 +133,17 @@ class JobStore:
         )
 
     async def mark_completed(
-        self, job_id: int, *, charged: int | None, polls: int | None = None
+        self,
+        job_id: int,
+        *,
+        charged: int | None,
+        polls: int | None = None,
+        at: float | None = None,
     ) -> Job:
-        """PixelDojo finished: settle the reservation against what it charged (`None`: the
-        estimate stands)."""
+        """PixelDojo finished (at `at`, default now): settle the reservation against what it
+        charged (`None`: the estimate stands)."""
         async with self.db.transaction() as conn:
-            now = self.clock()
+            now = self.clock() if at is None else at
             rows = await conn.execute_fetchall(
                 """
                 UPDATE jobs SET state = ?, credits_charged = COALESCE(?, credits_reserved),
