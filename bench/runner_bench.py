@@ -274,12 +274,17 @@ class TimedStore(JobStore):
         return job
 
     async def mark_completed(
-        self, job_id: int, *, charged: int | None, polls: int | None = None
+        self,
+        job_id: int,
+        *,
+        charged: int | None,
+        polls: int | None = None,
+        at: float | None = None,
     ) -> Job:
         started = time.perf_counter()
         self.polls_written[job_id] = polls
         try:
-            return await super().mark_completed(job_id, charged=charged, polls=polls)
+            return await super().mark_completed(job_id, charged=charged, polls=polls, at=at)
         finally:
             self.times["mark_completed"].append(time.perf_counter() - started)
 

@@ -319,6 +319,23 @@ class JobRunner:
         finally:
             self._poll_slots.release()
 
+        try:
+            await self._after_poll(job, state, elapsed, answered_at)
+        except Exception:
+            # The job must not silently stop being polled: it is still SUBMITTED if nothing
+            # was written (the transaction rolled back), so try again later.
+            log.exception("job %d: unexpected error after polling", job.id)
+            if job.id in self._polling:
+                self._schedule(job, self.settings.poll_max_interval)
+
+    async def _after_poll(
+        self,
+        job: Job,
+        state: pixeldojo.JobState | Exception | None,
+        elapsed: float,
+        answered_at: float | None,
+    ) -> None:
+        """Act on what a poll found: give up, retry later, fail, deliver, or poll again."""
         if state is None:
             minutes = max(1, round(self.settings.job_timeout / 60))
             log.warning("job %d: gave up after %.0f s without a result", job.id, elapsed)
@@ -342,10 +359,11 @@ class JobRunner:
                 log.warning("job %d: completed without any image URL", job.id)
                 await self._fail(job, "PixelDojo finished but returned no images.")
                 return
-            polls = self._stop_polling(job.id)
+            polls = self._polls.get(job.id, 0)
             job = await self.store.mark_completed(
                 job.id, charged=state.credit_cost, polls=polls, at=answered_at
             )
+            self._stop_polling(job.id)
             if job.completed_at is not None and job.submitted_at is not None:
                 # The same figure a restart reads back from the database.
                 self.durations.add(job.completed_at - job.submitted_at)
@@ -411,11 +429,13 @@ class JobRunner:
         return max(0.0, end - (job.submitted_at or job.created_at))
 
     async def _fail(self, job: Job, reason: str) -> None:
-        polls = self._stop_polling(job.id)
+        polls = self._polls.get(job.id)
         current = await self.store.get(job.id)
         if current is None or current.state.is_final:
+            self._stop_polling(job.id)
             return  # already ended (and shown); never refund or announce twice
         job = await self.store.mark_failed(job.id, reason, polls=polls)
+        self._stop_polling(job.id)
         try:
             await self.presenter.show_failure(job, reason)
         except Exception:

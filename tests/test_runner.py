@@ -281,3 +281,28 @@ async def test_typical_duration_is_remembered_across_restarts(api, db) -> None:
         await again.start()
         await again.stop()
     assert learned is not None and again.durations.typical() == pytest.approx(learned)
+
+
+class FlakyStore(JobStore):
+    """A store whose first settlement fails, as a locked or full disk would make it."""
+
+    failures = 1
+
+    async def mark_completed(self, job_id: int, **kwargs):  # type: ignore[override]
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk I/O error")
+        return await super().mark_completed(job_id, **kwargs)
+
+
+async def test_a_failed_database_write_after_polling_is_retried(api, db) -> None:
+    presenter = RecordingPresenter()
+    store = FlakyStore(db)
+    async with PixelDojoClient("test-key", api.base_url) as client:
+        runner = JobRunner(store, client, presenter, FAST)
+        await runner.start()
+        job = await run_job(GenerationService(store, runner), presenter)
+        await runner.stop()
+    assert store.failures == 0
+    assert job.id in presenter.results
+    assert await credits_used(db) == 1
