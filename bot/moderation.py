@@ -692,6 +692,21 @@ class ModerationService:
                 f"ran generation #{job_id}: {outcome}, {_plural(credits, 'credit')}",
             )
 
+    async def record_result_deletion(
+        self, *, guild_id: int, actor_id: int, job_id: int, author_id: int
+    ) -> AuditEntry:
+        """Audit a moderator deleting another member's result."""
+        async with self.db.transaction() as conn:
+            return await self._audit(
+                conn,
+                guild_id,
+                actor_id,
+                "result.deleted",
+                job_id,
+                {"job_id": job_id, "author_id": author_id},
+                f"deleted <@{author_id}>'s result of generation #{job_id}",
+            )
+
     # -- helpers -------------------------------------------------------------------------
 
     async def _set(

@@ -107,7 +107,9 @@ async def _generate(
 
 
 async def _delete(bot: PixelDojoBot, interaction: discord.Interaction, job: Job) -> None:
-    if not await bot.can_moderate(interaction) and interaction.user.id != job.user_id:
+    is_author = interaction.user.id == job.user_id
+    if not is_author and not await bot.can_moderate(interaction):
+        log.info("job %d: user %d may not delete this result", job.id, interaction.user.id)
         await interaction.response.send_message(
             "Only the person who asked for these images or a moderator can delete them.",
             ephemeral=True,
@@ -117,6 +119,14 @@ async def _delete(bot: PixelDojoBot, interaction: discord.Interaction, job: Job)
     if interaction.message is not None:
         await interaction.message.delete()
     log.info("job %d: result deleted by user %d", job.id, interaction.user.id)
+    if not is_author:  # a moderator action: audited and announced like the others
+        entry = await bot.moderation.record_result_deletion(
+            guild_id=job.guild_id,
+            actor_id=interaction.user.id,
+            job_id=job.id,
+            author_id=job.user_id,
+        )
+        await bot.log_moderator_action(entry)
     await interaction.followup.send("Deleted.", ephemeral=True)
 
 

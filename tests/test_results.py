@@ -96,6 +96,9 @@ async def test_only_the_author_or_a_moderator_can_delete(harness: Harness) -> No
     by_mod = await harness.double.click(result.id, custom_id, user_id=MOD_ID)
     await harness.reply(by_mod)
     assert result.deleted
+    entries = await harness.bot.moderation.audit_entries(GUILD_ID, limit=5)
+    deletion = next(e for e in entries if e.action == "result.deleted")
+    assert deletion.actor_id == MOD_ID and deletion.target_id == job_id_of(result)
 
 
 async def test_author_can_delete_and_buttons_survive_a_restart(
