@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.loop_lag import LoopLag
 from bot.fake_pixeldojo import FakePixelDojo
 from bot.limits import Limits
 from bot.moderation import ModerationService
@@ -118,43 +119,6 @@ def route_kind(method: str, path: str) -> str:
     if re.fullmatch(r"/channels/\d+/messages/\d+", path):
         return f"channel message {method}"
     return "other"
-
-
-class LoopLag:
-    """Overshoot of a 50 ms timer in this (bench/doubles) process.
-
-    A timer callback re-armed after each sample (no task, no sleep loop). Like a task waking
-    from `asyncio.sleep`, the sample is taken one loop iteration after the timer fires."""
-
-    def __init__(self, period: float = 0.05) -> None:
-        self.period = period
-        self.samples: list[float] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.Handle | None = None
-        self._due = 0.0
-
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._arm()
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _arm(self) -> None:
-        assert self._loop is not None
-        self._due = self._loop.time() + self.period
-        self._handle = self._loop.call_at(self._due, self._fired)
-
-    def _fired(self) -> None:
-        assert self._loop is not None
-        self._handle = self._loop.call_soon(self._sample)
-
-    def _sample(self) -> None:
-        assert self._loop is not None
-        self.samples.append(max(0.0, self._loop.time() - self._due))
-        self._arm()
 
 
 def proc_stats(pid: int) -> tuple[float, int] | None:

@@ -62,6 +62,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.loop_lag import LoopLag
 from bot import runner as runner_module
 from bot.fake_pixeldojo import FakePixelDojo
 from bot.generation import admit_without_limits
@@ -401,52 +402,24 @@ class NullPresenter:
             self.all_posted.set()
 
 
-class LoopLag:
-    """Overshoot of a 50 ms timer, with the time of each sample.
-
-    A timer callback re-armed after each sample (no task, no sleep loop). Like a task waking
-    from `asyncio.sleep`, the sample is taken one loop iteration after the timer fires, so the
-    figure is the same as a sleeping task's overshoot."""
+class TimedLoopLag(LoopLag):
+    """Loop lag with the time of each sample, the loop thread's CPU time and jobs in flight."""
 
     def __init__(self, period: float = 0.05) -> None:
-        self.period = period
-        self.samples: list[tuple[float, float]] = []
+        super().__init__(period)
+        self.timed: list[tuple[float, float]] = []
         self.cpu: list[tuple[float, float]] = []  # (time, this thread's CPU seconds)
         self.in_flight: list[tuple[float, int]] = []
         self.runner: JobRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.Handle | None = None
-        self._due = 0.0
 
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._arm()
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _arm(self) -> None:
-        assert self._loop is not None
-        self._due = self._loop.time() + self.period
-        self._handle = self._loop.call_at(self._due, self._fired)
-
-    def _fired(self) -> None:
-        assert self._loop is not None
-        self._handle = self._loop.call_soon(self._sample)
-
-    def _sample(self) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
-        self.samples.append((now, max(0.0, now - self._due)))
+    def record(self, now: float, overshoot: float) -> None:
+        self.timed.append((now, overshoot))
         self.cpu.append((now, time.thread_time()))
         if self.runner is not None:
             self.in_flight.append((now, self.runner.in_flight))
-        self._arm()
 
     def between(self, start: float, end: float) -> list[float]:
-        return [lag for at, lag in self.samples if start <= at <= end]
+        return [lag for at, lag in self.timed if start <= at <= end]
 
     def busy(self, start: float, end: float) -> float:
         """The event loop thread's CPU time over wall time between `start` and `end`."""
@@ -461,7 +434,7 @@ def timeline(
     end: float,
     runner: TimedRunner,
     lock: TimedLock,
-    lag: LoopLag,
+    lag: TimedLoopLag,
     asked: list[float],
 ) -> None:
     """Per 2 s of the run: polls the ideal schedule asks for (`asked`: on-time poll times),
@@ -490,7 +463,7 @@ def timeline(
         at = until
 
 
-def runner_in_flight(lag: LoopLag, at: float) -> int:
+def runner_in_flight(lag: TimedLoopLag, at: float) -> int:
     """Jobs the scheduler tracked at the last sample before `at`."""
     before = [n for when, n in lag.in_flight if when <= at]
     return before[-1] if before else 0
@@ -507,7 +480,7 @@ def show_typical(name: str, runner: JobRunner) -> None:
 def capacity(
     args: argparse.Namespace,
     settings: RunnerSettings,
-    lag: LoopLag,
+    lag: TimedLoopLag,
     records: list[PollRecord],
     asked: float,
     sent: float,
@@ -621,7 +594,7 @@ async def one_pass(args: argparse.Namespace, settings: RunnerSettings, duration:
         await seed_history(db, [] if args.cold else [duration] * HISTORY_JOBS)
         lock = TimedLock()
         db._lock = lock  # instrument the one lock every query goes through
-        lag = LoopLag()
+        lag = TimedLoopLag()
         lag.start()
         try:
             async with FakePixelDojo(job_duration=duration) as api:
@@ -643,7 +616,7 @@ async def drive(
     lock: TimedLock,
     api: FakePixelDojo,
     client: TimedClient,
-    lag: LoopLag,
+    lag: TimedLoopLag,
 ) -> None:
     store = TimedStore(db)
     store.expected = args.jobs
