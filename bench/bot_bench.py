@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.history import seed_history
 from bench.loop_lag import LoopLag
 from bot.fake_pixeldojo import FakePixelDojo
 from bot.limits import Limits
@@ -162,18 +163,7 @@ async def prepare_database(path: Path, history: list[float]) -> None:
     db = Database(path)
     await db.connect()
     try:
-        now = time.time()
-        async with db.transaction() as conn:
-            for seconds in history:
-                await conn.execute(
-                    """
-                    INSERT INTO jobs (guild_id, channel_id, user_id, prompt, aspect_ratio,
-                                      num_outputs, state, credits_reserved, created_at,
-                                      submitted_at, completed_at, finished_at)
-                    VALUES (?, 1, 1, 'history', '1:1', 1, 'posted', 1, ?, ?, ?, ?)
-                    """,
-                    (HISTORY_GUILD_ID, now - 600, now - 600, now - 600 + seconds, now - 590),
-                )
+        await seed_history(db, history, guild_id=HISTORY_GUILD_ID)
         moderation = ModerationService(db, Limits(db))
         await moderation.set_default_allowance(guild_id=GUILD_ID, actor_id=OWNER_ID, allowance=None)
         await moderation.set_max_concurrent(guild_id=GUILD_ID, actor_id=OWNER_ID, value=10)

@@ -62,6 +62,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.history import seed_history
 from bench.loop_lag import LoopLag
 from bot import runner as runner_module
 from bot.fake_pixeldojo import FakePixelDojo
@@ -570,28 +571,13 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def seed_history(db: Database, history: list[float]) -> None:
-    """Earlier finished jobs taking `history` seconds each, in another guild, so the runner's
-    `start()` learns a typical duration from them (as bench/bot_bench.py's prepare_database)."""
-    now = time.time()
-    async with db.transaction() as conn:
-        for seconds in history:
-            await conn.execute(
-                """
-                INSERT INTO jobs (guild_id, channel_id, user_id, prompt, aspect_ratio,
-                                  num_outputs, state, credits_reserved, created_at,
-                                  submitted_at, completed_at, finished_at)
-                VALUES (?, 1, 1, 'history', '1:1', 1, 'posted', 1, ?, ?, ?, ?)
-                """,
-                (HISTORY_GUILD_ID, now - 600, now - 600, now - 600 + seconds, now - 590),
-            )
-
-
 async def one_pass(args: argparse.Namespace, settings: RunnerSettings, duration: float) -> None:
     with tempfile.TemporaryDirectory(prefix="runner-bench-") as folder:
         db = Database(Path(folder) / "bench.sqlite3")
         await db.connect()
-        await seed_history(db, [] if args.cold else [duration] * HISTORY_JOBS)
+        await seed_history(
+            db, [] if args.cold else [duration] * HISTORY_JOBS, guild_id=HISTORY_GUILD_ID
+        )
         lock = TimedLock()
         db._lock = lock  # instrument the one lock every query goes through
         lag = TimedLoopLag()
