@@ -15,14 +15,8 @@ from bot.jobs import GenerationRequest, Job
 from bot.limits import Limits
 from bot.moderation import InvalidSetting, ModerationService
 from bot.periods import Period, next_reset, period_start, previous_period_start
-from bot.storage import Database, guild_settings
-from bot.storage.jobs import JobStore
-
-GUILD = 1000
-OTHER_GUILD = 2000
-MOD = 1
-MEMBER = 42
-CHANNEL = 500
+from bot.storage import Database
+from tests.service_env import CHANNEL, GUILD, MEMBER, MOD, OTHER_GUILD, Clock, ServiceEnv
 
 
 def at(*parts: int) -> float:
@@ -33,73 +27,12 @@ def at(*parts: int) -> float:
 WEDNESDAY = at(2025, 3, 12, 15, 30)  # 2025-03-12 is a Wednesday
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Env:
-    """Everything a test needs, sharing one clock."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self.db = db
-        self.clock = clock
-        self.store = JobStore(db, clock)
-        self.limits = Limits(db, clock)
-        self.mod = ModerationService(db, self.limits, clock)
-        self.notices: dict[int, tuple[str, ...]] = {}
-        """Each admitted job's notices for the log channel, as the cog gets them."""
-
-    async def reserve(
-        self,
-        prompt: str = "a lighthouse at dusk",
-        *,
-        user: int = MEMBER,
-        guild: int = GUILD,
-        channel: int = CHANNEL,
-        outputs: int = 1,
-        roles: tuple[int, ...] = (),
-    ) -> Job:
-        request = GenerationRequest(
-            guild_id=guild,
-            channel_id=channel,
-            user_id=user,
-            prompt=prompt,
-            aspect_ratio="1:1",
-            num_outputs=outputs,
-            role_ids=roles,
-        )
-        job, admission = await self.store.create_admitted(request, self.limits.admit)
-        self.notices[job.id] = admission.notices
-        return job
-
-    async def finish(self, job: Job, charged: int | None = None) -> Job:
-        await self.store.mark_submitted(
-            job.id, api_job_id=f"a{job.id}", status_url="u", expires_at=None
-        )
-        await self.store.mark_completed(job.id, charged=charged)
-        return await self.store.mark_posted(job.id, result_message_id=job.id)
-
-    async def settings(self, guild: int = GUILD, **values: object) -> None:
-        """Write settings directly, bypassing the moderators' validation ranges."""
-        async with self.db.transaction() as conn:
-            await guild_settings.update(conn, guild, **values)
-
-
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+async def env(tmp_path: Path) -> AsyncIterator[ServiceEnv]:
     db = Database(tmp_path / "limits.sqlite3")
     await db.connect()
     try:
-        yield Env(db, Clock(WEDNESDAY))
+        yield ServiceEnv(db, Clock(WEDNESDAY))
     finally:
         await db.close()
 
@@ -148,7 +81,7 @@ def test_none_period_never_resets() -> None:
 # -- allowances and balances ----------------------------------------------------------------
 
 
-async def test_default_allowance_reserves_in_the_current_period(env: Env) -> None:
+async def test_default_allowance_reserves_in_the_current_period(env: ServiceEnv) -> None:
     job = await env.reserve(outputs=3)
     assert job.credits_reserved == 3
     balance = await env.limits.balance(GUILD, MEMBER, ())
@@ -158,7 +91,7 @@ async def test_default_allowance_reserves_in_the_current_period(env: Env) -> Non
     assert balance.active_jobs == 1
 
 
-async def test_allowance_refusal_says_what_is_left_and_resets_with_time(env: Env) -> None:
+async def test_allowance_refusal_says_what_is_left_and_resets_with_time(env: ServiceEnv) -> None:
     await env.settings(default_allowance=2)
     await env.finish(await env.reserve(outputs=2))
     with pytest.raises(RequestRefused) as refused:
@@ -175,20 +108,20 @@ async def test_allowance_refusal_says_what_is_left_and_resets_with_time(env: Env
     assert (balance.used, balance.remaining) == (1, 1)
 
 
-async def test_partial_allowance_asks_for_fewer_images(env: Env) -> None:
+async def test_partial_allowance_asks_for_fewer_images(env: ServiceEnv) -> None:
     await env.settings(default_allowance=3)
     await env.finish(await env.reserve(outputs=2))
     with pytest.raises(RequestRefused, match=r"needs 2 credits, but you have 1 of 3 left today"):
         await env.reserve(outputs=2)
 
 
-async def test_zero_allowance_says_so(env: Env) -> None:
+async def test_zero_allowance_says_so(env: ServiceEnv) -> None:
     await env.settings(default_allowance=0)
     with pytest.raises(RequestRefused, match="doesn't give you any image credits"):
         await env.reserve()
 
 
-async def test_most_generous_role_and_user_override_win(env: Env) -> None:
+async def test_most_generous_role_and_user_override_win(env: ServiceEnv) -> None:
     await env.mod.set_role_allowance(guild_id=GUILD, actor_id=MOD, role_id=7, allowance=20)
     await env.mod.set_role_allowance(guild_id=GUILD, actor_id=MOD, role_id=8, allowance=50)
     await env.mod.set_role_allowance(guild_id=GUILD, actor_id=MOD, role_id=9, allowance=None)
@@ -209,7 +142,7 @@ async def test_most_generous_role_and_user_override_win(env: Env) -> None:
     assert (await env.limits.balance(GUILD, MEMBER, (7,))).allowance == 20
 
 
-async def test_unlimited_default(env: Env) -> None:
+async def test_unlimited_default(env: ServiceEnv) -> None:
     await env.mod.set_default_allowance(guild_id=GUILD, actor_id=MOD, allowance=None)
     await env.settings(max_concurrent=50)
     for _ in range(30):
@@ -218,7 +151,7 @@ async def test_unlimited_default(env: Env) -> None:
     assert balance.used == 120 and balance.remaining is None
 
 
-async def test_grants_add_and_resets_forgive(env: Env) -> None:
+async def test_grants_add_and_resets_forgive(env: ServiceEnv) -> None:
     await env.settings(default_allowance=2)
     await env.finish(await env.reserve(outputs=2))
     await env.mod.grant_credits(guild_id=GUILD, actor_id=MOD, user_id=MEMBER, amount=3)
@@ -235,7 +168,7 @@ async def test_grants_add_and_resets_forgive(env: Env) -> None:
     assert (balance.granted, balance.used, balance.remaining) == (0, 0, 2)
 
 
-async def test_refund_restores_the_balance(env: Env) -> None:
+async def test_refund_restores_the_balance(env: ServiceEnv) -> None:
     job = await env.reserve(outputs=4)
     assert (await env.limits.balance(GUILD, MEMBER, ())).remaining == 6
     await env.store.mark_failed(job.id, "PixelDojo rejected the prompt")
@@ -244,7 +177,7 @@ async def test_refund_restores_the_balance(env: Env) -> None:
     assert (balance.used, balance.remaining, balance.active_jobs) == (0, 10, 0)
 
 
-async def test_refund_after_midnight_goes_to_the_jobs_period(env: Env) -> None:
+async def test_refund_after_midnight_goes_to_the_jobs_period(env: ServiceEnv) -> None:
     env.clock.now = at(2025, 3, 12, 23, 59)
     job = await env.reserve(outputs=4)
     env.clock.now = at(2025, 3, 13, 0, 1)
@@ -252,7 +185,7 @@ async def test_refund_after_midnight_goes_to_the_jobs_period(env: Env) -> None:
     assert (await env.limits.balance(GUILD, MEMBER, ())).remaining == 10
 
 
-async def test_settle_charges_what_pixeldojo_reported(env: Env) -> None:
+async def test_settle_charges_what_pixeldojo_reported(env: ServiceEnv) -> None:
     await env.finish(await env.reserve(outputs=2), charged=5)
     balance = await env.limits.balance(GUILD, MEMBER, ())
     assert (balance.used, balance.remaining) == (5, 5)
@@ -260,7 +193,7 @@ async def test_settle_charges_what_pixeldojo_reported(env: Env) -> None:
     assert (await env.limits.balance(GUILD, MEMBER, ())).remaining == 4
 
 
-async def test_overdrawn_balance_shows_zero_left(env: Env) -> None:
+async def test_overdrawn_balance_shows_zero_left(env: ServiceEnv) -> None:
     await env.settings(default_allowance=2)
     await env.finish(await env.reserve(outputs=2), charged=6)
     balance = await env.limits.balance(GUILD, MEMBER, ())
@@ -270,7 +203,7 @@ async def test_overdrawn_balance_shows_zero_left(env: Env) -> None:
 # -- concurrency ----------------------------------------------------------------------------
 
 
-async def _burst(env: Env, count: int = 200) -> tuple[int, list[str]]:
+async def _burst(env: ServiceEnv, count: int = 200) -> tuple[int, list[str]]:
     results = await asyncio.gather(
         *(env.reserve(prompt=f"burst {i}") for i in range(count)), return_exceptions=True
     )
@@ -280,7 +213,7 @@ async def _burst(env: Env, count: int = 200) -> tuple[int, list[str]]:
     return admitted, errors
 
 
-async def test_200_concurrent_requests_at_the_allowance_never_over_spend(env: Env) -> None:
+async def test_200_concurrent_requests_at_the_allowance_never_over_spend(env: ServiceEnv) -> None:
     await env.settings(default_allowance=7, max_concurrent=10)
     admitted, errors = await _burst(env)
     assert admitted == 7
@@ -294,14 +227,14 @@ async def test_200_concurrent_requests_at_the_allowance_never_over_spend(env: En
     assert tuple(row) == (7, 7)
 
 
-async def test_200_concurrent_requests_at_the_concurrency_limit(env: Env) -> None:
+async def test_200_concurrent_requests_at_the_concurrency_limit(env: ServiceEnv) -> None:
     await env.settings(default_allowance=None, max_concurrent=2)
     admitted, errors = await _burst(env)
     assert admitted == 2
     assert all("allows 2 at a time" in e for e in errors)
 
 
-async def test_200_concurrent_requests_against_the_spend_cap(env: Env) -> None:
+async def test_200_concurrent_requests_against_the_spend_cap(env: ServiceEnv) -> None:
     await env.settings(default_allowance=None, max_concurrent=1, spend_cap=25)
     requests = [env.reserve(prompt=f"p{i}", user=10_000 + i, outputs=2) for i in range(200)]
     results = await asyncio.gather(*requests, return_exceptions=True)
@@ -313,7 +246,7 @@ async def test_200_concurrent_requests_against_the_spend_cap(env: Env) -> None:
 # -- the server spend cap -------------------------------------------------------------------
 
 
-async def test_spend_cap_warns_at_80_percent_once_and_pauses_at_100(env: Env) -> None:
+async def test_spend_cap_warns_at_80_percent_once_and_pauses_at_100(env: ServiceEnv) -> None:
     await env.settings(default_allowance=None, max_concurrent=10, spend_cap=10)
     users = iter(range(100, 200))
     notices = []
@@ -337,14 +270,14 @@ async def test_spend_cap_warns_at_80_percent_once_and_pauses_at_100(env: Env) ->
     assert "80%" in env.notices[job.id][0]
 
 
-async def test_spend_cap_request_too_big_for_what_is_left(env: Env) -> None:
+async def test_spend_cap_request_too_big_for_what_is_left(env: ServiceEnv) -> None:
     await env.settings(default_allowance=None, max_concurrent=10, spend_cap=5)
     await env.reserve(user=5, outputs=4)
     with pytest.raises(RequestRefused, match="only 1 credit left under its spend cap today"):
         await env.reserve(user=6, outputs=2)
 
 
-async def test_refused_request_does_not_use_up_the_cap_notice(env: Env) -> None:
+async def test_refused_request_does_not_use_up_the_cap_notice(env: ServiceEnv) -> None:
     await env.settings(default_allowance=1, max_concurrent=10, spend_cap=10)
     with pytest.raises(RequestRefused, match="left today"):
         await env.reserve(outputs=4)  # would reach 80%, but the allowance refuses it
@@ -355,7 +288,7 @@ async def test_refused_request_does_not_use_up_the_cap_notice(env: Env) -> None:
 # -- bans, channels, outputs, cooldown ------------------------------------------------------
 
 
-async def test_ban_with_expiry(env: Env) -> None:
+async def test_ban_with_expiry(env: ServiceEnv) -> None:
     await env.mod.ban(
         guild_id=GUILD, actor_id=MOD, user_id=MEMBER, duration_seconds=3600, reason="spamming"
     )
@@ -370,7 +303,7 @@ async def test_ban_with_expiry(env: Env) -> None:
     await env.reserve()
 
 
-async def test_permanent_ban_until_unbanned(env: Env) -> None:
+async def test_permanent_ban_until_unbanned(env: ServiceEnv) -> None:
     await env.mod.ban(guild_id=GUILD, actor_id=MOD, user_id=MEMBER)
     env.clock.advance(86400 * 400)
     with pytest.raises(RequestRefused, match="can't generate images in this server"):
@@ -379,7 +312,7 @@ async def test_permanent_ban_until_unbanned(env: Env) -> None:
     await env.reserve()
 
 
-async def test_allowed_channels(env: Env) -> None:
+async def test_allowed_channels(env: ServiceEnv) -> None:
     await env.reserve(channel=999)  # no rules: anywhere
     await env.mod.allow_channel(guild_id=GUILD, actor_id=MOD, channel_id=501)
     await env.mod.allow_channel(guild_id=GUILD, actor_id=MOD, channel_id=502)
@@ -392,7 +325,7 @@ async def test_allowed_channels(env: Env) -> None:
     await env.reserve(channel=999)
 
 
-async def test_max_outputs(env: Env) -> None:
+async def test_max_outputs(env: ServiceEnv) -> None:
     await env.mod.set_max_outputs(guild_id=GUILD, actor_id=MOD, value=2)
     with pytest.raises(RequestRefused, match="up to 2 images per request"):
         await env.reserve(outputs=3)
@@ -402,7 +335,7 @@ async def test_max_outputs(env: Env) -> None:
         await env.reserve(outputs=2, user=7)
 
 
-async def test_cooldown(env: Env) -> None:
+async def test_cooldown(env: ServiceEnv) -> None:
     await env.mod.set_cooldown(guild_id=GUILD, actor_id=MOD, seconds=30)
     await env.finish(await env.reserve())
     env.clock.advance(10)
@@ -415,7 +348,7 @@ async def test_cooldown(env: Env) -> None:
     await env.reserve()
 
 
-async def test_rules_are_checked_in_order(env: Env) -> None:
+async def test_rules_are_checked_in_order(env: ServiceEnv) -> None:
     await env.mod.ban(guild_id=GUILD, actor_id=MOD, user_id=MEMBER)
     await env.mod.allow_channel(guild_id=GUILD, actor_id=MOD, channel_id=501)
     await env.mod.add_blocked_term(guild_id=GUILD, actor_id=MOD, term="dragon")
@@ -430,11 +363,11 @@ async def test_rules_are_checked_in_order(env: Env) -> None:
 # -- blocked terms --------------------------------------------------------------------------
 
 
-async def _block(env: Env, term: str, is_regex: bool = False, guild: int = GUILD) -> None:
+async def _block(env: ServiceEnv, term: str, is_regex: bool = False, guild: int = GUILD) -> None:
     await env.mod.add_blocked_term(guild_id=guild, actor_id=MOD, term=term, is_regex=is_regex)
 
 
-async def _refused(env: Env, prompt: str, guild: int = GUILD) -> bool:
+async def _refused(env: ServiceEnv, prompt: str, guild: int = GUILD) -> bool:
     try:
         job = await env.reserve(prompt, guild=guild)
     except RequestRefused as exc:
@@ -446,7 +379,7 @@ async def _refused(env: Env, prompt: str, guild: int = GUILD) -> bool:
     return False
 
 
-async def test_blocked_plain_terms_match_whole_words_in_any_case(env: Env) -> None:
+async def test_blocked_plain_terms_match_whole_words_in_any_case(env: ServiceEnv) -> None:
     await _block(env, "ass")
     await _block(env, "Blood Bath")
     assert await _refused(env, "a wild ASS in the desert")
@@ -457,7 +390,7 @@ async def test_blocked_plain_terms_match_whole_words_in_any_case(env: Env) -> No
     assert not await _refused(env, "blood on the bathroom floor")
 
 
-async def test_blocked_terms_resist_unicode_tricks(env: Env) -> None:
+async def test_blocked_terms_resist_unicode_tricks(env: ServiceEnv) -> None:
     await _block(env, "gore")
     assert await _refused(env, "g\u200bore everywhere")  # zero-width space
     assert await _refused(env, "go\u00adre")  # soft hyphen
@@ -466,7 +399,7 @@ async def test_blocked_terms_resist_unicode_tricks(env: Env) -> None:
     assert not await _refused(env, "gorge")
 
 
-async def test_blocked_regex_terms(env: Env) -> None:
+async def test_blocked_regex_terms(env: ServiceEnv) -> None:
     await _block(env, r"n[a@]ked", is_regex=True)
     assert await _refused(env, "N@KED statue")
     assert await _refused(env, "naked")
@@ -486,13 +419,13 @@ async def test_blocked_regex_terms(env: Env) -> None:
         ("   ", "empty"),
     ],
 )
-async def test_invalid_regex_terms_are_refused(env: Env, pattern: str, reason: str) -> None:
+async def test_invalid_regex_terms_are_refused(env: ServiceEnv, pattern: str, reason: str) -> None:
     with pytest.raises(InvalidSetting, match=reason):
         await _block(env, pattern, is_regex=True)
     assert await env.mod.blocked_terms(GUILD) == []
 
 
-async def test_blocklist_cache_is_invalidated_on_change(env: Env) -> None:
+async def test_blocklist_cache_is_invalidated_on_change(env: ServiceEnv) -> None:
     assert not await _refused(env, "a dragon")  # caches an empty matcher
     await _block(env, "dragon")
     assert await _refused(env, "a dragon")
@@ -500,7 +433,7 @@ async def test_blocklist_cache_is_invalidated_on_change(env: Env) -> None:
     assert not await _refused(env, "a dragon")
 
 
-async def test_blocked_terms_survive_a_restart_and_other_writers(env: Env) -> None:
+async def test_blocked_terms_survive_a_restart_and_other_writers(env: ServiceEnv) -> None:
     await _block(env, "dragon")
     fresh = Limits(env.db, env.clock)  # a new process: nothing in memory
     request = GenerationRequest(GUILD, CHANNEL, MEMBER, "DRAGON wyrm", "1:1")
@@ -516,7 +449,7 @@ async def test_blocked_terms_survive_a_restart_and_other_writers(env: Env) -> No
         await env.store.create(request, fresh.admit)
 
 
-async def test_changing_the_period_counts_usage_inside_the_new_period(env: Env) -> None:
+async def test_changing_the_period_counts_usage_inside_the_new_period(env: ServiceEnv) -> None:
     await env.settings(max_concurrent=10)
     env.clock.now = at(2025, 3, 10, 12)  # Monday
     await env.finish(await env.reserve(outputs=4))
@@ -554,7 +487,7 @@ def test_matcher_and_normalisation_units() -> None:
 # -- guild isolation ------------------------------------------------------------------------
 
 
-async def test_one_guilds_rules_and_usage_never_reach_another(env: Env) -> None:
+async def test_one_guilds_rules_and_usage_never_reach_another(env: ServiceEnv) -> None:
     await env.mod.set_default_allowance(guild_id=GUILD, actor_id=MOD, allowance=1)
     await env.mod.set_role_allowance(guild_id=GUILD, actor_id=MOD, role_id=7, allowance=99)
     await env.mod.set_user_allowance(guild_id=GUILD, actor_id=MOD, user_id=MEMBER, allowance=3)

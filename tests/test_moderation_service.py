@@ -8,58 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import GenerationRequest, Job
 from bot.limits import Limits
 from bot.moderation import AuditEntry, InvalidSetting, ModerationService
 from bot.periods import Period
 from bot.storage import Database
-from bot.storage.jobs import JobStore
+from tests.service_env import GUILD, MEMBER, MOD, OTHER_GUILD, Clock, ServiceEnv
 
-GUILD = 1000
-OTHER_GUILD = 2000
-MOD = 1
-MEMBER = 42
 NOW = datetime(2025, 3, 12, 15, 30, tzinfo=UTC).timestamp()  # a Wednesday
 TODAY = datetime(2025, 3, 12, tzinfo=UTC).timestamp()
 YESTERDAY = datetime(2025, 3, 11, 12, tzinfo=UTC).timestamp()
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Env:
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self.db = db
-        self.clock = clock
-        self.store = JobStore(db, clock)
-        self.limits = Limits(db, clock)
-        self.mod = ModerationService(db, self.limits, clock)
-
-    async def reserve(self, user: int = MEMBER, outputs: int = 1, guild: int = GUILD) -> Job:
-        request = GenerationRequest(guild, 500, user, "a lighthouse", "1:1", outputs)
-        return await self.store.create(request, self.limits.admit)
-
-    async def finish(self, job: Job, charged: int | None = None) -> Job:
-        await self.store.mark_submitted(job.id, api_job_id="a", status_url="u", expires_at=None)
-        await self.store.mark_completed(job.id, charged=charged)
-        return await self.store.mark_posted(job.id, result_message_id=1)
-
-    async def audit_count(self, guild: int = GUILD) -> int:
-        row = await self.db.fetchone("SELECT COUNT(*) FROM audit_log WHERE guild_id = ?", (guild,))
-        return int(row[0])
-
-
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+async def env(tmp_path: Path) -> AsyncIterator[ServiceEnv]:
     db = Database(tmp_path / "moderation.sqlite3")
     await db.connect()
     try:
-        yield Env(db, Clock(NOW))
+        yield ServiceEnv(db, Clock(NOW))
     finally:
         await db.close()
 
@@ -218,7 +183,7 @@ ACTIONS: list[tuple[str, str, Action]] = [
 ]
 
 
-async def test_every_moderator_action_writes_one_audit_row(env: Env) -> None:
+async def test_every_moderator_action_writes_one_audit_row(env: ServiceEnv) -> None:
     for expected_action, expected_summary, action in ACTIONS:
         before = await env.audit_count()
         entry = await action(env.mod)
@@ -230,7 +195,7 @@ async def test_every_moderator_action_writes_one_audit_row(env: Env) -> None:
     assert await env.audit_count(OTHER_GUILD) == 0
 
 
-async def test_audit_details_record_the_change(env: Env) -> None:
+async def test_audit_details_record_the_change(env: ServiceEnv) -> None:
     entry = await env.mod.set_user_allowance(
         guild_id=GUILD, actor_id=MOD, user_id=MEMBER, allowance=None
     )
@@ -296,7 +261,7 @@ INVALID: list[tuple[str, Action]] = [
 
 @pytest.mark.parametrize(("message", "action"), INVALID)
 async def test_invalid_input_is_refused_and_not_audited(
-    env: Env, message: str, action: Action
+    env: ServiceEnv, message: str, action: Action
 ) -> None:
     with pytest.raises(InvalidSetting, match=message):
         await action(env.mod)
@@ -304,7 +269,7 @@ async def test_invalid_input_is_refused_and_not_audited(
     assert issubclass(InvalidSetting, ValueError)
 
 
-async def test_duplicates_are_refused(env: Env) -> None:
+async def test_duplicates_are_refused(env: ServiceEnv) -> None:
     await env.mod.allow_channel(guild_id=GUILD, actor_id=MOD, channel_id=501)
     with pytest.raises(InvalidSetting, match="already an allowed channel"):
         await env.mod.allow_channel(guild_id=GUILD, actor_id=MOD, channel_id=501)
@@ -314,7 +279,7 @@ async def test_duplicates_are_refused(env: Env) -> None:
     assert await env.audit_count() == 2
 
 
-async def test_settings_persist_across_a_restart(env: Env, tmp_path: Path) -> None:
+async def test_settings_persist_across_a_restart(env: ServiceEnv, tmp_path: Path) -> None:
     await env.mod.set_period(guild_id=GUILD, actor_id=MOD, period="month", reset_hour=3)
     await env.mod.set_default_allowance(guild_id=GUILD, actor_id=MOD, allowance=None)
     await env.mod.set_moderator_role(guild_id=GUILD, actor_id=MOD, role_id=77)
@@ -337,7 +302,7 @@ async def test_settings_persist_across_a_restart(env: Env, tmp_path: Path) -> No
         await env.db.connect()  # so the fixture can close it
 
 
-async def test_is_moderator(env: Env) -> None:
+async def test_is_moderator(env: ServiceEnv) -> None:
     assert await env.mod.is_moderator(GUILD, (), has_manage_guild=True)
     assert not await env.mod.is_moderator(GUILD, (77,), has_manage_guild=False)
     await env.mod.set_moderator_role(guild_id=GUILD, actor_id=MOD, role_id=77)
@@ -345,7 +310,7 @@ async def test_is_moderator(env: Env) -> None:
     assert not await env.mod.is_moderator(OTHER_GUILD, (77,), has_manage_guild=False)
 
 
-async def test_reset_keeps_credits_held_by_running_jobs(env: Env) -> None:
+async def test_reset_keeps_credits_held_by_running_jobs(env: ServiceEnv) -> None:
     await env.finish(await env.reserve(outputs=3))
     running = await env.reserve(outputs=4)
     entry = await env.mod.reset_usage(guild_id=GUILD, actor_id=MOD, user_id=MEMBER)
@@ -356,7 +321,7 @@ async def test_reset_keeps_credits_held_by_running_jobs(env: Env) -> None:
     assert (balance.used, balance.remaining) == (0, 10)  # not 14: the refund isn't doubled
 
 
-async def test_audit_entries_page_backwards(env: Env) -> None:
+async def test_audit_entries_page_backwards(env: ServiceEnv) -> None:
     for hour in range(5):
         await env.mod.set_period(guild_id=GUILD, actor_id=MOD, period="day", reset_hour=hour)
     first = await env.mod.audit_entries(GUILD, limit=2)
@@ -366,7 +331,7 @@ async def test_audit_entries_page_backwards(env: Env) -> None:
     assert len(await env.mod.audit_entries(GUILD, limit=1000)) == 5
 
 
-async def test_record_generation(env: Env) -> None:
+async def test_record_generation(env: ServiceEnv) -> None:
     job = await env.finish(await env.reserve(outputs=2))
     entry = await env.mod.record_generation(
         guild_id=GUILD, user_id=MEMBER, job_id=job.id, outcome="posted", credits=2
@@ -376,7 +341,7 @@ async def test_record_generation(env: Env) -> None:
     assert entry.details == {"job_id": job.id, "user_id": MEMBER, "outcome": "posted", "credits": 2}
 
 
-async def test_usage_report(env: Env) -> None:
+async def test_usage_report(env: ServiceEnv) -> None:
     await env.mod.set_spend_cap(guild_id=GUILD, actor_id=MOD, cap=40)
     env.clock.now = YESTERDAY
     await env.finish(await env.reserve(user=5, outputs=4))
@@ -411,7 +376,7 @@ async def test_usage_report(env: Env) -> None:
     assert (await env.mod.usage_report(GUILD, top=1)).top_users[0].user_id == 6
 
 
-async def test_guild_isolation_of_moderation(env: Env) -> None:
+async def test_guild_isolation_of_moderation(env: ServiceEnv) -> None:
     await env.finish(await env.reserve(user=5))
     await env.mod.add_blocked_term(guild_id=GUILD, actor_id=MOD, term="dragon")
     await env.mod.ban(guild_id=GUILD, actor_id=MOD, user_id=MEMBER)
@@ -440,7 +405,7 @@ async def test_guild_isolation_of_moderation(env: Env) -> None:
     assert [b.user_id for b in await env.mod.bans(GUILD)] == [MEMBER]
 
 
-async def test_listings(env: Env) -> None:
+async def test_listings(env: ServiceEnv) -> None:
     await env.mod.add_blocked_term(guild_id=GUILD, actor_id=MOD, term="Blood  Bath")
     await env.mod.add_blocked_term(guild_id=GUILD, actor_id=MOD, term="g[o0]re", is_regex=True)
     terms = await env.mod.blocked_terms(GUILD)
