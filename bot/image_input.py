@@ -682,15 +682,6 @@ def encode_input_image(
     return f"data:{mime};base64,{encoded}"
 
 
-def image_field_value(
-    capabilities: ModelCapabilities, *, url: str, data: bytes | None, content_type: str
-) -> dict[str, str]:
-    """``{field_name: value}`` for ``client.submit(extra=...)`` (see :func:`encode_input_image`)."""
-    value = encode_input_image(capabilities, url=url, data=data, content_type=content_type)
-    assert capabilities.image_field is not None  # encode_input_image refused otherwise
-    return {capabilities.image_field: value}
-
-
 async def submission_extra(
     cache: CapabilityCache | None, input_image: str | None
 ) -> dict[str, str]:

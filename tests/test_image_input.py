@@ -22,7 +22,6 @@ from bot.image_input import (
     ModelCapabilities,
     discover_capabilities,
     encode_input_image,
-    image_field_value,
     image_option_description,
     parse_capabilities,
     submission_extra,
@@ -346,10 +345,10 @@ def test_schema_limits_narrow_what_is_accepted() -> None:
 
 
 def test_url_field_value_passes_the_attachment_url() -> None:
-    value = image_field_value(URL_CAPS, url=ATTACHMENT_URL, data=None, content_type="image/png")
-    assert value == {"image_url": ATTACHMENT_URL}
+    value = encode_input_image(URL_CAPS, url=ATTACHMENT_URL, data=None, content_type="image/png")
+    assert value == ATTACHMENT_URL
     with pytest.raises(RequestRefused, match="editing is unavailable"):
-        image_field_value(NO_IMAGE_CAPS, url=ATTACHMENT_URL, data=None, content_type="image/png")
+        encode_input_image(NO_IMAGE_CAPS, url=ATTACHMENT_URL, data=None, content_type="image/png")
 
 
 def test_inline_field_values_encode_the_bytes() -> None:
@@ -359,14 +358,16 @@ def test_inline_field_values_encode_the_bytes() -> None:
     b64_caps = ModelCapabilities(image_field="image", image_transport=ImageTransport.BASE64)
     encoded = base64.b64encode(PNG).decode()
     # The bytes decide the type, not the declared content type.
-    assert image_field_value(
-        data_caps, url=ATTACHMENT_URL, data=PNG, content_type="image/jpeg"
-    ) == {"input_image": f"data:image/png;base64,{encoded}"}
-    assert image_field_value(b64_caps, url=ATTACHMENT_URL, data=PNG, content_type="image/png") == {
-        "image": encoded
-    }
+    assert (
+        encode_input_image(data_caps, url=ATTACHMENT_URL, data=PNG, content_type="image/jpeg")
+        == f"data:image/png;base64,{encoded}"
+    )
+    assert (
+        encode_input_image(b64_caps, url=ATTACHMENT_URL, data=PNG, content_type="image/png")
+        == encoded
+    )
     with pytest.raises(ValueError, match="bytes"):
-        image_field_value(data_caps, url=ATTACHMENT_URL, data=None, content_type="image/png")
+        encode_input_image(data_caps, url=ATTACHMENT_URL, data=None, content_type="image/png")
     with pytest.raises(RequestRefused, match="aren't a PNG, JPEG or WebP image"):
         encode_input_image(
             data_caps, url=ATTACHMENT_URL, data=b"GIF89a...", content_type="image/png"
