@@ -101,8 +101,7 @@ class GenerationService:
     async def launch(self, job: Job, status_message_id: int | None) -> Job:
         """Remember the status message and hand the job to the runner."""
         if status_message_id is not None:
-            await self.store.set_status_message(job.id, status_message_id)
-            job = await self.store.get(job.id) or job
+            job = await self.store.set_status_message(job.id, status_message_id)
         self.runner.submit(job)
         return job
 

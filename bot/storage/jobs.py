@@ -117,8 +117,8 @@ class JobStore:
         )
         return [Job.from_row(row) for row in rows]
 
-    async def set_status_message(self, job_id: int, message_id: int) -> None:
-        await self._update(job_id, status_message_id=message_id)
+    async def set_status_message(self, job_id: int, message_id: int) -> Job:
+        return await self._update(job_id, status_message_id=message_id)
 
     async def mark_submitted(
         self, job_id: int, *, api_job_id: str, status_url: str, expires_at: float | None
