@@ -12,6 +12,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot import interaction_errors
 from bot.config import Settings
 from bot.discord_presenter import DiscordPresenter
 from bot.generation import GenerationService
@@ -206,22 +207,15 @@ class PixelDojoBot(commands.Bot):
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        """Last resort: tell the member something went wrong instead of leaving them waiting."""
+        """Refusals get their own text; anything else goes down the one interaction error path."""
         if isinstance(error, app_commands.CheckFailure):
             message = str(error) or "You can't use this command here."
         elif isinstance(error, app_commands.CommandOnCooldown):
             message = f"Slow down: try again in {error.retry_after:.0f} s."
         else:
-            command = interaction.command.qualified_name if interaction.command else "?"
-            log.error("command /%s failed", command, exc_info=error)
-            message = "Something went wrong on my side. Nothing was charged; please try again."
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(message, ephemeral=True)
-            else:
-                await interaction.response.send_message(message, ephemeral=True)
-        except discord.HTTPException:
-            log.warning("could not tell the member about the error")
+            await interaction_errors.report_failure(interaction, error)
+            return
+        await interaction_errors.reply_privately(interaction, message)
 
     async def close(self) -> None:
         runner = getattr(self, "runner", None)

@@ -21,6 +21,7 @@ from bot.jobs import (
     SEED_MAX,
     GenerationRequest,
     Job,
+    JobState,
 )
 from bot.pixeldojo import ASPECT_RATIOS
 from bot.runner import JobRunner
@@ -58,6 +59,9 @@ async def admit_without_limits(
     """Hold the estimated cost, with no allowance to check (all-time period)."""
     return Admission(credits=request.num_outputs * CREDITS_PER_OUTPUT, period_start=0.0)
 
+
+NOTHING_CHARGED = "Nothing was charged; please try again."
+"""What an error reply says while nothing has been reserved yet."""
 
 ModeratorNotifier = Callable[[int, str], Awaitable[None]]
 """Sends a notice (e.g. the spend cap nearing) to a guild's moderators."""
@@ -109,3 +113,29 @@ class GenerationService:
         """The job could not even be shown: refund it."""
         log.warning("job %d: abandoned before submission: %s", job.id, reason)
         await self.store.mark_failed(job.id, reason)
+
+    async def failure_note(self, job_id: int) -> str:
+        """For an error reply after job `job_id` was reserved: what became of its credits,
+        read from the job's record at that moment rather than assumed."""
+        try:
+            job = await self.store.get(job_id)
+        except Exception:
+            log.exception("job %d: could not read it to explain an error", job_id)
+            job = None
+        if job is None:
+            return f"I couldn't check job #{job_id}; `/credits` shows what it used."
+        # Only a job that certainly is not running may be followed by "try again": a retry
+        # beside a live job would spend the credits twice.
+        if job.state is JobState.FAILED:
+            return f"Job #{job.id} did not run and its credits were returned; please try again."
+        if job.state is JobState.POSTED:
+            return f"Job #{job.id} finished anyway: its images are in the channel."
+        if job.status_message_id is None:  # reserved, but never handed to the runner
+            return (
+                f"Job #{job.id} did not start; its credits stay on hold until the bot restarts, "
+                "which returns them."
+            )
+        return (
+            f"Job #{job.id} is still running and its status message is in the channel; "
+            "you are only charged if it posts images."
+        )

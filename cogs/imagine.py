@@ -9,7 +9,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import RequestRefused
+from bot.generation import NOTHING_CHARGED
 from bot.image_input import encode_input_image, image_option_description, validate_input_image
+from bot.interaction_errors import set_failure_note
 from bot.jobs import MAX_OUTPUTS, PROMPT_MAX_LENGTH, SEED_MAX
 from bot.pixeldojo import ASPECT_RATIOS
 from cogs.launching import NO_MENTIONS, build_request, launch
@@ -45,6 +47,7 @@ class Imagine(commands.Cog):
         seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
         image: discord.Attachment | None = None,
     ) -> None:
+        set_failure_note(interaction, NOTHING_CHARGED)
         # Acknowledge first: everything after this may take longer than Discord's 3 s.
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import discord
@@ -10,6 +11,7 @@ from bot import embeds
 from bot.app import role_ids_of
 from bot.errors import RequestRefused
 from bot.generation import validate
+from bot.interaction_errors import set_failure_note
 from bot.jobs import GenerationRequest
 from bot.runner import Phase
 
@@ -84,6 +86,7 @@ async def launch(
     try:
         check_bot_can_post(interaction.app_permissions)
         job = await service.reserve(request)
+        set_failure_note(interaction, partial(service.failure_note, job.id))
         channel = interaction.channel
         try:
             if not isinstance(channel, discord.abc.Messageable):

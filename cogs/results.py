@@ -15,6 +15,13 @@ from discord.ext import commands
 
 from bot import embeds
 from bot.errors import RequestRefused
+from bot.generation import NOTHING_CHARGED
+from bot.interaction_errors import (
+    reply_privately,
+    report_failure,
+    reporting_failures,
+    set_failure_note,
+)
 from bot.jobs import PROMPT_MAX_LENGTH, Job
 from cogs.launching import NO_MENTIONS, build_request, launch
 
@@ -28,9 +35,7 @@ async def _load_job(interaction: discord.Interaction, job_id: int) -> Job | None
     bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
     job = await bot.store.get(job_id)
     if job is None or job.guild_id != interaction.guild_id:
-        await interaction.response.send_message(
-            "That job is no longer in my records.", ephemeral=True
-        )
+        await reply_privately(interaction, "That job is no longer in my records.")
         return None
     return job
 
@@ -70,6 +75,13 @@ class JobButton(
         return cls(action, int(match["job_id"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        # discord.py only logs what a DynamicItem callback raises: answer the member instead.
+        async with reporting_failures(interaction):
+            await self._act(interaction)
+
+    async def _act(self, interaction: discord.Interaction) -> None:
+        if self.action == "reroll":
+            set_failure_note(interaction, NOTHING_CHARGED)
         job = await _load_job(interaction, self.job_id)
         if job is None:
             return
@@ -145,9 +157,13 @@ class VaryModal(discord.ui.Modal, title="Vary this image"):
         self.add_item(self.prompt)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
+        set_failure_note(interaction, NOTHING_CHARGED)
         await interaction.response.defer(ephemeral=True, thinking=True)
         bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
         await _generate(bot, interaction, self.job, prompt=self.prompt.value, seed=self.job.seed)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        await report_failure(interaction, error)
 
 
 def result_view(job: Job) -> discord.ui.View:

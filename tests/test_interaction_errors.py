@@ -1,0 +1,147 @@
+"""One error path for slash commands, result buttons and the Vary form: an unexpected error is
+answered privately, says only what actually happened to the member's credits, and is logged
+once with what failed (never the interaction token)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from bot import embeds
+from tests.conftest import (
+    ALICE_ID,
+    CHANNEL_ID,
+    GUILD_ID,
+    OWNER_ID,
+    Harness,
+    job_id_of,
+    queued_job_id,
+)
+from tests.doubles.discord_double import InteractionRecord, MessageRecord
+
+APOLOGY = "Something went wrong on my side."
+
+
+class Boom(RuntimeError):
+    """The unexpected error the tests inject."""
+
+
+async def boom(*_args: Any, **_kwargs: Any) -> Any:
+    raise Boom("injected failure")
+
+
+def sync_boom(*_args: Any, **_kwargs: Any) -> Any:
+    raise Boom("injected failure")
+
+
+def failures_logged(caplog: pytest.LogCaptureFixture, what: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.exc_info and r.exc_info[0] is Boom and what in r.message]
+
+
+async def private_reply(harness: Harness, record: InteractionRecord) -> MessageRecord:
+    reply = await harness.reply(record)
+    assert reply.ephemeral and not reply.loading
+    assert reply.allowed_mentions == {"parse": []}
+    return reply
+
+
+async def posted_result(harness: Harness) -> MessageRecord:
+    job_id = await queued_job_id(harness, await harness.imagine("a paper boat", seed=5))
+    return await harness.result_for(job_id)
+
+
+async def remaining(harness: Harness, user_id: int = ALICE_ID) -> int | None:
+    return (await harness.bot.limits.balance(GUILD_ID, user_id, ())).remaining
+
+
+async def test_a_button_failing_after_its_defer_still_answers(
+    harness: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = await posted_result(harness)
+    before = await remaining(harness)
+    monkeypatch.setattr(harness.bot.generation, "reserve", boom)
+    custom_id = f"pdj:reroll:{job_id_of(result)}"
+    click = await harness.double.click(result.id, custom_id, user_id=ALICE_ID)
+    reply = await private_reply(harness, click)  # fills the "thinking…" message
+    assert reply.content == f"{APOLOGY} Nothing was charged; please try again."
+    assert await remaining(harness) == before
+    assert len(failures_logged(caplog, f"button {custom_id!r} by user {ALICE_ID}")) == 1
+    assert click.token not in caplog.text
+
+
+async def test_a_failing_vary_submit_is_answered(
+    harness: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = await posted_result(harness)
+    job_id = job_id_of(result)
+    click = await harness.double.click(result.id, f"pdj:vary:{job_id}", user_id=ALICE_ID)
+    await click.wait_for_response()
+    assert click.modal is not None
+    [row] = click.modal["components"]
+    text_input = row.get("component") or row["components"][0]
+    monkeypatch.setattr(harness.bot.generation, "reserve", boom)
+    submit = await harness.double.submit_modal(
+        click.modal["custom_id"],
+        {text_input["custom_id"]: "a paper boat at night"},
+        user_id=ALICE_ID,
+        guild_id=GUILD_ID,
+        channel_id=CHANNEL_ID,
+    )
+    reply = await private_reply(harness, submit)
+    assert reply.content == f"{APOLOGY} Nothing was charged; please try again."
+    assert len(failures_logged(caplog, f"modal {click.modal['custom_id']!r}")) == 1
+    assert len(harness.api.submissions) == 1
+
+
+async def test_a_failing_mod_command_says_nothing_about_charges(
+    harness: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(harness.bot.moderation, "audit_entries", boom)
+    record = await harness.command("mod audit", user_id=OWNER_ID)
+    reply = await private_reply(harness, record)
+    assert reply.content == f"{APOLOGY} Please try again."
+    assert len(failures_logged(caplog, f"/mod audit by user {OWNER_ID}")) == 1
+
+
+async def test_an_error_after_the_job_started_says_it_runs(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch, submit = harness.bot.generation.launch, harness.bot.pixeldojo.submit
+    answered = asyncio.Event()  # the job stays with the bot until the member has the reply
+
+    async def launch_then_fail(*args: Any, **kwargs: Any) -> Any:
+        await launch(*args, **kwargs)
+        raise Boom("after the job was handed to the runner")
+
+    async def submit_after_the_reply(*args: Any, **kwargs: Any) -> Any:
+        await answered.wait()
+        return await submit(*args, **kwargs)
+
+    monkeypatch.setattr(harness.bot.generation, "launch", launch_then_fail)
+    monkeypatch.setattr(harness.bot.pixeldojo, "submit", submit_after_the_reply)
+    reply = await private_reply(harness, await harness.imagine("a paper boat"))
+    answered.set()
+    job = (await harness.bot.store.recent_for_user(GUILD_ID, ALICE_ID, limit=1))[0]
+    assert reply.content == (
+        f"{APOLOGY} Job #{job.id} is still running and its status message is in the channel; "
+        "you are only charged if it posts images."
+    )
+    result = await harness.result_for(job.id)  # and it does run, once
+    assert len(result.attachments) == 1 and len(harness.api.submissions) == 1
+
+
+async def test_an_error_that_refunded_the_job_says_so(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = await remaining(harness)
+    monkeypatch.setattr(embeds, "status", sync_boom)  # the status message cannot be built
+    reply = await private_reply(harness, await harness.imagine("a paper boat"))
+    job = (await harness.bot.store.recent_for_user(GUILD_ID, ALICE_ID, limit=1))[0]
+    assert reply.content == (
+        f"{APOLOGY} Job #{job.id} did not run and its credits were returned; please try again."
+    )
+    assert await remaining(harness) == before
+    assert harness.api.submissions == []
