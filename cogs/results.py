@@ -1,7 +1,10 @@
-"""Buttons on result messages: Reroll, Vary, Show prompt, Delete.
+"""Buttons on result messages: Reroll, Vary, Show prompt, Delete; and the Vary form.
 
-They are `DynamicItem`s: the job id lives in the custom id and everything else comes from
-SQLite, so the buttons keep working after a restart without re-registering any view.
+The buttons are `DynamicItem`s: the job id lives in the custom id and everything else comes
+from SQLite, so they keep working after a restart without re-registering any view. The Vary
+form works the same way: its custom id names the job, and `Results.on_interaction` answers its
+submit, so a form opened before a restart (or left open for an hour) still works.
+Every handler runs under `bot.interaction_errors`, so an error never leaves a member waiting.
 """
 
 from __future__ import annotations
@@ -16,12 +19,7 @@ from discord.ext import commands
 from bot import embeds
 from bot.errors import RequestRefused
 from bot.generation import NOTHING_CHARGED
-from bot.interaction_errors import (
-    reply_privately,
-    report_failure,
-    reporting_failures,
-    set_failure_note,
-)
+from bot.interaction_errors import reply_privately, reporting_failures, set_failure_note
 from bot.jobs import PROMPT_MAX_LENGTH, Job
 from cogs.launching import NO_MENTIONS, build_request, launch
 
@@ -90,7 +88,7 @@ class JobButton(
             await interaction.response.defer(ephemeral=True, thinking=True)
             await _generate(bot, interaction, job, prompt=job.prompt, seed=None)
         elif self.action == "vary":
-            await interaction.response.send_modal(VaryModal(job))
+            await interaction.response.send_modal(vary_modal(job))
         elif self.action == "info":
             await interaction.response.send_message(
                 embed=embeds.job_details(job), ephemeral=True, allowed_mentions=NO_MENTIONS
@@ -142,28 +140,61 @@ async def _delete(bot: PixelDojoBot, interaction: discord.Interaction, job: Job)
     await interaction.followup.send("Deleted.", ephemeral=True)
 
 
-class VaryModal(discord.ui.Modal, title="Vary this image"):
-    """Asks for a tweaked prompt; the variation keeps the original seed."""
+VARY_FORM = re.compile(r"pdj:vary-modal:(?P<job_id>[0-9]{1,20})")
+"""Custom id of the Vary form: like the buttons', it names the job."""
+VARY_PROMPT_ID = "prompt"
 
-    def __init__(self, job: Job) -> None:
-        super().__init__(timeout=600)
-        self.job = job
-        self.prompt: discord.ui.TextInput[VaryModal] = discord.ui.TextInput(
+
+def vary_modal(job: Job) -> discord.ui.Modal:
+    """The Vary form: the job's prompt to tweak (the variation keeps the original seed)."""
+    modal = discord.ui.Modal(title="Vary this image", custom_id=f"pdj:vary-modal:{job.id}")
+    modal.add_item(
+        discord.ui.TextInput(
             label="Prompt",
+            custom_id=VARY_PROMPT_ID,
             style=discord.TextStyle.paragraph,
             default=job.prompt[:PROMPT_MAX_LENGTH],
             max_length=PROMPT_MAX_LENGTH,
         )
-        self.add_item(self.prompt)
+    )
+    # Only the form is sent: `Results.on_interaction` answers the submit from the custom id.
+    # `send_modal` keeps an unfinished modal in memory until it is submitted (forever, for a
+    # form the member closes); a stopped one is not kept.
+    modal.stop()
+    return modal
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        set_failure_note(interaction, NOTHING_CHARGED)
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
-        await _generate(bot, interaction, self.job, prompt=self.prompt.value, seed=self.job.seed)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        await report_failure(interaction, error)
+def submitted_text(components: Any, custom_id: str) -> str | None:
+    """The value of text input `custom_id` in a modal submit's components (action rows or
+    labels, as Discord sends them), or None if it is missing or not text."""
+    if not isinstance(components, list):
+        return None
+    for component in components:
+        if not isinstance(component, dict):
+            continue
+        value = component.get("value")
+        if component.get("custom_id") == custom_id and isinstance(value, str):
+            return value
+        nested = component.get("components", [])
+        if "component" in component:
+            nested = [component["component"]]
+        found = submitted_text(nested, custom_id)
+        if found is not None:
+            return found
+    return None
+
+
+async def _vary(interaction: discord.Interaction, job_id: int) -> None:
+    """A submitted Vary form: generate from the new prompt with the original seed."""
+    set_failure_note(interaction, NOTHING_CHARGED)
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    job = await _load_job(interaction, job_id)
+    if job is None:
+        return
+    data: dict[str, Any] = interaction.data or {}  # type: ignore[assignment]
+    prompt = submitted_text(data.get("components"), VARY_PROMPT_ID) or ""
+    bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
+    await _generate(bot, interaction, job, prompt=prompt, seed=job.seed)
 
 
 def result_view(job: Job) -> discord.ui.View:
@@ -175,10 +206,22 @@ def result_view(job: Job) -> discord.ui.View:
 
 
 class Results(commands.Cog):
-    """Registers the result buttons so they work on every result message, old ones included."""
+    """Registers the result buttons so they work on every result message, old ones included,
+    and answers every Vary form, whenever it was opened."""
 
     def __init__(self, bot: PixelDojoBot) -> None:
         self.bot = bot
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        custom_id = (interaction.data or {}).get("custom_id")
+        match = VARY_FORM.fullmatch(custom_id) if isinstance(custom_id, str) else None
+        if match is None:
+            return
+        async with reporting_failures(interaction):
+            await _vary(interaction, int(match["job_id"]))
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(JobButton)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from PIL import Image
 
@@ -17,7 +18,7 @@ from tests.conftest import (
     job_id_of,
     queued_job_id,
 )
-from tests.doubles.discord_double import DiscordDouble, MessageRecord
+from tests.doubles.discord_double import DiscordDouble, InteractionRecord, MessageRecord
 
 
 async def posted_result(harness: Harness, prompt: str = "a paper boat", **options) -> MessageRecord:
@@ -50,18 +51,24 @@ async def test_reroll_keeps_prompt_and_ratio_with_a_new_seed(harness: Harness) -
     assert harness.api.submissions[-1]["aspect_ratio"] == "16:9"
 
 
+def modal_text_input(record: InteractionRecord) -> dict[str, Any]:
+    """The (only) text input of the modal the bot answered `record` with."""
+    assert record.modal is not None
+    return next(
+        c
+        for row in record.modal["components"]
+        for c in row.get("components", [row.get("component")])
+        if c
+    )
+
+
 async def test_vary_opens_a_modal_and_keeps_the_seed(harness: Harness) -> None:
     first = await posted_result(harness, "a paper boat", seed=1234)
     first_id = job_id_of(first)
     click = await harness.double.click(first.id, f"pdj:vary:{first_id}", user_id=ALICE_ID)
     await click.wait_for_response()
     assert click.modal is not None
-    text_input = next(
-        c
-        for row in click.modal["components"]
-        for c in row.get("components", [row.get("component")])
-        if c
-    )
+    text_input = modal_text_input(click)
     assert text_input["value"] == "a paper boat"
     submit = await harness.double.submit_modal(
         click.modal["custom_id"],
@@ -73,6 +80,49 @@ async def test_vary_opens_a_modal_and_keeps_the_seed(harness: Harness) -> None:
     varied = await harness.result_for(await queued_job_id(harness, submit))
     assert varied.embeds[0]["description"] == "a paper boat at night"
     assert harness.api.submissions[-1]["seed"] == 1234
+    assert len(submit.responses) == 1 and len(submit.followups) == 1  # answered once
+
+
+async def test_vary_form_opened_before_a_restart_still_works(
+    double: DiscordDouble, api: FakePixelDojo, bot_factory
+) -> None:
+    async with bot_factory():
+        record = await double.slash(
+            "imagine",
+            {"prompt": "a paper boat", "seed": 99},
+            user_id=ALICE_ID,
+            guild_id=GUILD_ID,
+            channel_id=CHANNEL_ID,
+        )
+        await record.wait_for_response()
+        result = await double.wait_for_message(lambda m: bool(m.attachments))
+        job_id = job_id_of(result)
+        click = await double.click(result.id, f"pdj:vary:{job_id}", user_id=ALICE_ID)
+        await click.wait_for_response()
+        assert click.modal is not None
+    # The member is still typing while the bot restarts (or ten minutes pass): a new process
+    # has nothing of the old one in memory.
+    async with bot_factory():
+        submit = await double.submit_modal(
+            click.modal["custom_id"],
+            {modal_text_input(click)["custom_id"]: "a paper boat in a storm"},
+            user_id=ALICE_ID,
+            guild_id=GUILD_ID,
+            channel_id=CHANNEL_ID,
+        )
+        reply = await submit.wait_for_response()
+        assert reply["type"] == 5  # deferred: the submit was answered, not dropped
+        await double.wait_until(lambda: bool(submit.followups))
+        assert (submit.followups[0].content or "").startswith("Job #")
+        varied = await double.wait_for_message(
+            lambda m: (
+                bool(m.attachments) and m.embeds[0]["description"] == "a paper boat in a storm"
+            )
+        )
+    assert click.modal["custom_id"] == f"pdj:vary-modal:{job_id}"  # like the buttons'
+    assert api.submissions[-1]["seed"] == 99
+    fields = {f["name"]: f["value"] for f in varied.embeds[0]["fields"]}
+    assert fields["Seed"] == "99"
 
 
 async def test_prompt_button_shows_details_privately(harness: Harness) -> None:
