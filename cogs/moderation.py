@@ -132,8 +132,14 @@ class Moderation(commands.Cog):
     def service(self) -> ModerationService:
         return self.bot.moderation
 
-    async def _apply(self, interaction: discord.Interaction, actions: list[Action]) -> None:
-        """Run moderator actions in order, log each one, and report them to the moderator.
+    async def _apply(
+        self,
+        interaction: discord.Interaction,
+        actions: list[Action],
+        notes: dict[Action, str] | None = None,
+    ) -> None:
+        """Run moderator actions in order, log each one, and report them to the moderator,
+        each followed by its entry in `notes` (what else to do) if it was done.
 
         An action the service refuses stops the rest; the reply says what was done before it.
         """
@@ -149,6 +155,8 @@ class Moderation(commands.Cog):
                 break
             await self.bot.log_moderator_action(entry)
             lines.append(_done(entry))
+            if notes and action in notes:
+                lines.append(notes[action])
         await _reply(interaction, "\n".join(lines))
 
     # -- /mod limits -------------------------------------------------------------------------
@@ -502,6 +510,7 @@ class Moderation(commands.Cog):
             await self._refuse(interaction, "Pick a role other than @everyone as moderator role.")
             return
         actions: list[Action] = []
+        notes: dict[Action, str] = {}
         if log_channel is not None:
             # First, so this command's other changes are posted there too.
             actions.append(partial(service.set_log_channel, **ids, channel_id=log_channel.id))
@@ -516,6 +525,8 @@ class Moderation(commands.Cog):
         if moderator_role is not None or no_moderator_role:
             role_id = moderator_role.id if moderator_role is not None else None
             actions.append(partial(service.set_moderator_role, **ids, role_id=role_id))
+            if moderator_role is not None:
+                notes[actions[-1]] = self._how_to_show_mod(moderator_role)
         if no_log_channel:
             # Last, so the changes before it still reach the channel.
             actions.append(partial(self._turn_off_log_channel, **ids))
@@ -526,7 +537,17 @@ class Moderation(commands.Cog):
                 "`/mod limits show` shows the current rules.",
             )
             return
-        await self._apply(interaction, actions)
+        await self._apply(interaction, actions, notes)
+
+    def _how_to_show_mod(self, role: discord.Role) -> str:
+        """The bot may let the role use /mod, but only a server admin can make Discord show it
+        to them (a bot token cannot edit command permissions)."""
+        app = discord.utils.escape_markdown(self.bot.user.name if self.bot.user else "this bot")
+        return (
+            f"Discord still shows `/mod` only to members with Manage Server. To show it to "
+            f"{role.mention} too: Server Settings → Integrations → {app} → Manage → `/mod` → "
+            f"Add Roles or Members → {role.mention}."
+        )
 
     async def _turn_off_log_channel(self, *, guild_id: int, actor_id: int) -> AuditEntry:
         """Turn the log channel off, and say so in it one last time."""

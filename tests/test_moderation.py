@@ -166,7 +166,7 @@ async def test_moderator_role_without_manage_server_is_allowed(harness: Harness)
     assert await mod(harness, "limits user", options, **as_bob) == NOT_A_MODERATOR
 
     reply = await mod(harness, "settings", {"moderator_role": ARTIST_ROLE_ID})
-    assert reply == f"✅ You set the moderator role to <@&{ARTIST_ROLE_ID}>."
+    assert reply.startswith(f"✅ You set the moderator role to <@&{ARTIST_ROLE_ID}>.\n")
     reply = await mod(harness, "limits user", options, **as_bob)
     assert reply == f"✅ You set <@{CAROL_ID}>'s allowance to 3 credits per day."
     # Manage Server (the Moderator role here) works as before, as does the owner.
@@ -177,6 +177,22 @@ async def test_moderator_role_without_manage_server_is_allowed(harness: Harness)
     reply = await mod(harness, "settings", {"moderator_role": GUILD_ID})  # @everyone
     assert reply == "⚠️ Pick a role other than @everyone as moderator role."
     assert await mod(harness, "limits user", options, **as_bob) == NOT_A_MODERATOR
+
+
+async def test_setting_a_moderator_role_says_how_to_show_it_mod(harness: Harness) -> None:
+    # Discord hides /mod from the role's members (it needs Manage Server by default) and a bot
+    # cannot change that, so the bot tells the moderator where a server admin can.
+    with pytest.raises(PermissionError):
+        await harness.command("mod limits show", user_id=BOB_ID)
+    reply = await mod(harness, "settings", {"moderator_role": ARTIST_ROLE_ID, "cooldown": 5})
+    lines = reply.splitlines()
+    assert lines[1] == f"✅ You set the moderator role to <@&{ARTIST_ROLE_ID}>."
+    assert lines[2] == (
+        f"Discord still shows `/mod` only to members with Manage Server. To show it to "
+        f"<@&{ARTIST_ROLE_ID}> too: Server Settings → Integrations → "
+        f"{harness.bot.user.name} → Manage → `/mod` → Add Roles or Members → <@&{ARTIST_ROLE_ID}>."
+    )
+    assert "Integrations" not in await mod(harness, "settings", {"no_moderator_role": True})
 
 
 # -- allowances, grants and resets -------------------------------------------------------------
