@@ -10,6 +10,7 @@ import discord
 from bot.jobs import Job, JobState
 from bot.limits import Balance
 from bot.runner import Phase
+from bot.safe_text import escape_member_text
 
 if TYPE_CHECKING:
     from bot.moderation import Ban, BlockedTerm
@@ -38,6 +39,11 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _member(text: str, limit: int) -> str:
+    """Member-supplied text, inert (see `bot.safe_text`) and within `limit` characters."""
+    return _shorten(escape_member_text(text), limit)
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -47,7 +53,7 @@ def status(job: Job, phase: Phase, elapsed: float) -> discord.Embed:
     title = _PHASE_TITLES[phase]
     if phase is Phase.GENERATING:
         title += f" · {elapsed:.0f} s"
-    embed = discord.Embed(title=title, description=_shorten(job.prompt, 300), colour=BRAND)
+    embed = discord.Embed(title=title, description=_member(job.prompt, 300), colour=BRAND)
     embed.add_field(name="Aspect ratio", value=job.aspect_ratio)
     embed.add_field(name="Images", value=str(job.num_outputs))
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
@@ -57,7 +63,7 @@ def status(job: Job, phase: Phase, elapsed: float) -> discord.Embed:
 
 def result(job: Job, elapsed: float, *, reencoded: bool = False) -> discord.Embed:
     """The embed posted with the images."""
-    embed = discord.Embed(description=_shorten(job.prompt, 4000), colour=SUCCESS)
+    embed = discord.Embed(description=_member(job.prompt, 4000), colour=SUCCESS)
     embed.add_field(name="Aspect ratio", value=job.aspect_ratio)
     embed.add_field(name="Seed", value=str(job.seed) if job.seed is not None else "random")
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
@@ -77,10 +83,10 @@ def failure(job: Job, reason: str) -> discord.Embed:
     refund = f"Your {_plural(held, 'credit')} {'was' if held == 1 else 'were'} refunded."
     embed = discord.Embed(
         title="❌ Generation failed",
-        description=f"{_shorten(reason, 1500)}\n\n{refund}",
+        description=f"{_member(reason, 1500)}\n\n{refund}",
         colour=FAILURE,
     )
-    embed.add_field(name="Prompt", value=_shorten(job.prompt, 1000), inline=False)
+    embed.add_field(name="Prompt", value=_member(job.prompt, 1000), inline=False)
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
     embed.set_footer(text=job_marker(job))
     return embed
@@ -119,7 +125,7 @@ def job_link(job: Job) -> str:
 def job_line(job: Job) -> str:
     """One line of a job list: state, link, prompt excerpt, when."""
     when = f"<t:{int(job.created_at)}:R>"
-    return f"{_STATE_ICONS[job.state]} {job_link(job)} · {_shorten(job.prompt, 60)} · {when}"
+    return f"{_STATE_ICONS[job.state]} {job_link(job)} · {_member(job.prompt, 60)} · {when}"
 
 
 def credits(balance: Balance, recent: list[Job]) -> discord.Embed:
@@ -250,7 +256,7 @@ def mod_rules(
 def member_credits(balance: Balance, recent: list[Job], name: str) -> discord.Embed:
     """`/mod credits check`: a member's credits exactly as `/credits` shows them to the member."""
     embed = credits(balance, recent)
-    embed.title = _shorten(f"Image credits of {name}", 256)
+    embed.title = _shorten(f"Image credits of {escape_member_text(name)}", 256)
     return embed
 
 
@@ -322,7 +328,7 @@ def ban_list(bans: Sequence[Ban]) -> discord.Embed:
             else f"until <t:{int(ban.until)}:f> (<t:{int(ban.until)}:R>)"
         )
         by = f" · by <@{ban.actor_id}>" if ban.actor_id is not None else ""
-        reason = f" · {ban.reason}" if ban.reason else ""
+        reason = f" · {escape_member_text(ban.reason)}" if ban.reason else ""
         lines.append(f"<@{ban.user_id}> {until}{by}{reason}")
     return discord.Embed(
         title=f"🚫 Generation bans ({len(bans)})",

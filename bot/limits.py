@@ -18,6 +18,7 @@ from bot.blocklist import TermMatcher
 from bot.errors import RequestRefused
 from bot.jobs import ACTIVE_STATES, CREDITS_PER_OUTPUT, GenerationRequest
 from bot.periods import Period, discord_time, next_reset, period_start
+from bot.safe_text import escape_member_text
 from bot.storage import guild_settings, ledger
 from bot.storage.database import Database
 from bot.storage.guild_settings import GuildSettings
@@ -206,7 +207,7 @@ class Limits:
         ).fetchone()
         if row is None or (row["until"] is not None and row["until"] <= now):
             return
-        reason = f" (reason: {row['reason']})" if row["reason"] else ""
+        reason = f" (reason: {escape_member_text(row['reason'])})" if row["reason"] else ""
         if row["until"] is None:
             raise RequestRefused(
                 f"You can't generate images in this server{reason}. "

@@ -19,6 +19,7 @@ from bot.blocklist import InvalidTerm, clean_plain_term, clean_regex_term, norma
 from bot.jobs import ACTIVE_STATES, MAX_OUTPUTS
 from bot.limits import Limits
 from bot.periods import Period, discord_time, period_start
+from bot.safe_text import escape_member_text
 from bot.storage import audit, guild_settings, ledger
 from bot.storage.audit import AuditEntry
 from bot.storage.database import Database
@@ -441,7 +442,7 @@ class ModerationService:
                 if duration_seconds is None
                 else f"for {_duration(duration_seconds)} (until {discord_time(until or now, 'f')})"
             )
-            because = f": {reason}" if reason else ""
+            because = f": {escape_member_text(reason)}" if reason else ""
             return await self._audit(
                 conn,
                 guild_id,
