@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import aiohttp
 import discord
 
 from bot import embeds
@@ -114,6 +115,12 @@ class DiscordPresenter:
             permanent = exc.status in (400, 413)
             raise DeliveryError(
                 f"Discord refused the upload ({exc.status}).", permanent=permanent
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            # The connection failed or broke (OSError covers timeouts): a short outage, so
+            # retry like a 5xx. The nonce keeps a post that did arrive from appearing twice.
+            raise DeliveryError(
+                f"Discord could not be reached ({type(exc).__name__}).", permanent=False
             ) from exc
         self._last_edit.pop(job.id, None)
         await self._delete_status(job)

@@ -29,7 +29,9 @@ Discord behaviour the double reproduces (so tests catch the bugs it causes):
 * bot permissions are checked for channel sends (403 / 50013), DMs to users in
   ``dms_closed`` fail (403 / 50007), users' messages reach sessions without the
   MESSAGE_CONTENT intent with empty content;
-* ephemeral messages are invisible to channel routes and history.
+* ephemeral messages are invisible to channel routes and history;
+* ``drop_connections`` closes the connection of chosen requests without an answer, as a
+  network outage would (logged with status 0).
 
 What it does not model: threads, voice, reactions by users, presence, audit logs, and most
 guild management endpoints (any route it lacks answers 404 and is listed in ``unhandled``).
@@ -219,6 +221,17 @@ class _RateBucket:
         return self.method in ("*", method) and self.pattern.fullmatch(path) is not None
 
 
+@dataclass
+class _Drop:
+    method: str
+    pattern: re.Pattern[str]
+    remaining: int
+
+
+class _DroppedResponse(web.Response):
+    """Returned after aborting the transport; never written."""
+
+
 class DiscordDouble:
     """A Discord REST API + gateway on 127.0.0.1 serving the given guilds to one bot.
 
@@ -271,6 +284,7 @@ class DiscordDouble:
         self._last_sync: list[dict[str, Any]] | None = None
         self._nonces: dict[tuple[int, int, str], int] = {}
         self._buckets: list[_RateBucket] = []
+        self._drops: list[_Drop] = []
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
         self._watched: list[asyncio.Task[Any]] = []
         self._gateway = Gateway(self, heartbeat_interval_ms=heartbeat_interval_ms)
@@ -551,6 +565,13 @@ class DiscordDouble:
     def clear_rate_limits(self) -> None:
         """Remove every simulated bucket."""
         self._buckets.clear()
+
+    def drop_connections(self, method: str, path_regex: str, count: int = 1) -> None:
+        """A network outage for the next ``count`` requests to ``method`` + a path fully
+        matching ``path_regex`` (as for :meth:`rate_limit`): the connection is closed without
+        an answer and the request has no effect, so the client sees an aiohttp connection
+        error rather than an HTTP status."""
+        self._drops.append(_Drop(method.upper(), re.compile(path_regex), count))
 
     async def drop_gateway(
         self,
@@ -879,7 +900,7 @@ class DiscordDouble:
         request[LOG_KEY] = entry
         self.requests.append(entry)
         response = await self._handle(request, handler, entry)
-        entry.status = response.status
+        entry.status = 0 if isinstance(response, _DroppedResponse) else response.status
         self.emit("request", request=entry)
         return response
 
@@ -902,6 +923,21 @@ class DiscordDouble:
             and request.headers.get("Authorization") != f"Bot {self.token}"
         ):
             return json_response({"message": "401: Unauthorized", "code": 0}, status=401)
+        drop = next(
+            (
+                d
+                for d in self._drops
+                if d.method in ("*", entry.method) and d.pattern.fullmatch(entry.path)
+            ),
+            None,
+        )
+        if entry.api and drop is not None:
+            drop.remaining -= 1
+            if drop.remaining <= 0:
+                self._drops.remove(drop)
+            if request.transport is not None:
+                request.transport.abort()
+            return _DroppedResponse(status=204)
         limited = self._check_rate_limit(entry) if entry.api else None
         if limited is not None:
             return limited
