@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
 DEFAULT_FILESIZE_LIMIT = 10 * 1024 * 1024
-_HISTORY_SCAN = 50
+# Messages after a job's status message searched for its result after a crash (5 requests).
+_RECOVERY_SCAN = 500
 
 
 class DiscordPresenter:
@@ -127,21 +128,35 @@ class DiscordPresenter:
         return message.id
 
     async def find_posted_result(self, job: Job) -> int | None:
+        """Look for the job's result among the messages after its status message (the result
+        is always posted later), oldest first, at most `_RECOVERY_SCAN` of them."""
         me = self.client.user
-        marker = embeds.job_marker(job)
-        after = discord.Object(discord.utils.time_snowflake(_utc(job.created_at)))
+        keys = self._result_keys(job)
+        start = job.status_message_id or discord.utils.time_snowflake(_utc(job.created_at))
         try:
-            async for message in self._channel(job).history(limit=_HISTORY_SCAN, after=after):
+            async for message in self._channel(job).history(
+                limit=_RECOVERY_SCAN, after=discord.Object(start), oldest_first=True
+            ):
                 if me is not None and message.author.id != me.id:
                     continue
-                if message.attachments and any(
-                    marker in (e.footer.text or "") for e in message.embeds
-                ):
+                if message.attachments and _carries_key(message, job, keys):
                     await self._delete_status(job)
                     return message.id
         except discord.HTTPException as exc:
             log.info("job %d: could not read channel history (%s)", job.id, exc)
         return None
+
+    def _result_keys(self, job: Job) -> frozenset[str]:
+        """The custom ids of the buttons on the job's result: they carry the job id and, unlike
+        the nonce, Discord keeps them on the message."""
+        view = self.view_factory(job) if self.view_factory else None
+        if view is None:
+            return frozenset()
+        return frozenset(
+            custom_id
+            for item in view.children
+            if isinstance(custom_id := getattr(item, "custom_id", None), str)
+        )
 
     async def _delete_status(self, job: Job) -> None:
         if job.status_message_id is None:
@@ -151,6 +166,17 @@ class DiscordPresenter:
             await self._channel(job).get_partial_message(job.status_message_id).delete()
         except discord.HTTPException as exc:
             log.info("job %d: could not delete the status message (%s)", job.id, exc)
+
+
+def _carries_key(message: discord.Message, job: Job, keys: frozenset[str]) -> bool:
+    """Whether `message` is the job's result by an exact machine key, never by its text."""
+    if message.nonce is not None and str(message.nonce) == job.nonce:
+        return True
+    return any(
+        getattr(child, "custom_id", None) in keys
+        for row in message.components
+        for child in getattr(row, "children", ())
+    )
 
 
 def _as_stream(data: bytes) -> io.BytesIO:

@@ -31,7 +31,8 @@ _PHASE_TITLES = {
 
 
 def job_marker(job: Job) -> str:
-    """The footer text that identifies a job's messages (also used to find them after a crash)."""
+    """The footer text that names a job's messages (for people; crash recovery matches the
+    result's buttons instead)."""
     return f"Job #{job.id}"
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.app import PixelDojoBot
+from bot.config import Settings
 from bot.fake_pixeldojo import FakePixelDojo
 from bot.jobs import JobState
-from tests.conftest import CHANNEL_ID, Harness, footer_has, queued_job_id, title_of
+from tests.conftest import BOB_ID, CHANNEL_ID, Harness, footer_has, queued_job_id, title_of
+from tests.doubles.discord_double import DiscordDouble, run_bot_against
 
 
 def hold_jobs(api: FakePixelDojo) -> None:
@@ -39,3 +42,84 @@ async def test_a_dropped_connection_while_posting_is_retried(harness: Harness) -
     assert [m.id for m in harness.double.channel_messages(CHANNEL_ID) if m.attachments] == [
         result.id
     ]
+
+
+# -- crash recovery: a result posted but not recorded is found again, and only its own -------
+
+
+def results_of(double: DiscordDouble, job_id: int) -> list[int]:
+    """Live result messages of the job, told apart by their buttons (footers can mislead)."""
+    return [
+        m.id
+        for m in double.channel_messages(CHANNEL_ID)
+        if m.attachments
+        and any(c.get("custom_id") == f"pdj:reroll:{job_id}" for c in m.iter_components())
+    ]
+
+
+async def forget_the_post(bot: PixelDojoBot, job_id: int) -> None:
+    """As if the process died after Discord took the post but before SQLite recorded it."""
+    async with bot.db.transaction() as conn:
+        await conn.execute(
+            "UPDATE jobs SET state = 'completed', result_message_id = NULL WHERE id = ?",
+            (job_id,),
+        )
+
+
+async def test_recovery_never_adopts_another_jobs_result(
+    double: DiscordDouble, api: FakePixelDojo, settings: Settings
+) -> None:
+    first = PixelDojoBot(settings, guild_ready_timeout=0.1)
+    async with run_bot_against(double, first):
+        harness = Harness(first, double, api)
+        await double.wait_for_commands()
+        one = await queued_job_id(harness, await harness.imagine("job one"))
+        lost = await harness.result_for(one)
+        await first.runner.wait_finished(one)
+        async with first.db.transaction() as conn:  # the next job is #12
+            await conn.execute("UPDATE sqlite_sequence SET seq = 11 WHERE name = 'jobs'")
+        twelve = await queued_job_id(harness, await harness.imagine("job twelve"))
+        assert twelve == 12
+        other = await harness.result_for(twelve)
+        await first.runner.wait_finished(twelve)
+        await forget_the_post(first, one)
+    # Job 1's post never reached Discord after all, and its nonce has long expired.
+    await double.delete_message(lost.id)
+    double.nonce_ttl = 0
+
+    second = PixelDojoBot(settings, guild_ready_timeout=0.1)
+    async with run_bot_against(double, second):
+        final = await asyncio.wait_for(second.runner.wait_finished(one), 10)
+    assert final.state is JobState.POSTED
+    assert final.result_message_id != other.id, "adopted job 12's result"
+    assert results_of(double, one) == [final.result_message_id]
+    assert results_of(double, twelve) == [other.id]
+
+
+async def test_recovery_finds_the_result_behind_a_busy_channel(
+    double: DiscordDouble, api: FakePixelDojo, settings: Settings
+) -> None:
+    first = PixelDojoBot(settings, guild_ready_timeout=0.1)
+    async with run_bot_against(double, first):
+        harness = Harness(first, double, api)
+        await double.wait_for_commands()
+        hold_jobs(api)
+        job_id = await queued_job_id(harness, await harness.imagine("a busy harbour"))
+        await double.wait_for_message(
+            lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨")
+        )
+        for n in range(120):  # members chat while the image is generated
+            await double.user_message(CHANNEL_ID, BOB_ID, f"chatter {n}")
+        finish_jobs(api)
+        result = await harness.result_for(job_id)
+        await first.runner.wait_finished(job_id)
+        await forget_the_post(first, job_id)
+    double.nonce_ttl = 0  # a re-send would not be deduplicated any more
+
+    posts_before = len(double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages"))
+    second = PixelDojoBot(settings, guild_ready_timeout=0.1)
+    async with run_bot_against(double, second):
+        final = await asyncio.wait_for(second.runner.wait_finished(job_id), 10)
+    assert final.state is JobState.POSTED and final.result_message_id == result.id
+    assert results_of(double, job_id) == [result.id]
+    assert len(double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages")) == posts_before

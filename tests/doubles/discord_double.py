@@ -24,7 +24,9 @@ Discord behaviour the double reproduces (so tests catch the bugs it causes):
 * message limits (content 2000, 10 embeds, title 256, description 4096, field value 1024,
   6000 embed characters, 10 attachments) answer 400 / 50035 with Discord's error body; a file
   above the guild's ``filesize_limit`` answers 413 / 40005;
-* ``nonce`` + ``enforce_nonce`` deduplicate channel sends (no expiry window is modelled);
+* ``nonce`` + ``enforce_nonce`` deduplicate channel sends for ``nonce_ttl`` seconds (default
+  forever); the nonce is echoed in the create answer and MESSAGE_CREATE only, never in
+  history, as Discord does not keep it;
 * ``allowed_mentions`` decides who is pinged (``MessageRecord.mentions`` & co.);
 * bot permissions are checked for channel sends (403 / 50013), DMs to users in
   ``dms_closed`` fail (403 / 50007), users' messages reach sessions without the
@@ -282,7 +284,10 @@ class DiscordDouble:
 
         self._commands: dict[int | None, list[dict[str, Any]]] = {}
         self._last_sync: list[dict[str, Any]] | None = None
-        self._nonces: dict[tuple[int, int, str], int] = {}
+        self._nonces: dict[tuple[int, int, str], tuple[int, float]] = {}
+        #: Seconds a nonce deduplicates sends (Discord: "the past few minutes"); None: forever.
+        #: Set 0 to act as if every earlier nonce had expired.
+        self.nonce_ttl: float | None = None
         self._buckets: list[_RateBucket] = []
         self._drops: list[_Drop] = []
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
@@ -1244,7 +1249,7 @@ class DiscordDouble:
         if message.ephemeral:
             return
         guild = self.guilds.get(message.guild_id or 0)
-        base = self.world.message_json(message)
+        base = self.world.message_json(message, with_nonce=event == "MESSAGE_CREATE")
         if guild is not None:
             member = guild.member(message.author_id)
             if member is not None:
@@ -1494,13 +1499,19 @@ class DiscordDouble:
             errors.max_length(["nonce"], MAX_NONCE_LENGTH)
             errors.raise_if_any()
         key = (channel_id, self.bot_user_id, str(nonce))
-        if nonce is not None and payload.get("enforce_nonce") and key in self._nonces:
-            existing = self.messages[self._nonces[key]]
-            return json_response(self.world.message_json(existing))
+        enforced = nonce is not None and payload.get("enforce_nonce")
+        seen = self._nonces.get(key)
+        if enforced and seen is not None and not self._nonce_expired(seen[1]):
+            existing = self.messages[seen[0]]
+            return json_response(self.world.message_json(existing, with_nonce=True))
         message = await self._create_message(payload, uploads, channel_id=channel_id, guild=guild)
-        if nonce is not None and payload.get("enforce_nonce"):
-            self._nonces[key] = message.id
-        return json_response(self.world.message_json(message))
+        if enforced:
+            self._nonces[key] = (message.id, time.monotonic())
+        return json_response(self.world.message_json(message, with_nonce=True))
+
+    def _nonce_expired(self, sent_at: float) -> bool:
+        ttl = self.nonce_ttl
+        return ttl is not None and time.monotonic() - sent_at >= ttl
 
     async def _get_message(self, request: web.Request) -> web.Response:
         return json_response(self.world.message_json(self._channel_message(request)))

@@ -373,8 +373,10 @@ class World:
             data["description"] = attachment.description
         return data
 
-    def message_json(self, message: MessageRecord) -> dict[str, Any]:
-        """The message object Discord would return for ``message``."""
+    def message_json(self, message: MessageRecord, *, with_nonce: bool = False) -> dict[str, Any]:
+        """The message object Discord would return for ``message``. Discord keeps a nonce only
+        briefly: it is in the answer to the create request and in MESSAGE_CREATE
+        (``with_nonce``), never in history or later fetches."""
         data: dict[str, Any] = {
             "id": str(message.id),
             "channel_id": str(message.channel_id),
@@ -406,7 +408,7 @@ class World:
         }
         if message.guild_id is not None:
             data["guild_id"] = str(message.guild_id)
-        if message.nonce is not None:
+        if with_nonce and message.nonce is not None:
             data["nonce"] = message.nonce
         if message.message_reference is not None:
             data["message_reference"] = message.message_reference
