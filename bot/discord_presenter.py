@@ -1,7 +1,10 @@
 """Shows jobs in Discord: the status message, the result post and failures.
 
-Everything goes through the channel (`channel.send`, message edits by id), never through an
-interaction token, so it works after the 15-minute token lifetime and after a restart.
+Everything goes through the channel (`channel.send`, message edits by id), not through an
+interaction token, so it works after the 15-minute token lifetime and after a restart. Only
+when the channel itself can no longer be posted in (deleted, or the bot lost access) does a
+failure notice go privately to the member: through the interaction that started the job
+while its token lives, else by DM.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import io
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 import discord
@@ -27,6 +31,15 @@ NO_MENTIONS = discord.AllowedMentions.none()
 DEFAULT_FILESIZE_LIMIT = 10 * 1024 * 1024
 # Messages after a job's status message searched for its result after a crash (5 requests).
 _RECOVERY_SCAN = 500
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """How to reach the member who started a job privately: the interaction's follow-up
+    webhook. It holds the interaction token, so it stays in memory and is never logged."""
+
+    followup: discord.Webhook
+    expires_at: datetime.datetime
 
 
 class DiscordPresenter:
@@ -46,6 +59,7 @@ class DiscordPresenter:
         self.clock = clock
         self.edits = StatusEditQueue(clock=clock)
         self._last_edit: dict[int, tuple[float, Phase]] = {}
+        self._origins: dict[int, _Origin] = {}
 
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
@@ -72,9 +86,32 @@ class DiscordPresenter:
             lambda: message.edit(embed=embed, allowed_mentions=NO_MENTIONS),
         )
 
+    def remember_interaction(self, job_id: int, interaction: discord.Interaction) -> None:
+        """Keep the interaction that started a job, so that a failure the channel can't show
+        still reaches the member (see `show_failure`). Forgotten when the job ends or the
+        token expires."""
+        now = discord.utils.utcnow()
+        for expired in [k for k, origin in self._origins.items() if origin.expires_at <= now]:
+            del self._origins[expired]
+        self._origins[job_id] = _Origin(interaction.followup, interaction.expires_at)
+
     async def show_failure(self, job: Job, reason: str) -> None:
         self._last_edit.pop(job.id, None)
+        origin = self._origins.pop(job.id, None)
         embed = embeds.failure(job, reason)
+        try:
+            await self._show_failure_in_channel(job, embed)
+        except discord.HTTPException as exc:  # the channel is gone, or the bot lost access
+            log.warning(
+                "job %d: could not show the failure in channel %d (%s); telling the member "
+                "privately",
+                job.id,
+                job.channel_id,
+                exc,
+            )
+            await self._tell_member_privately(job, origin, embed)
+
+    async def _show_failure_in_channel(self, job: Job, embed: discord.Embed) -> None:
         channel = self._channel(job)
         if job.status_message_id is not None:
             message = channel.get_partial_message(job.status_message_id)
@@ -88,6 +125,28 @@ class DiscordPresenter:
             except discord.NotFound:
                 pass  # the status message was deleted: say it in a new message instead
         await channel.send(embed=embed, allowed_mentions=NO_MENTIONS)
+
+    async def _tell_member_privately(
+        self, job: Job, origin: _Origin | None, embed: discord.Embed
+    ) -> None:
+        """An ephemeral follow-up while the interaction token lives (15 min), else a DM."""
+        content = (
+            f"I can't post in <#{job.channel_id}> any more, so here is what happened to "
+            f"{embeds.job_marker(job)}."
+        )
+        if origin is not None and discord.utils.utcnow() < origin.expires_at:
+            try:
+                await origin.followup.send(
+                    content, embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
+                )
+                return
+            except discord.HTTPException as exc:
+                log.info("job %d: the private follow-up failed (%s); sending a DM", job.id, exc)
+        try:
+            dm = await self.client.create_dm(discord.Object(job.user_id))
+            await dm.send(content, embed=embed, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as exc:
+            log.warning("job %d: could not DM the member either (%s)", job.id, exc)
 
     async def post_result(self, job: Job, images: list[ResultImage], elapsed: float) -> int:
         uploads = await fit_for_upload_async(
@@ -124,6 +183,7 @@ class DiscordPresenter:
                 f"Discord could not be reached ({type(exc).__name__}).", permanent=False
             ) from exc
         self._last_edit.pop(job.id, None)
+        self._origins.pop(job.id, None)
         await self._delete_status(job)
         return message.id
 
@@ -140,6 +200,7 @@ class DiscordPresenter:
                 if me is not None and message.author.id != me.id:
                     continue
                 if message.attachments and _carries_key(message, job, keys):
+                    self._origins.pop(job.id, None)
                     await self._delete_status(job)
                     return message.id
         except discord.HTTPException as exc:

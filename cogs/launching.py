@@ -109,6 +109,8 @@ async def launch(
     except RequestRefused as refusal:
         await interaction.followup.send(str(refusal), ephemeral=True, allowed_mentions=NO_MENTIONS)
         return
+    # Before the job starts, so that even an immediate failure can reach the member.
+    bot.presenter.remember_interaction(job.id, interaction)
     job = await service.launch(job, status.id)
     await interaction.followup.send(
         f"Job #{job.id} is queued: {status.jump_url}", ephemeral=True, allowed_mentions=NO_MENTIONS

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from bot.app import PixelDojoBot
 from bot.config import Settings
 from bot.fake_pixeldojo import FakePixelDojo
 from bot.jobs import JobState
-from tests.conftest import BOB_ID, CHANNEL_ID, Harness, footer_has, queued_job_id, title_of
-from tests.doubles.discord_double import DiscordDouble, run_bot_against
+from tests.conftest import (
+    ALICE_ID,
+    BOB_ID,
+    CHANNEL_ID,
+    OTHER_CHANNEL_ID,
+    Harness,
+    footer_has,
+    queued_job_id,
+    title_of,
+)
+from tests.doubles.discord_double import DiscordDouble, InteractionRecord, run_bot_against
 
 
 def hold_jobs(api: FakePixelDojo) -> None:
@@ -123,3 +135,66 @@ async def test_recovery_finds_the_result_behind_a_busy_channel(
     assert final.state is JobState.POSTED and final.result_message_id == result.id
     assert results_of(double, job_id) == [result.id]
     assert len(double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages")) == posts_before
+
+
+# -- the channel disappears while the job runs ---------------------------------------------
+
+
+async def job_in_a_channel_that_is_then_deleted(harness: Harness) -> tuple[InteractionRecord, int]:
+    """Start a job, delete its channel while PixelDojo generates, then let PixelDojo finish."""
+    hold_jobs(harness.api)
+    record = await harness.imagine("a lighthouse at dawn", num_outputs=2)
+    job_id = await queued_job_id(harness, record)
+    await harness.double.wait_for_message(
+        lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨")
+    )
+    return record, job_id
+
+
+async def finish_into_the_void(harness: Harness, job_id: int) -> None:
+    await harness.double.delete_channel(CHANNEL_ID)
+    finish_jobs(harness.api)
+    job = await asyncio.wait_for(harness.bot.runner.wait_finished(job_id), 10)
+    assert job.state is JobState.FAILED
+
+
+async def credits_left(harness: Harness) -> str:
+    reply = await harness.reply(
+        await harness.command("credits", user_id=ALICE_ID, channel_id=OTHER_CHANNEL_ID)
+    )
+    return reply.embeds[0]["description"]
+
+
+async def test_member_hears_of_a_deleted_channel_through_the_interaction(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bot")
+    before = await credits_left(harness)
+    record, job_id = await job_in_a_channel_that_is_then_deleted(harness)
+    await finish_into_the_void(harness, job_id)
+
+    assert len(record.followups) == 2  # "Job #1 is queued", then this
+    notice = record.followups[1]
+    assert notice.ephemeral
+    assert f"Job #{job_id}" in (notice.content or "")
+    assert "2 credits were refunded" in notice.embeds[0]["description"]
+    assert await credits_left(harness) == before
+    assert "telling the member privately" in caplog.text
+    assert record.token not in caplog.text
+
+
+async def test_member_hears_of_a_deleted_channel_by_dm_once_the_token_expired(
+    harness: Harness,
+) -> None:
+    before = await credits_left(harness)
+    record, job_id = await job_in_a_channel_that_is_then_deleted(harness)
+    harness.double.interaction_token_ttl = 0  # the 15 minutes are over
+    await finish_into_the_void(harness, job_id)
+
+    assert len(record.followups) == 1
+    dm = harness.double.world.dm_channel_for(ALICE_ID)
+    (notice,) = harness.double.channel_messages(dm)
+    assert f"Job #{job_id}" in (notice.content or "")
+    assert "2 credits were refunded" in notice.embeds[0]["description"]
+    harness.double.interaction_token_ttl = 15 * 60
+    assert await credits_left(harness) == before

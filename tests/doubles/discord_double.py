@@ -173,6 +173,7 @@ SETTABLE_MESSAGE_FLAGS = (
 
 MAX_NONCE_LENGTH = 25
 
+INTENT_GUILDS = 1 << 0
 INTENT_GUILD_MESSAGES = 1 << 9
 INTENT_DIRECT_MESSAGES = 1 << 12
 INTENT_MESSAGE_CONTENT = 1 << 15
@@ -790,6 +791,22 @@ class DiscordDouble:
         if message is None or message.deleted:
             raise LookupError(f"no live message {message_id}")
         await self._delete(message)
+
+    async def delete_channel(self, channel_id: int) -> None:
+        """Delete a guild channel as an admin would: its messages go with it, every later
+        request to it answers 404 Unknown Channel (10003), and CHANNEL_DELETE is dispatched."""
+        guild, channel = self.world.channel(channel_id)
+        if guild is None:
+            raise ValueError("only guild channels can be deleted")
+        guild.channels.remove(channel)
+        now = time.monotonic()
+        for message in self.messages.values():
+            if message.channel_id == channel_id and not message.deleted:
+                message.deleted, message.deleted_at = True, now
+        data = self.world.channel_json(guild, channel)
+        await self._gateway.broadcast(
+            "CHANNEL_DELETE", lambda s: data if s.intents & INTENT_GUILDS else None
+        )
 
     # ------------------------------------------------------------------------------------------
     # Gateway host hooks (called by discord_gateway.Gateway)
