@@ -206,7 +206,9 @@ class ModerationService:
         async with self.db.transaction() as conn:
             settings = await guild_settings.load(conn, guild_id)
             hour = settings.reset_hour if reset_hour is None else reset_hour
-            await guild_settings.update(conn, guild_id, period=new_period, reset_hour=hour)
+            # Only what the moderator chose: an hour left out stays at its default.
+            chosen = {} if reset_hour is None else {"reset_hour": reset_hour}
+            await guild_settings.update(conn, guild_id, period=new_period, **chosen)
             if new_period is Period.NONE:
                 summary = "set credits to never reset (one allowance in total)"
             else:

@@ -1,4 +1,10 @@
-"""One guild's credit and moderation settings: a `guild_settings` row, or the defaults."""
+"""One guild's credit and moderation settings: a `guild_settings` row, or the defaults.
+
+The `GuildSettings` dataclass holds the only defaults. A NULL column means "the default", so a
+guild follows a changed default for every setting its moderators never set; the table has no
+SQL `DEFAULT`s. Settings whose value may itself be None (an unlimited default allowance, no
+spend cap) store that choice as `NONE_CHOSEN` so it stays distinct from NULL.
+"""
 
 from __future__ import annotations
 
@@ -27,31 +33,50 @@ class GuildSettings:
     cap_warned_period: float | None = None
     cap_paused_period: float | None = None
 
-    @classmethod
-    def from_row(cls, row: Any) -> GuildSettings:
-        data = dict(row)
-        data["period"] = Period(data["period"])
-        return cls(**data)
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(GuildSettings) if f.name != "guild_id")
+
+NONE_CHOSEN = -1
+"""Stored for a moderator's explicit None in `NONE_CHOSEN_COLUMNS` (NULL is the default)."""
+NONE_CHOSEN_COLUMNS = frozenset({"default_allowance", "spend_cap"})
 
 
-COLUMNS = frozenset(field.name for field in fields(GuildSettings)) - {"guild_id"}
+def _to_column(name: str, value: Any) -> Any:
+    if value is None:
+        return NONE_CHOSEN if name in NONE_CHOSEN_COLUMNS else None
+    return value.value if isinstance(value, Period) else value
+
+
+def _from_column(name: str, value: Any) -> Any:
+    if name in NONE_CHOSEN_COLUMNS and value == NONE_CHOSEN:
+        return None
+    return Period(value) if name == "period" else value
 
 
 async def load(conn: aiosqlite.Connection, guild_id: int) -> GuildSettings:
-    """The guild's settings, or the defaults when no moderator has changed any."""
+    """The guild's settings: what its moderators set, the defaults for the rest."""
     row = await (
-        await conn.execute("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        await conn.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM guild_settings WHERE guild_id = ?", (guild_id,)
+        )
     ).fetchone()
-    return GuildSettings.from_row(row) if row is not None else GuildSettings(guild_id=guild_id)
+    if row is None:
+        return GuildSettings(guild_id=guild_id)
+    stored = {
+        name: _from_column(name, value)
+        for name, value in zip(COLUMNS, row, strict=True)
+        if value is not None
+    }
+    return GuildSettings(guild_id=guild_id, **stored)
 
 
 async def update(conn: aiosqlite.Connection, guild_id: int, **values: Any) -> None:
-    """Set some columns of the guild's row, creating it with defaults for the rest."""
-    unknown = set(values) - COLUMNS
+    """Set some columns of the guild's row, creating it (the rest left at their defaults)."""
+    unknown = set(values) - set(COLUMNS)
     if unknown:
         raise KeyError(f"unknown guild setting(s): {', '.join(sorted(unknown))}")
     names = list(values)
-    params = [value.value if isinstance(value, Period) else value for value in values.values()]
+    params = [_to_column(name, value) for name, value in values.items()]
     await conn.execute(
         f"""
         INSERT INTO guild_settings (guild_id, {", ".join(names)})

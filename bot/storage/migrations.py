@@ -138,4 +138,54 @@ MIGRATIONS: list[list[str]] = [
     # 3: the input image an /imagine edit sends to PixelDojo (NULL for plain generations):
     # the attachment URL, or a data URI / base64 when the model's schema takes inline images.
     ["ALTER TABLE jobs ADD COLUMN input_image_url TEXT"],
+    # 4: guild settings without SQL DEFAULTs: NULL means "the code's default" (see
+    # bot/storage/guild_settings.py), so a changed default reaches every guild that never set
+    # that setting. A stored value becomes NULL only where that is certain: it equals the old
+    # DEFAULT (so nothing changes today) and no moderator ever set it (every settings change
+    # is audited in the same transaction, so with no audit entry the value came from the
+    # DEFAULT). A moderator's explicit choice stays, even one equal to the default; an explicit
+    # "unlimited" default allowance or "no cap" is stored as -1 (NONE_CHOSEN).
+    [
+        """
+        CREATE TABLE guild_settings_v4 (
+            guild_id INTEGER PRIMARY KEY,
+            period TEXT CHECK (period IN ('day', 'week', 'month', 'none')),
+            reset_hour INTEGER CHECK (reset_hour BETWEEN 0 AND 23),
+            default_allowance INTEGER CHECK (default_allowance >= -1),
+            spend_cap INTEGER CHECK (spend_cap >= -1),
+            max_concurrent INTEGER,
+            cooldown_seconds INTEGER,
+            max_outputs INTEGER,
+            moderator_role_id INTEGER,
+            log_channel_id INTEGER,
+            cap_warned_period REAL,
+            cap_paused_period REAL
+        )
+        """,
+        """
+        INSERT INTO guild_settings_v4
+        SELECT g.guild_id,
+            CASE WHEN g.period != 'day' OR c.period THEN g.period END,
+            CASE WHEN g.reset_hour != 0 OR c.period THEN g.reset_hour END,
+            CASE WHEN g.default_allowance IS NULL THEN -1
+                 WHEN g.default_allowance != 10 OR c.allowance THEN g.default_allowance END,
+            CASE WHEN g.spend_cap IS NOT NULL THEN g.spend_cap WHEN c.cap THEN -1 END,
+            CASE WHEN g.max_concurrent != 2 OR c.concurrent THEN g.max_concurrent END,
+            CASE WHEN g.cooldown_seconds != 0 OR c.cooldown THEN g.cooldown_seconds END,
+            CASE WHEN g.max_outputs != 4 OR c.outputs THEN g.max_outputs END,
+            g.moderator_role_id, g.log_channel_id, g.cap_warned_period, g.cap_paused_period
+        FROM guild_settings g LEFT JOIN (
+            SELECT guild_id,
+                MAX(action = 'settings.period') AS period,
+                MAX(action = 'settings.default_allowance') AS allowance,
+                MAX(action = 'settings.spend_cap') AS cap,
+                MAX(action = 'settings.max_concurrent') AS concurrent,
+                MAX(action = 'settings.cooldown_seconds') AS cooldown,
+                MAX(action = 'settings.max_outputs') AS outputs
+            FROM audit_log WHERE action LIKE 'settings.%' GROUP BY guild_id
+        ) c ON c.guild_id = g.guild_id
+        """,
+        "DROP TABLE guild_settings",
+        "ALTER TABLE guild_settings_v4 RENAME TO guild_settings",
+    ],
 ]
