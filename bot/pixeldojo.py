@@ -260,7 +260,7 @@ class JobState:
             status=raw_status.strip().lower(),
             image_urls=tuple(urls),
             error=_error_text(payload.get("error")),
-            credit_cost=_as_int(payload.get("creditCost")),
+            credit_cost=_as_credit_cost(payload.get("creditCost")),
             expires_at=_as_datetime(payload.get("expiresAt")),
         )
 
@@ -283,6 +283,23 @@ def _as_int(value: Any) -> int | None:
         except ValueError:
             return None
         return int(number) if number.is_integer() else None
+    return None
+
+
+CREDIT_COST_MAX = 1_000_000
+"""More than any job costs: a larger ``creditCost`` is nonsense, not a charge."""
+
+
+def _as_credit_cost(value: Any) -> int | None:
+    """A ``creditCost`` that can be a charge (a whole number, 0 to ``CREDIT_COST_MAX``), else
+    None, as if the server had sent none (negative, huge, fractional, NaN, a bool, a word)."""
+    cost = _as_int(value)
+    if cost is not None and 0 <= cost <= CREDIT_COST_MAX:
+        return cost
+    if value is not None:
+        # Numbers only: a string is the server's text and could echo anything (even our key).
+        shown = value if isinstance(value, int | float) else type(value).__name__
+        log.warning("ignoring PixelDojo's creditCost %.40s: not a credit amount", shown)
     return None
 
 

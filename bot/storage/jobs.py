@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -9,10 +10,12 @@ from typing import Any
 
 import aiosqlite
 
-from bot.jobs import ACTIVE_STATES, GenerationRequest, Job, JobState
+from bot.jobs import ACTIVE_STATES, CREDITS_PER_OUTPUT, GenerationRequest, Job, JobState
 from bot.storage import ledger
 from bot.storage.database import Database
 from bot.storage.ledger import LedgerKind
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,21 +144,48 @@ class JobStore:
         at: float | None = None,
     ) -> Job:
         """PixelDojo finished (at `at`, default now): settle the reservation against what it
-        charged (`None`: the estimate stands)."""
+        charged (`None`: the estimate stands).
+
+        A charge PixelDojo reports is trusted only from 0 to the job's price (`num_outputs` ×
+        `CREDITS_PER_OUTPUT`); anything else settles at the estimate, and is logged."""
+        reported = charged
+        if isinstance(charged, bool) or not isinstance(charged, int) or not 0 <= charged < 2**62:
+            charged = None  # not even storable; the job is still delivered
         async with self.db.transaction() as conn:
             now = self.clock() if at is None else at
             rows = await conn.execute_fetchall(
                 """
-                UPDATE jobs SET state = ?, credits_charged = COALESCE(?, credits_reserved),
-                                completed_at = ?, polls = COALESCE(?, polls)
+                UPDATE jobs SET state = ?,
+                    credits_charged = CASE WHEN ? BETWEEN 0 AND num_outputs * ? THEN ?
+                                           ELSE credits_reserved END,
+                    completed_at = ?, polls = COALESCE(?, polls)
                 WHERE id = ? AND state = ?
                 RETURNING *
                 """,
-                (JobState.COMPLETED.value, charged, now, polls, job_id, JobState.SUBMITTED.value),
+                (
+                    JobState.COMPLETED.value,
+                    charged,
+                    CREDITS_PER_OUTPUT,
+                    charged,
+                    now,
+                    polls,
+                    job_id,
+                    JobState.SUBMITTED.value,
+                ),
             )
             if not rows:
                 return await self._get(conn, job_id)  # not polling any more: nothing to settle
             job = Job.from_row(next(iter(rows)))
+            if reported is not None and job.credits_charged != reported:
+                log.warning(
+                    "job %d: PixelDojo reported a charge of %.40s, outside 0-%d for %d image(s); "
+                    "settled at the estimate of %d",
+                    job.id,
+                    reported,
+                    job.num_outputs * CREDITS_PER_OUTPUT,
+                    job.num_outputs,
+                    job.credits_charged,
+                )
             await ledger.append_for_job(
                 conn,
                 job_id,
