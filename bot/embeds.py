@@ -273,7 +273,10 @@ def usage_report(report: UsageReport, account_credits: int | None) -> discord.Em
         description=span,
         colour=BRAND,
     )
-    embed.add_field(name="Credits spent", value=str(report.total_credits))
+    spent = str(report.total_credits)
+    if report.refunded_credits:
+        spent += f" ({report.refunded_credits} refunded to members)"
+    embed.add_field(name="Credits spent", value=spent)
     if report.previous_total_credits is not None:
         embed.add_field(name="Previous period", value=str(report.previous_total_credits))
     if report.spend_cap is None:
@@ -301,7 +304,10 @@ def usage_report(report: UsageReport, account_credits: int | None) -> discord.Em
     embed.add_field(
         name="Top members", value=fit_lines(lines, FIELD_LIMIT, empty="nobody yet"), inline=False
     )
-    embed.set_footer(text="Credits actually spent; moderators' grants and resets don't count")
+    embed.set_footer(
+        text="Credits PixelDojo charged, even where a member was refunded; "
+        "moderators' grants and resets don't count"
+    )
     return embed
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -75,10 +75,15 @@ class Job:
     completed_at: float | None
     finished_at: float | None
     input_image_url: str | None = None
+    provider_charged: int | None = None
+    """What PixelDojo charged for the job once it finished, even if the member was refunded
+    afterwards (the images could not be delivered); None when it never finished."""
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
-        data = dict(row)
+        """Build from a row of named `JOB_COLUMNS`; columns with a default may be left out."""
+        present = set(row.keys())
+        data = {name: row[name] for name in JOB_COLUMNS if name in present}
         data["state"] = JobState(data["state"])
         return cls(**data)
 
@@ -86,3 +91,7 @@ class Job:
     def nonce(self) -> str:
         """Discord message nonce for this job's result (≤25 chars), so a re-send is deduplicated."""
         return f"pdj-result-{self.id}"
+
+
+JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Job))
+"""The `jobs` columns a `Job` is read from, in order: select these, never `*`."""

@@ -24,7 +24,8 @@ class UserUsage:
 @dataclass(frozen=True)
 class UsageReport:
     """A guild's spending in one period. Credits are what was actually spent with PixelDojo
-    (reservations, settlements, refunds); moderators' resets and grants don't change them."""
+    (held by running jobs, charged for finished ones, including jobs PixelDojo charged but
+    whose members were refunded); moderators' resets and grants don't change them."""
 
     guild_id: int
     period: Period
@@ -32,6 +33,8 @@ class UsageReport:
     period_end: float | None
     """When the period ends (the next reset); None when the period is `none`."""
     total_credits: int
+    refunded_credits: int
+    """Of `total_credits`, what PixelDojo charged for jobs whose members were refunded."""
     previous_period_start: float | None
     previous_total_credits: int | None
     top_users: tuple[UserUsage, ...]
@@ -74,9 +77,9 @@ async def build_usage_report(
         await conn.execute(
             f"""
             SELECT l.user_id,
-                   COALESCE(SUM(l.amount), 0) AS credits,
+                   COALESCE(SUM({ledger.SPEND}), 0) AS credits,
                    SUM(CASE WHEN l.kind = 'reserve' THEN 1 ELSE 0 END) AS jobs
-            FROM ledger l
+            FROM {ledger.SPEND_FROM}
             WHERE {where} AND l.kind IN ('reserve', 'settle', 'refund')
             GROUP BY l.user_id
             ORDER BY credits DESC, jobs DESC, l.user_id
@@ -103,6 +106,7 @@ async def build_usage_report(
         period_start=begin,
         period_end=end,
         total_credits=await ledger.guild_spend(conn, guild_id, begin, end),
+        refunded_credits=await ledger.refunded_spend(conn, guild_id, begin, end),
         previous_period_start=previous,
         previous_total_credits=(
             None if previous is None else await ledger.guild_spend(conn, guild_id, previous, begin)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,10 @@ from aiohttp import web
 
 from bot.fake_pixeldojo import FakePixelDojo
 from bot.pixeldojo import JobState
-from tests.conftest import ALICE_ID, Harness, queued_job_id
+from bot.storage import Database, ledger
+from bot.storage.jobs import JobStore
+from bot.storage.migrations import MIGRATIONS
+from tests.conftest import ALICE_ID, BOB_ID, OWNER_ID, Harness, queued_job_id
 
 UNSET = object()
 
@@ -80,3 +85,66 @@ def test_the_status_parser_drops_what_cannot_be_a_charge(reported: Any) -> None:
     state = JobState.from_payload({"status": "completed", "creditCost": reported})
     assert state.credit_cost is None
     assert JobState.from_payload({"status": "completed", "creditCost": 3.0}).credit_cost == 3
+
+
+async def test_what_pixeldojo_charged_counts_against_the_cap_though_the_member_was_refunded(
+    harness: Harness, api: HostilePixelDojo
+) -> None:
+    settings = await harness.command("mod settings", {"spend_cap": 2}, user_id=OWNER_ID)
+    await harness.reply(settings)
+    api.fault_next("404", n=10, route="download")  # PixelDojo finished and charged; no images
+    job_id = await queued_job_id(harness, await harness.imagine("a red fox", num_outputs=2))
+    failure = await harness.failure_for(job_id)
+    assert "Your 2 credits were refunded." in failure.embeds[0]["description"]
+    assert await credits_left(harness) == "**10** of 10 credits left"
+
+    report = await harness.reply(await harness.command("mod report", user_id=OWNER_ID))
+    fields = fields_of(report.embeds[0])
+    assert fields["Credits spent"] == "2 (2 refunded to members)"
+    assert fields["Spend cap"] == "2 of 2 (100%)"
+    assert fields["Top members"] == f"1. <@{ALICE_ID}> · 2 credits · 1 job"
+    refusal = await harness.reply(await harness.imagine("a blue fox", user_id=BOB_ID))
+    assert (refusal.content or "").startswith(
+        "Image generation is paused: this server has used its spend cap of 2 credits today."
+    )
+
+
+async def test_upgrade_recovers_the_charge_of_jobs_refunded_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version, statements in enumerate(MIGRATIONS[:4], start=1):
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    # Job 1 was posted (charged 2); job 2 finished at PixelDojo (charged 3 of 4) but could not
+    # be delivered and was refunded; job 3 failed at PixelDojo and cost nothing.
+    for job_id, state, charged, completed, ledger_rows in [
+        (1, "posted", 2, 10.0, [("reserve", 2)]),
+        (2, "failed", 0, 10.0, [("reserve", 4), ("settle", -1), ("refund", -3)]),
+        (3, "failed", 0, None, [("reserve", 1), ("refund", -1)]),
+    ]:
+        conn.execute(
+            "INSERT INTO jobs (id, guild_id, channel_id, user_id, prompt, aspect_ratio, "
+            "num_outputs, state, credits_reserved, credits_charged, created_at, completed_at) "
+            "VALUES (?, 7, 8, 9, 'p', '1:1', 4, ?, 4, ?, 1.0, ?)",
+            (job_id, state, charged, completed),
+        )
+        for kind, amount in ledger_rows:
+            conn.execute(
+                "INSERT INTO ledger (guild_id, user_id, job_id, kind, amount, period_start, "
+                "created_at) VALUES (7, 9, ?, ?, ?, 0, 1.0)",
+                (job_id, kind, amount),
+            )
+    conn.close()
+
+    db = Database(path)
+    await db.connect()
+    try:
+        jobs = [await JobStore(db).get(job_id) for job_id in (1, 2, 3)]
+        assert [job.provider_charged for job in jobs if job is not None] == [2, 3, None]
+        async with db.read() as read:
+            assert await ledger.guild_spend(read, 7, 0.0) == 2 + 3
+            assert await ledger.refunded_spend(read, 7, 0.0) == 3
+    finally:
+        await db.close()

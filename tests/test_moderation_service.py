@@ -346,7 +346,7 @@ async def test_usage_report(env: ServiceEnv) -> None:
     env.clock.now = YESTERDAY
     await env.finish(await env.reserve(user=5, outputs=4))
     env.clock.now = NOW
-    await env.finish(await env.reserve(user=5, outputs=2), charged=3)
+    await env.finish(await env.reserve(user=5, outputs=4), charged=3)
     await env.finish(await env.reserve(user=6, outputs=4))
     await env.finish(await env.reserve(user=6, outputs=4))
     failed = await env.reserve(user=7, outputs=4)

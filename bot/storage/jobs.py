@@ -10,12 +10,21 @@ from typing import Any
 
 import aiosqlite
 
-from bot.jobs import ACTIVE_STATES, CREDITS_PER_OUTPUT, GenerationRequest, Job, JobState
+from bot.jobs import (
+    ACTIVE_STATES,
+    CREDITS_PER_OUTPUT,
+    JOB_COLUMNS,
+    GenerationRequest,
+    Job,
+    JobState,
+)
 from bot.storage import ledger
 from bot.storage.database import Database
 from bot.storage.ledger import LedgerKind
 
 log = logging.getLogger(__name__)
+
+_COLUMNS = ", ".join(JOB_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ class JobStore:
         """Every job not yet posted or failed, oldest first (what a restart must resume)."""
         placeholders = ",".join("?" for _ in ACTIVE_STATES)
         rows = await self.db.fetchall(
-            f"SELECT * FROM jobs WHERE state IN ({placeholders}) ORDER BY id",
+            f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({placeholders}) ORDER BY id",
             [s.value for s in ACTIVE_STATES],
         )
         return [Job.from_row(row) for row in rows]
@@ -115,7 +124,8 @@ class JobStore:
 
     async def recent_for_user(self, guild_id: int, user_id: int, limit: int = 5) -> list[Job]:
         rows = await self.db.fetchall(
-            "SELECT * FROM jobs WHERE guild_id = ? AND user_id = ? ORDER BY id DESC LIMIT ?",
+            f"SELECT {_COLUMNS} FROM jobs WHERE guild_id = ? AND user_id = ? "
+            "ORDER BY id DESC LIMIT ?",
             (guild_id, user_id, limit),
         )
         return [Job.from_row(row) for row in rows]
@@ -147,26 +157,24 @@ class JobStore:
         charged (`None`: the estimate stands).
 
         A charge PixelDojo reports is trusted only from 0 to the job's price (`num_outputs` ×
-        `CREDITS_PER_OUTPUT`); anything else settles at the estimate, and is logged."""
+        `CREDITS_PER_OUTPUT`); anything else settles at the estimate, and is logged. The charge
+        is also kept as `provider_charged`, which a later refund to the member leaves alone."""
         reported = charged
         if isinstance(charged, bool) or not isinstance(charged, int) or not 0 <= charged < 2**62:
             charged = None  # not even storable; the job is still delivered
         async with self.db.transaction() as conn:
             now = self.clock() if at is None else at
+            settled = "CASE WHEN ? BETWEEN 0 AND num_outputs * ? THEN ? ELSE credits_reserved END"
             rows = await conn.execute_fetchall(
-                """
-                UPDATE jobs SET state = ?,
-                    credits_charged = CASE WHEN ? BETWEEN 0 AND num_outputs * ? THEN ?
-                                           ELSE credits_reserved END,
-                    completed_at = ?, polls = COALESCE(?, polls)
+                f"""
+                UPDATE jobs SET state = ?, credits_charged = {settled},
+                    provider_charged = {settled}, completed_at = ?, polls = COALESCE(?, polls)
                 WHERE id = ? AND state = ?
-                RETURNING *
+                RETURNING {_COLUMNS}
                 """,
                 (
                     JobState.COMPLETED.value,
-                    charged,
-                    CREDITS_PER_OUTPUT,
-                    charged,
+                    *(charged, CREDITS_PER_OUTPUT, charged) * 2,
                     now,
                     polls,
                     job_id,
@@ -204,17 +212,18 @@ class JobStore:
         )
 
     async def mark_failed(self, job_id: int, error: str, *, polls: int | None = None) -> Job:
-        """The job ended without a result: refund whatever it holds, once."""
+        """The job ended without a result: refund whatever it holds, once. What PixelDojo
+        charged (`provider_charged`) stays: the server spent it even though the member didn't."""
         final_states = (JobState.POSTED.value, JobState.FAILED.value)
         async with self.db.transaction() as conn:
             now = self.clock()
             await ledger.refund_job(conn, job_id, note=error[:200], now=now, unless=final_states)
             rows = await conn.execute_fetchall(
-                """
+                f"""
                 UPDATE jobs SET state = ?, error = ?, credits_charged = 0, finished_at = ?,
                                 polls = COALESCE(?, polls)
                 WHERE id = ? AND state NOT IN (?, ?)
-                RETURNING *
+                RETURNING {_COLUMNS}
                 """,
                 (JobState.FAILED.value, error, now, polls or None, job_id, *final_states),
             )
@@ -227,7 +236,7 @@ class JobStore:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         async with self.db.read() as conn:
             rows = await conn.execute_fetchall(
-                f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING *",
+                f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {_COLUMNS}",
                 (*fields.values(), job_id),
             )
         if not rows:
@@ -242,5 +251,5 @@ class JobStore:
 
     @staticmethod
     async def _get_or_none(conn: aiosqlite.Connection, job_id: int) -> Job | None:
-        rows = await conn.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = await conn.execute_fetchall(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(next(iter(rows))) if rows else None

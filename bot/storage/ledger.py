@@ -80,10 +80,12 @@ async def usage(
     return Usage(used=row[0], granted=row[1])
 
 
-def _range(start: float, end: float | None) -> tuple[str, tuple[float, ...]]:
+def _range(
+    start: float, end: float | None, column: str = "period_start"
+) -> tuple[str, tuple[float, ...]]:
     if end is None:
-        return "period_start >= ?", (start,)
-    return "period_start >= ? AND period_start < ?", (start, end)
+        return f"{column} >= ?", (start,)
+    return f"{column} >= ? AND {column} < ?", (start, end)
 
 
 async def usage_between(
@@ -113,20 +115,44 @@ async def usage_between(
     return Usage(used=row[0], granted=row[1])
 
 
+SPEND = "l.amount + COALESCE(j.provider_charged, 0)"
+"""A ledger row's share of real spend, over `SPEND_FROM` (see `guild_spend`)."""
+SPEND_FROM = """ledger l LEFT JOIN jobs j ON l.kind = 'refund' AND j.id = l.job_id"""
+
+
 async def guild_spend(
     conn: aiosqlite.Connection, guild_id: int, start: float, end: float | None = None
 ) -> int:
-    """Credits a guild actually spent in `[start, end)`: reservations, settlements and refunds.
+    """Credits a guild actually spent in `[start, end)`: held by running jobs, charged by
+    PixelDojo for finished ones, whether the member paid or was refunded.
 
-    A moderator's reset forgives a member's use but not the money spent, so resets and grants
-    do not count here.
+    That is the members' reservations, settlements and refunds, plus what PixelDojo charged
+    for the jobs that were refunded (their images could not be delivered). A moderator's reset
+    forgives a member's use but not the money spent, so resets and grants do not count here.
     """
-    where, bounds = _range(start, end)
+    where, bounds = _range(start, end, "l.period_start")
     row = await (
         await conn.execute(
             f"""
-            SELECT COALESCE(SUM(amount), 0) FROM ledger
-            WHERE guild_id = ? AND kind IN ('reserve', 'settle', 'refund') AND {where}
+            SELECT COALESCE(SUM({SPEND}), 0) FROM {SPEND_FROM}
+            WHERE l.guild_id = ? AND l.kind IN ('reserve', 'settle', 'refund') AND {where}
+            """,
+            (guild_id, *bounds),
+        )
+    ).fetchone()
+    return int(row[0])
+
+
+async def refunded_spend(
+    conn: aiosqlite.Connection, guild_id: int, start: float, end: float | None = None
+) -> int:
+    """Of `guild_spend`, what PixelDojo charged for jobs whose members were refunded."""
+    where, bounds = _range(start, end, "l.period_start")
+    row = await (
+        await conn.execute(
+            f"""
+            SELECT COALESCE(SUM(j.provider_charged), 0) FROM {SPEND_FROM}
+            WHERE l.guild_id = ? AND l.kind = 'refund' AND {where}
             """,
             (guild_id, *bounds),
         )

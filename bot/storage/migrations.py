@@ -188,4 +188,22 @@ MIGRATIONS: list[list[str]] = [
         "DROP TABLE guild_settings",
         "ALTER TABLE guild_settings_v4 RENAME TO guild_settings",
     ],
+    # 5: what PixelDojo charged for a job, kept when the member is refunded afterwards (the
+    # images could not be saved or posted), so the spend cap and /mod report count real spend.
+    # Jobs that finished at PixelDojo before this column existed get it back from their row or,
+    # if they were refunded since, from their reserve and settle rows.
+    [
+        "ALTER TABLE jobs ADD COLUMN provider_charged INTEGER",
+        """
+        UPDATE jobs SET provider_charged = credits_charged
+        WHERE state IN ('completed', 'posted') AND credits_charged IS NOT NULL
+        """,
+        """
+        UPDATE jobs SET provider_charged = (
+            SELECT COALESCE(SUM(amount), 0) FROM ledger
+            WHERE job_id = jobs.id AND kind IN ('reserve', 'settle')
+        )
+        WHERE state = 'failed' AND completed_at IS NOT NULL
+        """,
+    ],
 ]
