@@ -86,7 +86,7 @@ class PixelDojoBot(commands.Bot):
             else settings.pixeldojo_requests_per_minute,
         )
         # Before the cogs load: the /imagine image option describes what the schema allows.
-        self.capabilities = CapabilityCache(self.pixeldojo)
+        self.capabilities = CapabilityCache(self.pixeldojo, fetch_image=self.http.get_from_cdn)
         await self.capabilities.refresh()
         self.store = JobStore(self.db)
         self.presenter = DiscordPresenter(self, edit_interval=settings.status_edit_interval)

@@ -8,11 +8,13 @@ schema offers no image property, editing is reported as unavailable.
 Flow for one ``/imagine`` with an attachment (the cog does steps 1-2, the runner step 3):
 
 1. :func:`validate_input_image` checks the attachment's type and size against the capabilities.
-2. :func:`encode_input_image` turns it into the value PixelDojo takes (the attachment URL, or a
-   data URI / base64 of its bytes when ``capabilities.needs_image_bytes``); the cog stores it as
-   ``GenerationRequest.input_image_url``.
-3. ``JobRunner._submit`` calls :func:`submission_extra`, which puts that value under the schema's
-   field name in ``client.submit(extra=...)``.
+2. :func:`encode_input_image` checks it can become the value PixelDojo takes (the attachment URL,
+   or a data URI / base64 of its bytes when ``capabilities.needs_image_bytes``). The job stores
+   only the attachment URL (``GenerationRequest.input_image_url``), never the bytes: a 10 MiB
+   image is 14 MB of base64, which every read of the job's row would carry.
+3. ``JobRunner._submit`` calls :func:`submission_extra`, which puts the value under the schema's
+   field name in ``client.submit(extra=...)``, reading inline images back from the attachment
+   URL just then (with the cache's ``fetch_image``). Rerolls and variations reuse the URL.
 
 This module never imports discord.
 """
@@ -25,7 +27,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -183,6 +185,19 @@ class ImageInputUnavailable(PixelDojoError):
     """A job carries an input image but the model's schema no longer offers an image field."""
 
     default_message = EDITING_UNAVAILABLE
+
+
+class InputImageUnreadable(PixelDojoError):
+    """The image to edit, needed inline, could not be read back from its attachment URL."""
+
+    default_message = (
+        "The image to edit could not be read back from Discord (attachment links expire after "
+        "a while). Run /imagine again with the image attached."
+    )
+
+
+ImageFetcher = Callable[[str], Awaitable[bytes]]
+"""Reads an attachment's bytes from its URL (the bot passes discord.py's CDN download)."""
 
 
 class SchemaSource(Protocol):
@@ -484,6 +499,7 @@ class CapabilityCache:
     A failed refresh keeps the last successful discovery (a blip must not switch editing off)
     and is retried after ``retry_after`` seconds; successful ones are kept ``max_age`` seconds
     (None: until :meth:`refresh`). The bot keeps one for its client and hands it to the runner.
+    ``fetch_image`` reads an attachment back when the model takes inline images.
     """
 
     def __init__(
@@ -494,8 +510,10 @@ class CapabilityCache:
         max_age: float | None = 3600.0,
         retry_after: float = 60.0,
         clock: Callable[[], float] = time.time,
+        fetch_image: ImageFetcher | None = None,
     ) -> None:
         self.client = client
+        self.fetch_image = fetch_image
         self.model = model
         self.max_age = max_age
         self.retry_after = retry_after
@@ -685,11 +703,13 @@ def encode_input_image(
 async def submission_extra(
     cache: CapabilityCache | None, input_image: str | None
 ) -> dict[str, str]:
-    """The ``extra`` body fields for a job whose stored input image is ``input_image``.
+    """The ``extra`` body fields for a job whose stored input image is ``input_image`` (its
+    attachment URL; rows from before it was a URL may hold the inline value itself).
 
     Empty without an image. Raises :class:`ImageInputUnavailable` (a ``PixelDojoError``, so the
     runner fails and refunds the job with its message) if there is no capability cache or the
-    schema has no image field.
+    schema has no image field, and :class:`InputImageUnreadable` if an inline image cannot be
+    read back or is no longer an image the model takes.
     """
     if not input_image:
         return {}
@@ -698,4 +718,22 @@ async def submission_extra(
     capabilities = await cache.get()
     if capabilities.image_field is None:
         raise ImageInputUnavailable()
+    if capabilities.needs_image_bytes and input_image.startswith(("https://", "http://")):
+        input_image = await _read_inline(cache, capabilities, input_image)
     return {capabilities.image_field: input_image}
+
+
+async def _read_inline(cache: CapabilityCache, capabilities: ModelCapabilities, url: str) -> str:
+    """The attachment at ``url``, read now, as the inline value the model takes."""
+    if cache.fetch_image is None:
+        raise InputImageUnreadable()
+    try:
+        data = await cache.fetch_image(url)
+    except Exception as exc:
+        # Not the URL: Discord signs attachment links, and logs are no place for them.
+        log.warning("could not read an input image back from Discord (%s)", type(exc).__name__)
+        raise InputImageUnreadable() from exc
+    try:
+        return encode_input_image(capabilities, url=url, data=data, content_type=None)
+    except RequestRefused as refusal:
+        raise InputImageUnreadable(str(refusal)) from refusal

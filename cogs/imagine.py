@@ -68,7 +68,8 @@ class Imagine(commands.Cog):
         await launch(self.bot, interaction, request)
 
     async def _input_image(self, image: discord.Attachment) -> str:
-        """Check the attachment and turn it into what the model's image field takes."""
+        """Check the attachment is what the model's image field takes; return its URL, which is
+        all the job stores (inline images are read again from it at submit)."""
         capabilities = await self.bot.capabilities.get()
         validate_input_image(
             filename=image.filename,
@@ -76,10 +77,11 @@ class Imagine(commands.Cog):
             size=image.size,
             capabilities=capabilities,
         )
+        # Inline models: read the bytes now too, so a file that isn't an image is refused up
+        # front instead of after its status message is posted.
         data = await image.read() if capabilities.needs_image_bytes else None
-        return encode_input_image(
-            capabilities, url=image.url, data=data, content_type=image.content_type
-        )
+        encode_input_image(capabilities, url=image.url, data=data, content_type=image.content_type)
+        return image.url
 
     async def cog_load(self) -> None:
         # The option's description says what this API allows (or that editing is off). discord.py

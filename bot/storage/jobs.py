@@ -25,6 +25,9 @@ from bot.storage.ledger import LedgerKind
 log = logging.getLogger(__name__)
 
 _COLUMNS = ", ".join(JOB_COLUMNS)
+_LISTED = ", ".join(name for name in JOB_COLUMNS if name != "input_image_url")
+"""For lists (/history, /credits, a restart): rows made before input images were stored as
+attachment URLs may hold a whole image inline there, so lists never read it."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,11 @@ class JobStore:
             return await self._get_or_none(conn, job_id)
 
     async def active(self) -> list[Job]:
-        """Every job not yet posted or failed, oldest first (what a restart must resume)."""
+        """Every job not yet posted or failed, oldest first (what a restart must resume), without
+        its input image: nothing resumed is submitted again."""
         placeholders = ",".join("?" for _ in ACTIVE_STATES)
         rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({placeholders}) ORDER BY id",
+            f"SELECT {_LISTED} FROM jobs WHERE state IN ({placeholders}) ORDER BY id",
             [s.value for s in ACTIVE_STATES],
         )
         return [Job.from_row(row) for row in rows]
@@ -124,7 +128,7 @@ class JobStore:
 
     async def recent_for_user(self, guild_id: int, user_id: int, limit: int = 5) -> list[Job]:
         rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM jobs WHERE guild_id = ? AND user_id = ? "
+            f"SELECT {_LISTED} FROM jobs WHERE guild_id = ? AND user_id = ? "
             "ORDER BY id DESC LIMIT ?",
             (guild_id, user_id, limit),
         )
