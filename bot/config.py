@@ -25,6 +25,8 @@ class Settings:
     pixeldojo_api_base: str = DEFAULT_API_BASE
     database_path: Path = Path(DEFAULT_DATABASE_PATH)
     dev_guild_id: int | None = None
+    operator_guild_id: int | None = None
+    """The one guild whose moderators see the PixelDojo account's balance in `/mod report`."""
     discord_api_base: str | None = None
     discord_gateway_url: str | None = None
     sandbox: bool = False
@@ -161,6 +163,7 @@ def load_settings(
         or "",
         database_path=Path(_get(env, "DATABASE_PATH") or DEFAULT_DATABASE_PATH),
         dev_guild_id=_snowflake(env, "DEV_GUILD_ID"),
+        operator_guild_id=_snowflake(env, "OPERATOR_GUILD_ID"),
         discord_api_base=_url(env, "DISCORD_API_BASE", None, ("https", "http")),
         discord_gateway_url=_url(env, "DISCORD_GATEWAY_URL", None, ("wss", "ws")),
         sandbox=sandbox,

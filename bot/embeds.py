@@ -261,8 +261,11 @@ def member_credits(balance: Balance, recent: list[Job], name: str) -> discord.Em
     return embed
 
 
-def usage_report(report: UsageReport, account_credits: int | None) -> discord.Embed:
-    """`/mod report`: the period's spending, its top members, jobs and the spend cap."""
+def usage_report(
+    report: UsageReport, account_credits: int | None, *, show_account: bool = False
+) -> discord.Embed:
+    """`/mod report`: the period's spending, its top members, jobs and the spend cap, and with
+    `show_account` (the operator's guild only) the PixelDojo account's last seen balance."""
     period = report.period.value
     if report.period_end is None:
         span = "since the beginning (credits never reset)"
@@ -292,10 +295,11 @@ def usage_report(report: UsageReport, account_credits: int | None) -> discord.Em
             f"{report.jobs_active} running"
         ),
     )
-    embed.add_field(
-        name="PixelDojo account",
-        value="unknown" if account_credits is None else f"{account_credits:,} credits left",
-    )
+    if show_account:
+        embed.add_field(
+            name="PixelDojo account",
+            value="unknown" if account_credits is None else f"{account_credits:,} credits left",
+        )
     lines = [
         f"{rank}. <@{usage.user_id}> · {_plural(usage.credits, 'credit')} · "
         f"{_plural(usage.jobs, 'job')}"

@@ -586,8 +586,11 @@ class Moderation(commands.Cog):
             report = await self.service.usage_report(
                 guild_id, period_start=report.previous_period_start
             )
-        account = self.bot.pixeldojo.last_credits_remaining
-        await _reply(interaction, embed=embeds.usage_report(report, account))
+        # The PixelDojo account is the operator's, shared by every guild the bot serves: only
+        # the operator's own guild sees its balance.
+        operator = guild_id == self.bot.settings.operator_guild_id
+        account = self.bot.pixeldojo.last_credits_remaining if operator else None
+        await _reply(interaction, embed=embeds.usage_report(report, account, show_account=operator))
 
     @mod.command(name="audit", description="Recent moderator actions and generations")
     @app_commands.describe(limit=f"How many entries (default 15, at most {AUDIT_PAGE_MAX})")

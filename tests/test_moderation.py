@@ -422,7 +422,7 @@ async def test_log_channel_gets_a_line_for_each_action(harness: Harness) -> None
 async def test_report_shows_spending(harness: Harness) -> None:
     report = fields_of(await mod_message(harness, "report"))
     assert report["Credits spent"] == "0"
-    assert report["PixelDojo account"] == "unknown"
+    assert "PixelDojo account" not in report  # no OPERATOR_GUILD_ID (see its own tests)
     assert report["Top members"] == "nobody yet"
 
     await mod(harness, "settings", {"spend_cap": 10})
@@ -437,9 +437,6 @@ async def test_report_shows_spending(harness: Harness) -> None:
     assert report["Previous period"] == "0"
     assert report["Spend cap"] == "3 of 10 (30%)"
     assert report["Jobs"] == "2 posted · 0 failed · 0 running"
-    remaining = harness.bot.pixeldojo.last_credits_remaining
-    assert remaining == harness.api.credits
-    assert report["PixelDojo account"] == f"{remaining:,} credits left"
     assert report["Top members"].splitlines() == [
         f"1. <@{ALICE_ID}> · 2 credits · 1 job",
         f"2. <@{BOB_ID}> · 1 credit · 1 job",
