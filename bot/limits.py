@@ -8,6 +8,8 @@ lives in the database; the only thing kept in memory is a cache of compiled bloc
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from bot.storage.guild_settings import GuildSettings
 from bot.storage.jobs import Admission
 
 CAP_WARNING_FRACTION = 0.8
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -187,11 +191,20 @@ class Limits:
             return cached[1]
         rows = await (
             await conn.execute(
-                "SELECT pattern, is_regex FROM blocked_terms WHERE guild_id = ? ORDER BY id",
+                "SELECT id, pattern, is_regex FROM blocked_terms WHERE guild_id = ? ORDER BY id",
                 (guild_id,),
             )
         ).fetchall()
-        matcher = TermMatcher.build((r[0], bool(r[1])) for r in rows)
+        matcher = TermMatcher.build((r[1], bool(r[2])) for r in rows)
+        for skipped in matcher.skipped:
+            log.warning(
+                "Guild %s: blocked pattern #%s is not enforced: %s Remove it with "
+                "/mod blocklist remove #%s and add it again in RE2 syntax.",
+                guild_id,
+                rows[skipped.index][0],
+                skipped.reason,
+                rows[skipped.index][0],
+            )
         self._matchers[guild_id] = (signature, matcher)
         return matcher
 
@@ -234,7 +247,8 @@ class Limits:
 
     async def _check_terms(self, conn: aiosqlite.Connection, request: GenerationRequest) -> None:
         matcher = await self.matcher(conn, request.guild_id)
-        if matcher.matches(request.prompt):
+        # RE2 keeps this linear in the prompt; a worker thread keeps even that off the loop.
+        if await asyncio.to_thread(matcher.matches, request.prompt):
             raise RequestRefused(
                 "Your prompt contains a term this server doesn't allow. Please rephrase it."
             )

@@ -15,7 +15,13 @@ from typing import Any
 
 import aiosqlite
 
-from bot.blocklist import InvalidTerm, clean_plain_term, clean_regex_term, normalize
+from bot.blocklist import (
+    InvalidTerm,
+    check_regex_budget,
+    clean_plain_term,
+    clean_regex_term,
+    normalize,
+)
 from bot.jobs import ACTIVE_STATES, MAX_OUTPUTS
 from bot.limits import Limits
 from bot.periods import Period, discord_time, period_start
@@ -554,6 +560,17 @@ class ModerationService:
             raise InvalidSetting(str(exc)) from None
         kind = "pattern" if is_regex else "term"
         async with self.db.transaction() as conn:
+            if is_regex:
+                rows = await (
+                    await conn.execute(
+                        "SELECT pattern FROM blocked_terms WHERE guild_id = ? AND is_regex = 1",
+                        (guild_id,),
+                    )
+                ).fetchall()
+                try:
+                    check_regex_budget(pattern, (row[0] for row in rows))
+                except InvalidTerm as exc:
+                    raise InvalidSetting(str(exc)) from None
             cursor = await conn.execute(
                 "INSERT OR IGNORE INTO blocked_terms "
                 "(guild_id, pattern, is_regex, actor_id, created_at) VALUES (?, ?, ?, ?, ?)",

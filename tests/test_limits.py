@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from bot.limits import Limits
 from bot.moderation import InvalidSetting, ModerationService
 from bot.periods import Period, next_reset, period_start, previous_period_start
 from bot.storage import Database
+from tests.python_re_guard import forbid_python_re
 from tests.service_env import CHANNEL, GUILD, MEMBER, MOD, OTHER_GUILD, Clock, ServiceEnv
 
 
@@ -417,7 +419,10 @@ async def test_blocked_regex_terms(env: ServiceEnv) -> None:
         ("a|", "match empty text"),
         (r"\b", "match empty text"),
         ("x?", "match empty text"),
-        ("(a+)+$", "nests repetitions"),
+        (r"(?=x)y", "Lookahead and lookbehind"),
+        (r"(?<!a)b", "Lookahead and lookbehind"),
+        (r"(a)\1", "Backreferences like"),
+        (r".{1000}", "too complex"),
         ("a" * 201, "too long"),
         ("   ", "empty"),
     ],
@@ -426,6 +431,59 @@ async def test_invalid_regex_terms_are_refused(env: ServiceEnv, pattern: str, re
     with pytest.raises(InvalidSetting, match=reason):
         await _block(env, pattern, is_regex=True)
     assert await env.mod.blocked_terms(GUILD) == []
+
+
+# Each backtracks exponentially in Python's re on the prompts below.
+BACKTRACKING = (r"(.|.)*Z", r"(.|\s)*badword", r"(a+)+$", r"(a|a)*b", r"(x+x+)+y")
+
+
+async def test_backtracking_patterns_are_accepted_and_answer_long_prompts(
+    env: ServiceEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_python_re(monkeypatch, BACKTRACKING)
+    for pattern in BACKTRACKING:
+        await _block(env, pattern, is_regex=True)
+    long_prompt = " ".join(["a lighthouse on a cliff at dawn"] * 48)  # no b, x, y or z
+    assert len(long_prompt) > 1400
+    assert not await _refused(env, long_prompt)
+    assert await _refused(env, long_prompt + " in a blizzard")
+    assert await _refused(env, long_prompt + "\nBADWORD")
+    assert not await _refused(env, "a" * 1400 + "!")
+    assert await _refused(env, "a" * 1400)
+    assert not await _refused(env, "x" * 1400 + "!")
+    assert await _refused(env, "x" * 1400 + "y")
+
+
+async def test_a_servers_patterns_share_a_complexity_budget(env: ServiceEnv) -> None:
+    for letter in "abcdefghij":
+        await _block(env, f".{{240}}{letter}", is_regex=True)
+    with pytest.raises(InvalidSetting, match="patterns together are as complex as they may be"):
+        await _block(env, ".{240}k", is_regex=True)
+    await _block(env, "plain terms don't count")
+    await _block(env, ".{240}k", is_regex=True, guild=OTHER_GUILD)  # each server its own
+    await env.mod.remove_blocked_term(guild_id=GUILD, actor_id=MOD, term=".{240}a")
+    await _block(env, ".{240}k", is_regex=True)
+
+
+async def test_stored_patterns_re2_rejects_are_skipped_and_logged(
+    env: ServiceEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _block(env, "wyvern")
+    async with env.db.transaction() as conn:  # stored before patterns ran on RE2
+        await conn.execute(
+            "INSERT INTO blocked_terms (guild_id, pattern, is_regex, actor_id, created_at) "
+            "VALUES (?, ?, 1, ?, 0)",
+            (GUILD, r"(?<!\w)dragon", MOD),
+        )
+    await _block(env, r"gr[iy]ffin", is_regex=True)
+    with caplog.at_level(logging.WARNING, logger="bot.limits"):
+        assert not await _refused(env, "a dragon")
+        assert await _refused(env, "a wyvern")
+        assert await _refused(env, "a gryffin")
+        assert not await _refused(env, "a lighthouse")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # once per compile of the guild's terms, not once per prompt
+    assert warnings[0].startswith(f"Guild {GUILD}: blocked pattern #2 is not enforced: Lookahead")
 
 
 async def test_blocklist_cache_is_invalidated_on_change(env: ServiceEnv) -> None:

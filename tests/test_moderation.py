@@ -28,6 +28,7 @@ from tests.conftest import (
     queued_job_id,
 )
 from tests.doubles.discord_double import InteractionRecord, MessageRecord, Perm
+from tests.python_re_guard import forbid_python_re
 
 NO_PINGS = {"parse": []}
 
@@ -349,6 +350,28 @@ async def test_blocked_terms_are_refused_without_echoing_them(harness: Harness) 
     log = "\n".join(m.content or "" for m in harness.double.channel_messages(LOG_CHANNEL_ID))
     assert "blocked term #1" in log and "blocked pattern #2" in log
     assert "dragon" not in log.lower() and "ffin" not in log
+
+
+async def test_a_backtracking_pattern_cannot_freeze_the_bot(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python's re, `(.|.)*Z` against a 30-word prompt blocks the event loop for hours."""
+    patterns = [r"(.|.)*Z", r"(.|\s)*badword"]
+    forbid_python_re(monkeypatch, patterns)
+    for number, pattern in enumerate(patterns, start=1):
+        assert await mod(harness, "blocklist add", {"term": pattern, "regex": True}) == (
+            f"✅ You added blocked pattern #{number}."
+        )
+    thirty_words = " ".join(["a lighthouse on a cliff at dawn"] * 5)
+    refusal = "Your prompt contains a term this server doesn't allow. Please rephrase it."
+    assert (await imagine(harness, thirty_words)).startswith("Job #")
+    assert await imagine(harness, thirty_words + " in a blizzard") == refusal
+    assert await imagine(harness, thirty_words + " and a badword") == refusal
+    reply = await mod(harness, "blocklist add", {"term": r"(\w+) \1", "regex": True})
+    assert reply == (
+        "⚠️ Backreferences like `\\1` aren't supported: patterns run on RE2, which matches in "
+        "linear time. Rewrite it without them."
+    )
 
 
 # -- per-member and server-wide settings ------------------------------------------------------
