@@ -1,14 +1,30 @@
 """Blocked terms: normalising prompts, validating terms and matching them.
 
-A prompt is NFKC-normalised, case-folded, stripped of invisible characters and its whitespace
-collapsed before matching, so "ＢＡＤ", "B\u200bad" and "bad" are the same word. Plain terms match
-whole words only ("ass" does not match "class").
+Prompts and terms go through the same steps (`normalize`):
 
-Matching runs on RE2 (`google-re2`), which matches in time linear in the prompt whatever the
-pattern, so no term a moderator adds can stall the bot. Regular expressions therefore use RE2
-syntax: no backreferences and no lookaround, and `\\w`, `\\d` and `\\b` are ASCII-only (use
-`\\pL` for any letter). They are validated with RE2 itself before they are stored, and searched
-case-insensitively in the normalised prompt.
+1. NFKC and case folding, so "ＢＡＤ" and "bad" are the same word;
+2. every Default_Ignorable_Code_Point is removed (zero-width spaces and joiners, soft hyphens,
+   variation selectors like U+FE0F, tag characters, Mongolian variation selectors...), so
+   "b\u200bad" is "bad";
+3. combining marks are removed, so "b\u0301ad", "bád" and "bad" are the same word, except where
+   a script spells with them: after a letter of a script other than Latin, Greek, Cyrillic,
+   Armenian, Arabic or Hebrew, a mark outside the generic combining blocks stays (Japanese
+   "ば" is not "は", Devanagari vowel signs stay);
+4. whitespace is collapsed.
+
+That is the form plain terms are stored and shown in. Matching then also compares the
+confusables *skeleton* (`skeleton`): each look-alike character is replaced by the one it
+imitates, after Unicode TR39's confusables data (`bot.confusables`), so "bаdword" with a
+Cyrillic "а" is "badword". A second skeleton folds before case folding, because some capitals
+imitate Latin ones that their small letters do not (Cyrillic "В" is "B", its "в" is not "b").
+
+Plain terms match whole words, in any of these forms, and only whole words ("ass" does not match
+"class"). Regular expressions use RE2 syntax (`google-re2`): RE2 matches in time linear in the
+prompt whatever the pattern, so no pattern can stall the bot; it has no backreferences and no
+lookaround, and its `\\w`, `\\d` and `\\b` are ASCII-only (use `\\pL` for any letter). A pattern
+is searched, case-insensitively, in the normalised prompt and in its skeletons; its own
+non-ASCII letters are folded the same way, so a Cyrillic pattern still matches Cyrillic text
+with Latin look-alikes in it.
 """
 
 from __future__ import annotations
@@ -21,6 +37,8 @@ from dataclasses import dataclass
 
 import re2
 
+from bot.confusables import FOLD, FOLD_CAPITALS
+
 TERM_MAX_LENGTH = 200
 REGEX_PROGRAM_MAX = 2000
 """The largest compiled RE2 program one pattern may have (`\\pL+` is about 1,200)."""
@@ -32,16 +50,39 @@ PLAIN_TERMS_PER_REGEX = 200
 """Plain terms are compiled in alternations of at most this many, each kept small enough for
 RE2's fast automaton."""
 
-# Characters that render as nothing and could split a word to slip past the list.
-_INVISIBLE = dict.fromkeys(
-    map(
-        ord,
-        "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f"
-        "\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069"
-        "\u3164\ufeff\uffa0",
-    ),
-    None,
+# Default_Ignorable_Code_Point (Unicode DerivedCoreProperties.txt): they render as nothing.
+_DEFAULT_IGNORABLE_RANGES = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
 )
+_IGNORABLE: dict[int, None] = {
+    cp: None for low, high in _DEFAULT_IGNORABLE_RANGES for cp in range(low, high + 1)
+}
+# Marks from these blocks combine with any script and spell nothing on their own.
+_GENERIC_MARK_RANGES = (
+    (0x0300, 0x036F),
+    (0x1AB0, 0x1AFF),
+    (0x1DC0, 0x1DFF),
+    (0x20D0, 0x20FF),
+    (0xFE20, 0xFE2F),
+)
+# Scripts whose marks are accents or optional vowel points, not part of the letters.
+_SCRIPTS_WITH_OPTIONAL_MARKS = ("LATIN ", "GREEK ", "CYRILLIC ", "ARMENIAN ", "ARABIC ", "HEBREW ")
 _SPACES = re.compile(r"\s+")
 _WORD = r"\pL\pM\pN_"
 """What a word is made of, for whole-word matching (Unicode letters, marks, digits and `_`)."""
@@ -55,10 +96,59 @@ class InvalidTerm(ValueError):
 # -- normalisation ---------------------------------------------------------------------------
 
 
+def _is_generic_mark(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _GENERIC_MARK_RANGES)
+
+
+@functools.lru_cache(maxsize=4096)
+def _spells_with_marks(char: str) -> bool:
+    """Whether marks after this (non-mark) character are part of how its script spells."""
+    if not unicodedata.category(char).startswith("L"):
+        return False
+    name = unicodedata.name(char, "")
+    return bool(name) and not name.startswith(_SCRIPTS_WITH_OPTIONAL_MARKS)
+
+
+def _strip_marks(text: str) -> str:
+    kept: list[str] = []
+    keep_marks = False
+    for char in text:
+        if unicodedata.category(char).startswith("M"):
+            if keep_marks and not _is_generic_mark(char):
+                kept.append(char)
+            continue
+        keep_marks = _spells_with_marks(char)
+        kept.append(char)
+    return "".join(kept)
+
+
 def normalize(text: str) -> str:
-    """The form prompts and plain terms are compared in."""
-    text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE).casefold()
+    """The form prompts are read in and plain terms are stored in (see the module docstring)."""
+    text = unicodedata.normalize("NFKD", text)
+    text = unicodedata.normalize("NFKD", text.casefold()).translate(_IGNORABLE)
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", _strip_marks(text))
     return _SPACES.sub(" ", text).strip()
+
+
+def skeleton(text: str) -> str:
+    """`normalize`, then every look-alike replaced by the character it imitates."""
+    return normalize(text).translate(FOLD)
+
+
+def _capitals_skeleton(text: str) -> str:
+    """Like `skeleton`, but capitals are folded before case folding (Cyrillic "В" is "B")."""
+    return skeleton(unicodedata.normalize("NFKC", text).translate(FOLD_CAPITALS))
+
+
+def prompt_forms(prompt: str) -> tuple[str, ...]:
+    """Every form of the prompt that terms are searched in, without repeats."""
+    forms = [normalize(prompt)]
+    for form in (forms[0].translate(FOLD), _capitals_skeleton(prompt)):
+        if form not in forms:
+            forms.append(form)
+    return tuple(forms)
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -109,7 +199,8 @@ def _explain(error: str) -> str:
 
 @dataclass(frozen=True)
 class CompiledPattern:
-    """One regex term compiled for matching."""
+    """One regex term compiled for matching: the pattern as written and, when it has
+    non-ASCII letters, the same pattern with them folded to their skeleton."""
 
     regexes: tuple[re2._Regexp, ...]
 
@@ -129,17 +220,29 @@ def compile_pattern(pattern: str) -> CompiledPattern:
         if isinstance(message, bytes):
             message = message.decode("utf-8", "replace")
         raise InvalidTerm(_explain(str(message))) from None
-    if regex.programsize > REGEX_PROGRAM_MAX:
-        raise InvalidTerm(
-            f"That pattern is too complex (RE2 program size {regex.programsize}, the "
-            f"limit is {REGEX_PROGRAM_MAX}). Simplify it, or use plain terms."
-        )
-    return CompiledPattern((regex,))
+    regexes = [regex]
+    folded = _fold_pattern(pattern)
+    if folded is not None and folded != pattern:
+        try:
+            variant = re2.compile(folded, _PATTERN_OPTIONS)
+        except re2.error:
+            variant = None  # Folding is only an addition: the pattern as written still matches.
+        # A pattern of only invisible characters folds to nothing, which would match everything.
+        if variant is not None and variant.search("") is None:
+            regexes.append(variant)
+    for candidate in regexes:
+        if candidate.programsize > REGEX_PROGRAM_MAX:
+            raise InvalidTerm(
+                f"That pattern is too complex (RE2 program size {candidate.programsize}, the "
+                f"limit is {REGEX_PROGRAM_MAX}). Simplify it, or use plain terms."
+            )
+    return CompiledPattern(tuple(regexes))
 
 
 def clean_regex_term(pattern: str) -> str:
     """Validate a regular expression for storage, or raise `InvalidTerm`."""
-    pattern = unicodedata.normalize("NFKC", pattern).strip()
+    # Prompts are matched without invisible characters, so a pattern can't contain any either.
+    pattern = unicodedata.normalize("NFKC", pattern).translate(_IGNORABLE).strip()
     if not pattern:
         raise InvalidTerm("The pattern is empty. Type the regular expression to block.")
     if len(pattern) > TERM_MAX_LENGTH:
@@ -171,6 +274,67 @@ def check_regex_budget(pattern: str, existing: Iterable[str]) -> None:
             "This server's patterns together are as complex as they may be. Remove one, "
             "simplify them, or block plain terms instead."
         )
+
+
+def _fold_char(char: str) -> str:
+    return skeleton(char) if not char.isspace() else char
+
+
+def _fold_pattern(pattern: str) -> str | None:
+    """The pattern with its non-ASCII literals replaced by their skeleton, or None where that
+    can't be done safely (a non-ASCII range end, a multi-character fold inside `[...]`, `\\Q`).
+
+    RE2's syntax is all ASCII, so a non-ASCII character is always a literal: outside a class it
+    becomes a group of its escaped fold, inside a class its fold is added next to it.
+    """
+    if pattern.isascii():
+        return pattern
+    if "\\Q" in pattern:
+        return None
+    out: list[str] = []
+    index = 0
+    in_class = class_start = False
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            out.append(pattern[index : index + 2])
+            index += 2
+            class_start = False
+            continue
+        index += 1
+        if not in_class:
+            if char == "[":
+                in_class = class_start = True
+                out.append(char)
+                if pattern.startswith("^", index):
+                    out.append("^")
+                    index += 1
+            elif char.isascii():
+                out.append(char)
+            else:
+                folded = _fold_char(char)
+                out.append(char if folded == char else f"(?:{re2.escape(folded)})")
+            continue
+        if char == "]" and not class_start:
+            in_class = False
+            out.append(char)
+        elif char == "[" and pattern.startswith(":", index):
+            end = pattern.find(":]", index)
+            if end < 0:
+                return None
+            out.append(pattern[index - 1 : end + 2])
+            index = end + 2
+        elif char.isascii():
+            out.append(char)
+        else:
+            folded = _fold_char(char)
+            if "-" in (pattern[index - 2 : index - 1], pattern[index : index + 1]):
+                return None  # A range: its folded ends would not span the same letters.
+            if len(folded) != 1:
+                return None
+            out.append(char if folded == char else char + re2.escape(folded))
+        class_start = False
+    return "".join(out)
 
 
 # -- matching --------------------------------------------------------------------------------
@@ -213,7 +377,9 @@ class TermMatcher:
                 except InvalidTerm as exc:
                     skipped.append(SkippedTerm(index, term, str(exc)))
                 continue
-            plain.append(term)
+            for form in dict.fromkeys((normalize(term), skeleton(term))):
+                if form:
+                    plain.append(form)
         plain = list(dict.fromkeys(plain))
         plain_regexes = [
             re2.compile(_plain_regex(plain[start : start + PLAIN_TERMS_PER_REGEX]), _PLAIN_OPTIONS)
@@ -225,5 +391,5 @@ class TermMatcher:
         """True when the prompt contains any blocked term."""
         if not self.regexes:
             return False
-        text = normalize(prompt)
-        return any(regex.search(text) is not None for regex in self.regexes)
+        forms = prompt_forms(prompt)
+        return any(regex.search(form) is not None for regex in self.regexes for form in forms)

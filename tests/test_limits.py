@@ -404,6 +404,62 @@ async def test_blocked_terms_resist_unicode_tricks(env: ServiceEnv) -> None:
     assert not await _refused(env, "gorge")
 
 
+async def test_blocked_terms_resist_invisible_and_look_alike_characters(env: ServiceEnv) -> None:
+    await _block(env, "badword")
+    for prompt in [
+        "bad\ufe0fword",  # emoji variation selector
+        "b\ufe00adword",  # variation selector 1
+        "bad\U000e0062\U000e007fword",  # tag characters
+        "ba\u180bdword",  # Mongolian free variation selector
+        "b\u0301a\u0308dword\u20e3",  # combining marks
+        "bádwörd",
+        "bаdword",  # Cyrillic а (U+0430)
+        "BАDWОRD",  # Cyrillic А and О, capitals
+        "ВADWORD",  # Cyrillic В: a capital B, though its small letter в is not a b
+        "ｂａｄ\u200dｗｏｒｄ",
+    ]:
+        assert await _refused(env, f"a {prompt} here"), prompt
+    assert not await _refused(env, "badwords")
+    assert not await _refused(env, "a bad word")
+
+
+async def test_regex_terms_match_the_normalised_prompt_and_its_skeleton(env: ServiceEnv) -> None:
+    await _block(env, r"bad\s*w[o0]rd", is_regex=True)
+    await _block(env, r"ду?рак", is_regex=True)  # a non-Latin pattern is folded the same way
+    assert await _refused(env, "a bаd wоrd")  # Cyrillic а and о
+    assert await _refused(env, "b\u0336a\u0336d\ufe0f w0rd")
+    assert await _refused(env, "ты дурак")
+    assert await _refused(env, "ТЫ ДРАК")
+    assert await _refused(env, "ты дурaк")  # a Latin a among Cyrillic letters
+    assert not await _refused(env, "ты друг")
+
+
+async def test_non_latin_terms_and_prompts(env: ServiceEnv) -> None:
+    for term in ["дурак", "ばか", "حمار", "🍆"]:
+        await _block(env, term)
+    for prompt in [
+        "ты ДУРАК",
+        "ты дурaк",  # Latin a
+        "ты ду\u0301рак",
+        "お前は ばか だ",
+        "يا حمار",
+        "يا حِمَار",  # vowel marks are optional in Arabic
+        "a 🍆\ufe0f please",
+    ]:
+        assert await _refused(env, prompt), prompt
+    for prompt in [
+        "はか",  # the dakuten is part of the word
+        "ты друг",
+        "кошка на крыше",
+        "猫が屋根の上で寝ている、ばかりではない",
+        "مرحبا بالعالم، قطة على السطح",
+        "नमस्ते दुनिया, छत पर एक बिल्ली",
+        "❤️ 👍🏽 🍕 🏳️\u200d🌈 1️⃣",
+        "a gift for my 👨\u200d👩\u200d👧",
+    ]:
+        assert not await _refused(env, prompt), prompt
+
+
 async def test_blocked_regex_terms(env: ServiceEnv) -> None:
     await _block(env, r"n[a@]ked", is_regex=True)
     assert await _refused(env, "N@KED statue")

@@ -374,6 +374,28 @@ async def test_a_backtracking_pattern_cannot_freeze_the_bot(
     )
 
 
+async def test_invisible_and_look_alike_characters_do_not_slip_past(harness: Harness) -> None:
+    assert await mod(harness, "blocklist add", {"term": "Dragon"}) == (
+        "✅ You added blocked term #1."
+    )
+    assert await mod(harness, "blocklist add", {"term": "ばか"}) == "✅ You added blocked term #2."
+    refusal = "Your prompt contains a term this server doesn't allow. Please rephrase it."
+    for prompt in [
+        "a red drаgon",  # Cyrillic а
+        "a red DRАGОN",  # Cyrillic capitals
+        "a red dra\ufe0fgon",  # variation selector
+        "a red dra\U000e0067gon",  # tag character
+        "a red dra\u180bgon",  # Mongolian variation selector
+        "a red dra\u0308g\u0301on",  # combining marks
+        "お前は ばか だ",
+    ]:
+        assert await imagine(harness, prompt) == refusal, prompt
+    assert not submitted(harness, "gon")
+    assert (await imagine(harness, "はかない 夢、ドラゴン 🐉")).startswith("Job #")
+    listing = (await mod_message(harness, "blocklist list")).embeds[0]
+    assert listing["description"].startswith("```\n#1     dragon\n#2     ばか")
+
+
 # -- per-member and server-wide settings ------------------------------------------------------
 
 

@@ -1,0 +1,161 @@
+"""Generate bot/confusables.py from Unicode's confusables.txt (UTS #39, "Unicode Security
+Mechanisms"), for the blocklist's skeletons.
+
+    python scripts/generate_confusables.py path/to/confusables.txt
+
+confusables.txt is published with each Unicode version under Public/security/<version>/.
+Run it again with a newer file to update the table; tests/test_blocklist.py checks that the
+table and `bot.blocklist.normalize` still agree.
+
+What is kept of TR39's mapping, and why (see `bot.blocklist`):
+- ASCII is its own prototype: TR39 folds "m" to "rn", "0" to "O" and "1" to "l", which on free
+  text would let "burn" block "bum". Non-ASCII look-alikes of those characters map to them
+  ("rn"-shaped prototypes become "m").
+- Combining marks are not folded: `normalize` removes or keeps them by script.
+- A letter or digit never folds to punctuation, a space or nothing: that would split ordinary
+  words (Japanese "く" is not a word break).
+- Each prototype is normalised and folded again until nothing changes, so folding is
+  idempotent.
+"""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.blocklist import normalize
+
+OUTPUT = Path(__file__).resolve().parent.parent / "bot" / "confusables.py"
+
+
+def _is_word(char: str) -> bool:
+    return char == "_" or unicodedata.category(char)[0] in "LMN"
+
+
+def read_mappings(path: Path) -> tuple[str, dict[str, str]]:
+    """The file's version line and its source → prototype mapping."""
+    version = ""
+    mappings: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        if line.startswith("# Version:"):
+            version = line.removeprefix("# Version:").strip()
+        data = line.split("#", 1)[0].strip()
+        if not data:
+            continue
+        source, target, _kind = (field.strip() for field in data.split(";"))
+        mappings[chr(int(source, 16))] = "".join(chr(int(cp, 16)) for cp in target.split())
+    return version, mappings
+
+
+def build(mappings: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(FOLD, FOLD_CAPITALS): see bot/confusables.py's docstring."""
+    ascii_of = {
+        normalize(target): source
+        for source, target in mappings.items()
+        if source.isascii() and len(normalize(target)) > 1
+    }
+
+    def step(char: str) -> str:
+        target = mappings.get(char)
+        if target is None or char.isascii() or unicodedata.category(char).startswith("M"):
+            return char
+        folded = normalize(target)
+        return ascii_of.get(folded, folded)
+
+    def resolve(target: str) -> str:
+        current = normalize(target)
+        current = ascii_of.get(current, current)
+        for _ in range(20):
+            following = normalize("".join(step(char) for char in current))
+            if following == current:
+                return current
+            current = following
+        raise ValueError(f"no fixed point for {target!r}")
+
+    fold: dict[str, str] = {}
+    capitals: dict[str, str] = {}
+    for source, target in sorted(mappings.items()):
+        if source.isascii() or unicodedata.category(source).startswith("M"):
+            continue
+        if unicodedata.normalize("NFKC", source) != source or normalize(source) == "":
+            continue
+        value = resolve(target)
+        if not value or any(char.isspace() for char in value):
+            continue
+        if _is_word(source) and not all(_is_word(char) for char in value):
+            continue
+        if normalize(source) == source:
+            if value != source:
+                fold[source] = value
+        elif source.casefold() != source:
+            capitals[source] = value
+    # A capital whose folding equals its small letter's is already handled by FOLD.
+    for source in list(capitals):
+        small = normalize(source)
+        if capitals[source] == "".join(fold.get(char, char) for char in small):
+            del capitals[source]
+    return fold, capitals
+
+
+def _literal(text: str) -> str:
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0x20 <= code < 0x7F and char not in '"\\':
+            out.append(char)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
+
+
+def _table(name: str, table: dict[str, str], doc: str) -> list[str]:
+    lines = [f"{name}: dict[int, str] = {{"]
+    lines += [f"    0x{ord(source):04X}: {_literal(value)}," for source, value in table.items()]
+    lines += ["}", f'"""{doc}"""', ""]
+    return lines
+
+
+def render(version: str, fold: dict[str, str], capitals: dict[str, str]) -> str:
+    """The text of bot/confusables.py."""
+    lines = [
+        '"""Look-alike characters and what they imitate, for `bot.blocklist` (`str.translate`).',
+        "",
+        "Generated by scripts/generate_confusables.py from Unicode's confusables.txt",
+        f"(UTS #39, version {version}); do not edit. The data is © Unicode, Inc., used under the",
+        "Unicode License (https://www.unicode.org/terms_of_use.html).",
+        '"""',
+        "",
+        "# fmt: off",
+    ]
+    lines += _table(
+        "FOLD",
+        fold,
+        "Characters of normalised text (`bot.blocklist.normalize`) → their normalised prototype.",
+    )
+    lines += _table(
+        "FOLD_CAPITALS",
+        capitals,
+        "Capitals whose prototype differs from their small letter's (Cyrillic В → b, в → ʙ).",
+    )
+    lines.append("# fmt: on")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__)
+        return 2
+    version, mappings = read_mappings(Path(argv[1]))
+    fold, capitals = build(mappings)
+    OUTPUT.write_text(render(version, fold, capitals), encoding="utf-8")
+    print(f"{OUTPUT}: {len(fold)} + {len(capitals)} mappings from Unicode {version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
