@@ -11,19 +11,29 @@ import asyncio
 import heapq
 import logging
 import random
+import sqlite3
 import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from bot import image_input, pixeldojo
 from bot.jobs import Job, JobState
 from bot.storage.jobs import JobStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STORE_RETRY_BASE = 0.5
+STORE_RETRY_CAP = 30.0
+"""Backoff (seconds) between attempts at a state write the database refused."""
+_TRANSIENT_STORE_ERRORS = (sqlite3.OperationalError, OSError)
+"""What SQLite raises while another process holds the write lock, the disk is full or read-only,
+or I/O fails: conditions an operator can clear, so the write is worth trying again."""
 
 
 class Phase(StrEnum):
@@ -108,6 +118,7 @@ class JobRunner:
         settings: RunnerSettings | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         on_finished: Callable[[Job], Awaitable[None]] | None = None,
         capabilities: image_input.CapabilityCache | None = None,
     ) -> None:
@@ -118,6 +129,7 @@ class JobRunner:
         self.presenter = presenter
         self.settings = settings or RunnerSettings()
         self.clock = clock
+        self._sleep = sleep
         self._due: list[tuple[float, int]] = []
         # Jobs being polled, kept in memory so a poll costs no database round trip.
         self._polling: dict[int, Job] = {}
@@ -204,7 +216,38 @@ class JobRunner:
     def _spawn(self, coro: object, name: str) -> None:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Every path handles its own errors; this is the last resort, so nothing is silent.
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _store(self, job: Job, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a store call until the database takes it, backing off (capped, jittered).
+
+        A job PixelDojo accepted must not be dropped because SQLite was locked by another
+        process or the disk was full for a while: the caller keeps the job in memory and
+        carries on once the write succeeds.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await write()
+            except _TRANSIENT_STORE_ERRORS as exc:
+                attempt += 1
+                delay = min(STORE_RETRY_CAP, STORE_RETRY_BASE * 2 ** (attempt - 1))
+                delay *= random.uniform(0.5, 1.0)
+                log.error(
+                    "job %d: the database refused to %s (%s); retrying in %.1f s (attempt %d)",
+                    job.id,
+                    what,
+                    exc,
+                    delay,
+                    attempt,
+                )
+                await self._sleep(delay)
 
     # Submission -------------------------------------------------------------------------
 
@@ -229,14 +272,20 @@ class JobRunner:
             log.exception("job %d: unexpected error while submitting", job.id)
             await self._fail(job, "Something went wrong while submitting this job.")
             return
-        expires = submitted.expires_at.timestamp() if submitted.expires_at else None
-        job = await self.store.mark_submitted(
-            job.id,
-            api_job_id=submitted.job_id,
-            status_url=submitted.status_url,
-            expires_at=expires,
-        )
+        # Logged before it is recorded: if the database never takes it, the log still says
+        # which PixelDojo job was paid for.
         log.info("job %d: submitted as PixelDojo job %s", job.id, submitted.job_id)
+        expires = submitted.expires_at.timestamp() if submitted.expires_at else None
+        job = await self._store(
+            job,
+            f"record PixelDojo job {submitted.job_id}",
+            lambda: self.store.mark_submitted(
+                job.id,
+                api_job_id=submitted.job_id,
+                status_url=submitted.status_url,
+                expires_at=expires,
+            ),
+        )
         # The status moves at once, even when the first poll is a few seconds away.
         await self.presenter.show_status(job, Phase.GENERATING, 0.0)
         self._schedule(job, delay=self._interval(0.0))
@@ -360,8 +409,12 @@ class JobRunner:
                 await self._fail(job, "PixelDojo finished but returned no images.")
                 return
             polls = self._polls.get(job.id, 0)
-            job = await self.store.mark_completed(
-                job.id, charged=state.credit_cost, polls=polls, at=answered_at
+            job = await self._store(
+                job,
+                "record the completion",
+                lambda: self.store.mark_completed(
+                    job.id, charged=state.credit_cost, polls=polls, at=answered_at
+                ),
             )
             self._stop_polling(job.id)
             if job.completed_at is not None and job.submitted_at is not None:
@@ -380,7 +433,7 @@ class JobRunner:
             posted = await self.presenter.find_posted_result(job) if image_urls is None else None
             if posted is not None:
                 log.info("job %d: result was already posted as message %d", job.id, posted)
-                await self._finish(await self.store.mark_posted(job.id, result_message_id=posted))
+                await self._mark_posted(job, posted)
                 return
             if image_urls is None:
                 # Resumed after a crash: ask PixelDojo for the URLs again.
@@ -401,8 +454,16 @@ class JobRunner:
             log.exception("job %d: unexpected error while delivering", job.id)
             await self._fail(job, "Something went wrong while saving the images.")
             return
-        job = await self.store.mark_posted(job.id, result_message_id=message_id)
+        await self._mark_posted(job, message_id)
         log.info("job %d: posted as message %d", job.id, message_id)
+
+    async def _mark_posted(self, job: Job, message_id: int) -> None:
+        # Posted already: keep trying to record it rather than ever posting it again.
+        job = await self._store(
+            job,
+            "record the posted result",
+            lambda: self.store.mark_posted(job.id, result_message_id=message_id),
+        )
         await self._finish(job)
 
     async def _download(self, job: Job, urls: tuple[str, ...]) -> list[ResultImage]:
@@ -430,11 +491,13 @@ class JobRunner:
 
     async def _fail(self, job: Job, reason: str) -> None:
         polls = self._polls.get(job.id)
-        current = await self.store.get(job.id)
+        current = await self._store(job, "read the job", lambda: self.store.get(job.id))
         if current is None or current.state.is_final:
             self._stop_polling(job.id)
             return  # already ended (and shown); never refund or announce twice
-        job = await self.store.mark_failed(job.id, reason, polls=polls)
+        job = await self._store(
+            job, "record the failure", lambda: self.store.mark_failed(job.id, reason, polls=polls)
+        )
         self._stop_polling(job.id)
         try:
             await self.presenter.show_failure(job, reason)
