@@ -348,28 +348,40 @@ class JobRunner:
             except TimeoutError:
                 pass
 
+    def _deadline(self, job: Job) -> float:
+        """When the job is given up on, unless the check made then finds it finished."""
+        deadline = (job.submitted_at or job.created_at) + self.settings.job_timeout
+        if job.api_expires_at is not None:
+            deadline = min(deadline, job.api_expires_at)
+        return deadline
+
     async def _poll(self, job: Job) -> None:
-        """One status check; the caller acquired a poll slot, released once PixelDojo answers."""
+        """One status check; the caller acquired a poll slot, released once PixelDojo answers.
+
+        Every check asks PixelDojo, even past the deadline: a job that finished while the bot
+        was down is delivered, not refunded. A check that starts at or after the deadline is
+        the last one: unless it finds the job finished or failed, the job times out.
+        """
+        started = self.clock()
+        elapsed = started - (job.submitted_at or job.created_at)
+        final = started >= self._deadline(job)
         answered_at: float | None = None
         try:
-            elapsed = self.clock() - (job.submitted_at or job.created_at)
-            expired = job.api_expires_at is not None and self.clock() > job.api_expires_at
-            if elapsed > self.settings.job_timeout or expired:
-                state: pixeldojo.JobState | Exception | None = None
-            else:
-                try:
-                    state = await self.client.get_job(job.status_url or job.api_job_id or "")
-                except Exception as exc:
-                    state = exc
-                # When PixelDojo said so, not when the database got to it: the learned
-                # typical duration must not grow with the bot's own load.
-                answered_at = self.clock()
-                self._polls[job.id] = self._polls.get(job.id, 0) + 1
+            try:
+                state: pixeldojo.JobState | Exception = await self.client.get_job(
+                    job.status_url or job.api_job_id or ""
+                )
+            except Exception as exc:
+                state = exc
+            # When PixelDojo said so, not when the database got to it: the learned
+            # typical duration must not grow with the bot's own load.
+            answered_at = self.clock()
+            self._polls[job.id] = self._polls.get(job.id, 0) + 1
         finally:
             self._poll_slots.release()
 
         try:
-            await self._after_poll(job, state, elapsed, answered_at)
+            await self._after_poll(job, state, elapsed, answered_at, final=final)
         except Exception:
             # The job must not silently stop being polled: it is still SUBMITTED if nothing
             # was written (the transaction rolled back), so try again later.
@@ -380,25 +392,31 @@ class JobRunner:
     async def _after_poll(
         self,
         job: Job,
-        state: pixeldojo.JobState | Exception | None,
+        state: pixeldojo.JobState | Exception,
         elapsed: float,
         answered_at: float | None,
+        *,
+        final: bool,
     ) -> None:
         """Act on what a poll found: give up, retry later, fail, deliver, or poll again."""
-        if state is None:
-            minutes = max(1, round(self.settings.job_timeout / 60))
-            log.warning("job %d: gave up after %.0f s without a result", job.id, elapsed)
-            await self._fail(job, f"PixelDojo did not finish this job within {minutes} min.")
-        elif isinstance(state, (pixeldojo.AuthenticationError, pixeldojo.NotFound)):
+        if isinstance(state, (pixeldojo.AuthenticationError, pixeldojo.NotFound)):
             log.warning("job %d: polling refused: %s", job.id, state.message)
             await self._fail(job, f"PixelDojo can no longer report on this job. {state.message}")
-        elif isinstance(state, Exception):
-            # The client already retried; keep the job and try again later (until the timeout).
+        elif isinstance(state, Exception) or state.is_running:
             if isinstance(state, pixeldojo.PixelDojoError):
+                # The client already retried; keep the job and try again later.
                 log.warning("job %d: poll failed, will retry: %s", job.id, state.message)
-            else:
+            elif isinstance(state, Exception):
                 log.error("job %d: unexpected error while polling", job.id, exc_info=state)
-            self._schedule(job, self.settings.poll_max_interval)
+            if final:
+                minutes = max(1, round(self.settings.job_timeout / 60))
+                log.warning("job %d: gave up after %.0f s without a result", job.id, elapsed)
+                await self._fail(job, f"PixelDojo did not finish this job within {minutes} min.")
+            elif isinstance(state, Exception):
+                self._schedule(job, self.settings.poll_max_interval)
+            else:
+                await self.presenter.show_status(job, Phase.GENERATING, elapsed)
+                self._schedule(job, self._interval(elapsed))
         elif state.is_failed:
             reason = state.error or "the job failed"
             log.info("job %d: PixelDojo reports failure: %s", job.id, reason)
@@ -422,9 +440,6 @@ class JobRunner:
                 self.durations.add(job.completed_at - job.submitted_at)
             log.info("job %d: completed after %.1f s and %d polls", job.id, elapsed, polls)
             await self._deliver(job, state.image_urls)
-        else:
-            await self.presenter.show_status(job, Phase.GENERATING, elapsed)
-            self._schedule(job, self._interval(elapsed))
 
     # Delivery ---------------------------------------------------------------------------
 
