@@ -105,6 +105,9 @@ class RunnerSettings:
     max_concurrent_submits: int = 4
     max_concurrent_polls: int = 8
     delivery_attempts: int = 3
+    poll_timeout: float = 30.0
+    """The longest one status check may take (the client's retries included): a request that
+    never answers gives its poll slot back after this, or at the job's deadline if sooner."""
 
 
 class JobRunner:
@@ -321,6 +324,11 @@ class JobRunner:
         heapq.heappush(self._due, (loop.time() + delay, job.id))
         self._wake.set()
 
+    def _poll_again(self, job: Job, delay: float) -> None:
+        """Schedule the next check, never later than the job's deadline: the check due then is
+        the job-timeout watchdog, so a job times out on time however sparse its polls were."""
+        self._schedule(job, min(delay, max(0.0, self._deadline(job) - self.clock())))
+
     def _stop_polling(self, job_id: int) -> int:
         """Forget a job that left SUBMITTED; returns how many times it was polled."""
         self._polling.pop(job_id, None)
@@ -356,21 +364,31 @@ class JobRunner:
         return deadline
 
     async def _poll(self, job: Job) -> None:
-        """One status check; the caller acquired a poll slot, released once PixelDojo answers.
+        """One status check; the caller acquired a poll slot, released once PixelDojo answers
+        or the check's time is up, so a request that never answers cannot keep the slot.
 
         Every check asks PixelDojo, even past the deadline: a job that finished while the bot
         was down is delivered, not refunded. A check that starts at or after the deadline is
-        the last one: unless it finds the job finished or failed, the job times out.
+        the last one: unless it finds the job finished or failed, the job times out. Earlier
+        checks may only run until the deadline, where the last one follows.
         """
         started = self.clock()
         elapsed = started - (job.submitted_at or job.created_at)
-        final = started >= self._deadline(job)
+        remaining = self._deadline(job) - started
+        final = remaining <= 0
+        limit = self.settings.poll_timeout
+        if not final:
+            limit = min(limit, remaining)
         answered_at: float | None = None
         try:
             try:
-                state: pixeldojo.JobState | Exception = await self.client.get_job(
-                    job.status_url or job.api_job_id or ""
-                )
+                async with asyncio.timeout(limit):
+                    state: pixeldojo.JobState | Exception = await self.client.get_job(
+                        job.status_url or job.api_job_id or ""
+                    )
+            except TimeoutError as exc:
+                log.warning("job %d: no answer to a status check within %.1f s", job.id, limit)
+                state = exc
             except Exception as exc:
                 state = exc
             # When PixelDojo said so, not when the database got to it: the learned
@@ -406,17 +424,17 @@ class JobRunner:
             if isinstance(state, pixeldojo.PixelDojoError):
                 # The client already retried; keep the job and try again later.
                 log.warning("job %d: poll failed, will retry: %s", job.id, state.message)
-            elif isinstance(state, Exception):
+            elif isinstance(state, Exception) and not isinstance(state, TimeoutError):
                 log.error("job %d: unexpected error while polling", job.id, exc_info=state)
             if final:
                 minutes = max(1, round(self.settings.job_timeout / 60))
                 log.warning("job %d: gave up after %.0f s without a result", job.id, elapsed)
                 await self._fail(job, f"PixelDojo did not finish this job within {minutes} min.")
             elif isinstance(state, Exception):
-                self._schedule(job, self.settings.poll_max_interval)
+                self._poll_again(job, self.settings.poll_max_interval)
             else:
                 await self.presenter.show_status(job, Phase.GENERATING, elapsed)
-                self._schedule(job, self._interval(elapsed))
+                self._poll_again(job, self._interval(elapsed))
         elif state.is_failed:
             reason = state.error or "the job failed"
             log.info("job %d: PixelDojo reports failure: %s", job.id, reason)

@@ -1,21 +1,93 @@
-"""No job is timed out without asking PixelDojo first, also after the bot was down for longer
-than JOB_TIMEOUT."""
+"""JOB_TIMEOUT is enforced by the runner itself: a status check that never answers neither holds
+a poll slot nor keeps a job alive past its deadline, and no job is timed out without asking
+PixelDojo first (also after the bot was down for longer than the timeout)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+from PIL import Image
 
+from bot import pixeldojo
 from bot.fake_pixeldojo import FakePixelDojo
 from bot.generation import GenerationService
+from bot.jobs import Job, JobState
 from bot.pixeldojo import PixelDojoClient
-from bot.runner import JobRunner
+from bot.runner import JobRunner, RunnerSettings
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.test_runner import FAST, RecordingPresenter, credits_used, request
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 120, 200)).save(out, format="PNG")
+    return out.getvalue()
+
+
+class StallingPixelDojo:
+    """A PixelDojo client double: submissions are accepted at once, and the status checks of
+    the jobs in `stall` never answer (until cancelled); the others find the job completed."""
+
+    def __init__(self) -> None:
+        self.stall: set[str] = set()
+        self.stalled = asyncio.Event()
+        self.polls: Counter[str] = Counter()
+        self.abandoned: Counter[str] = Counter()
+        self.submitted: list[str] = []
+
+    async def submit(self, **_: Any) -> pixeldojo.SubmittedJob:
+        job_id = f"pd-{len(self.submitted) + 1}"
+        self.submitted.append(job_id)
+        return pixeldojo.SubmittedJob(
+            job_id=job_id, status_url="", credit_cost=1, credits_remaining=None, expires_at=None
+        )
+
+    async def get_job(self, job: str) -> pixeldojo.JobState:
+        job_id = str(job).rstrip("/").rsplit("/", 1)[-1]
+        self.polls[job_id] += 1
+        if job_id in self.stall:
+            self.stalled.set()
+            try:
+                await asyncio.Event().wait()  # a body that never arrives
+            finally:
+                self.abandoned[job_id] += 1
+        return pixeldojo.JobState(
+            job_id=job_id,
+            status="completed",
+            image_urls=(f"https://images.invalid/{job_id}.png",),
+            error=None,
+            credit_cost=1,
+            expires_at=None,
+        )
+
+    async def download(self, url: str, **_: Any) -> tuple[bytes, str | None]:
+        return png(), "image/png"
+
+
+class ShiftedClock:
+    """The wall clock, moved forward when a test says time has passed."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+STALLS = RunnerSettings(
+    poll_initial_interval=0.02,
+    poll_max_interval=0.05,
+    job_timeout=300,
+    max_concurrent_polls=1,
+    poll_timeout=0.05,
+)
 
 
 @pytest.fixture
@@ -24,6 +96,50 @@ async def db(tmp_path: Path):
     await database.connect()
     yield database
     await database.close()
+
+
+async def launch(service: GenerationService, **overrides: object) -> Job:
+    job = await service.reserve(request(**overrides))
+    return await service.launch(job, status_message_id=99)
+
+
+async def test_a_stalled_status_check_does_not_hold_its_poll_slot(db: Database) -> None:
+    client, presenter, store = StallingPixelDojo(), RecordingPresenter(), JobStore(db)
+    client.stall.add("pd-1")
+    runner = JobRunner(store, client, presenter, STALLS)  # type: ignore[arg-type]
+    await runner.start()
+    service = GenerationService(store, runner)
+    stalled = await launch(service, prompt="stalls")
+    await asyncio.wait_for(client.stalled.wait(), 5)
+    # The only poll slot is taken by a request that never answers; the next job still runs.
+    healthy = await launch(service, prompt="healthy")
+    await asyncio.wait_for(runner.wait_finished(healthy.id), 5)
+    await runner.stop()
+
+    assert healthy.id in presenter.results
+    assert stalled.id not in presenter.failures  # minutes from its deadline: polled again
+    assert client.abandoned["pd-1"] >= 1
+
+
+async def test_a_job_whose_status_checks_stall_fails_at_its_deadline_and_is_refunded(
+    db: Database,
+) -> None:
+    client, presenter, store = StallingPixelDojo(), RecordingPresenter(), JobStore(db)
+    client.stall.add("pd-1")
+    clock = ShiftedClock()
+    runner = JobRunner(store, client, presenter, STALLS, clock=clock)  # type: ignore[arg-type]
+    await runner.start()
+    job = await launch(GenerationService(store, runner))
+    await asyncio.wait_for(client.stalled.wait(), 5)
+    clock.offset = 301  # past JOB_TIMEOUT while the check hangs
+    await asyncio.wait_for(runner.wait_finished(job.id), 5)
+    await runner.stop()
+
+    assert "did not finish this job within 5 min" in presenter.failures[job.id]
+    final = await store.get(job.id)
+    assert final is not None and final.state is JobState.FAILED
+    assert await credits_used(db) == 0
+    assert client.polls["pd-1"] >= 2  # the check at the deadline was made, and stalled too
 
 
 @pytest.mark.parametrize("finished", [True, False], ids=["finished", "still-running"])
