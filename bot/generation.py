@@ -84,6 +84,10 @@ class GenerationService:
 
     async def reserve(self, request: GenerationRequest) -> Job:
         """Check limits and hold the credits. Raises `RequestRefused` with the reason."""
+        if not self.runner.accepting:
+            raise RequestRefused(
+                "The bot is restarting. Please try again in a minute; nothing was charged."
+            )
         if request.seed is None:
             # Pick the seed here rather than letting PixelDojo do it, so every result shows a
             # seed that reproduces it and Reroll/Vary can build on it.

@@ -35,6 +35,11 @@ _TRANSIENT_STORE_ERRORS = (sqlite3.OperationalError, OSError)
 """What SQLite raises while another process holds the write lock, the disk is full or read-only,
 or I/O fails: conditions an operator can clear, so the write is worth trying again."""
 
+SHUTTING_DOWN = (
+    "The bot is restarting, so this job was not sent to PixelDojo. "
+    "Your credits are back; please try again in a minute."
+)
+
 
 class Phase(StrEnum):
     """What a status message says a job is doing."""
@@ -108,6 +113,9 @@ class RunnerSettings:
     poll_timeout: float = 30.0
     """The longest one status check may take (the client's retries included): a request that
     never answers gives its poll slot back after this, or at the job's deadline if sooner."""
+    shutdown_grace: float = 8.0
+    """How long `stop()` waits for submissions already sent to PixelDojo to be answered and
+    recorded (under Docker's default 10 s between SIGTERM and SIGKILL)."""
 
 
 class JobRunner:
@@ -141,9 +149,21 @@ class JobRunner:
         self._submit_slots = asyncio.Semaphore(self.settings.max_concurrent_submits)
         self._poll_slots = asyncio.Semaphore(self.settings.max_concurrent_polls)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Submission tasks by job id; `_committed` ones may have reached PixelDojo (or are
+        # failing the job), so `stop()` lets them finish instead of cancelling them.
+        self._submits: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        self._committed: set[int] = set()
+        self._accepting = True
+        self._stopping = False
+        self._stop_lock = asyncio.Lock()
         self._scheduler: asyncio.Task[None] | None = None
         self._finished: dict[int, asyncio.Future[Job]] = {}
         self.durations = DurationEstimate()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new jobs are taken: False from `stop()` until the next `start()`."""
+        return self._accepting
 
     @property
     def in_flight(self) -> int:
@@ -154,6 +174,7 @@ class JobRunner:
         """Resume every unfinished job, then start the poll scheduler."""
         if self._scheduler is not None:
             return
+        self._accepting = True
         self._scheduler = asyncio.create_task(self._schedule_loop(), name="job-scheduler")
         for seconds in await self.store.recent_durations(self.durations.window):
             self.durations.add(seconds)
@@ -162,13 +183,33 @@ class JobRunner:
             self._resume(job)
 
     async def stop(self) -> None:
-        """Stop polling. Jobs stay in the database and resume on the next `start()`."""
-        tasks = [t for t in (self._scheduler, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._scheduler = None
+        """Stop taking new work, wait up to `shutdown_grace` for submissions already sent to
+        PixelDojo to be recorded, then stop polling. Unfinished jobs stay in the database and
+        resume on the next `start()`."""
+        async with self._stop_lock:
+            self._accepting = False
+            # Polls and deliveries resume from the database: cancel them now. Each task is
+            # cancelled once only, so none is interrupted again while rolling back.
+            cancelled: set[asyncio.Task[None]] = set()
+            submitting = {task for _, task in self._submits.values()}
+            for task in (self._scheduler, *self._tasks):
+                if task is not None and task not in submitting:
+                    task.cancel()
+                    cancelled.add(task)
+            self._stopping = True
+            try:
+                await self._drain_submissions(cancelled)
+            finally:
+                self._stopping = False
+            tasks = [t for t in (self._scheduler, *self._tasks) if t is not None]
+            for task in tasks:
+                if task not in cancelled:
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._scheduler = None
         self._tasks.clear()
+        self._submits.clear()
+        self._committed.clear()
         self._due.clear()
         self._polling.clear()
 
@@ -196,9 +237,73 @@ class JobRunner:
         if future is not None and not future.done():
             future.set_result(job)
 
+    async def _drain_submissions(self, cancelled: set[asyncio.Task[None]]) -> None:
+        """The part of stopping that must not lose a charge.
+
+        A submission in flight is not cancelled: PixelDojo may accept (and charge for) it, and
+        only its answer says which PixelDojo job to poll, so it gets `shutdown_grace` to be
+        answered and recorded. Jobs still waiting for a submit slot are never sent; they fail
+        now, refunded, saying why.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace
+        unsent = [
+            (job, task)
+            for job_id, (job, task) in self._submits.items()
+            if job_id not in self._committed
+        ]
+        for _, task in unsent:
+            task.cancel()
+            cancelled.add(task)
+        await asyncio.gather(*(task for _, task in unsent), return_exceptions=True)
+        for job, _ in unsent:
+            self._track_submission(job, self._fail(job, SHUTTING_DOWN), committed=True)
+        if self._submits:
+            log.info(
+                "stopping: waiting up to %.0f s for %d submission(s) to PixelDojo",
+                self.settings.shutdown_grace,
+                len(self._submits),
+            )
+        while pending := [task for _, task in self._submits.values() if not task.done()]:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(pending, timeout=remaining)
+        for job_id, (_, task) in self._submits.items():
+            if not task.done():
+                log.error(
+                    "job %d: stopping before its submission was answered and recorded; if "
+                    "PixelDojo accepted it, it charged for a job the next start refunds",
+                    job_id,
+                )
+                task.cancel()
+                cancelled.add(task)
+
     def submit(self, job: Job) -> None:
-        """Send a freshly reserved job to PixelDojo in the background."""
-        self._spawn(self._submit(job), f"submit-{job.id}")
+        """Send a freshly reserved job to PixelDojo in the background.
+
+        While stopping, the job is not sent but failed (refunded) with a message saying why;
+        once stopped, it stays reserved and the next `start()` refunds it.
+        """
+        if self._accepting:
+            self._track_submission(job, self._submit(job))
+        elif self._stopping:
+            self._track_submission(job, self._fail(job, SHUTTING_DOWN), committed=True)
+        else:
+            log.warning("job %d: not sent to PixelDojo: the runner is stopped", job.id)
+
+    def _track_submission(self, job: Job, coro: object, *, committed: bool = False) -> None:
+        task = self._spawn(coro, f"submit-{job.id}")
+        self._submits[job.id] = (job, task)
+        if committed:
+            self._committed.add(job.id)
+
+        def forget(_: object) -> None:
+            if self._submits.get(job.id, (None, None))[1] is task:
+                del self._submits[job.id]
+                self._committed.discard(job.id)
+
+        task.add_done_callback(forget)
 
     def _resume(self, job: Job) -> None:
         if job.state is JobState.RESERVED:
@@ -216,10 +321,11 @@ class JobRunner:
         elif job.state is JobState.COMPLETED:
             self._spawn(self._deliver(job), f"deliver-{job.id}")
 
-    def _spawn(self, coro: object, name: str) -> None:
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -260,6 +366,8 @@ class JobRunner:
             # An edit sends its input image in the field the model's schema names.
             extra = await image_input.submission_extra(self.capabilities, job.input_image_url)
             async with self._submit_slots:
+                # From here on, stopping waits for this task: PixelDojo may charge for it.
+                self._committed.add(job.id)
                 submitted = await self.client.submit(
                     prompt=job.prompt,
                     aspect_ratio=job.aspect_ratio,
@@ -268,10 +376,12 @@ class JobRunner:
                     extra=extra or None,
                 )
         except pixeldojo.PixelDojoError as exc:
+            self._committed.add(job.id)  # the failure is shown with its own reason
             log.warning("job %d: PixelDojo refused the submission: %s", job.id, exc.message)
             await self._fail(job, exc.message)
             return
         except Exception:
+            self._committed.add(job.id)
             log.exception("job %d: unexpected error while submitting", job.id)
             await self._fail(job, "Something went wrong while submitting this job.")
             return
