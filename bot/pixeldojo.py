@@ -501,7 +501,10 @@ class PixelDojoClient:
         sleep: SleepFunc = asyncio.sleep,
         user_agent: str = DEFAULT_USER_AGENT,
         requests_per_minute: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` (monotonic seconds) times the request budget and rate-limit gate; tests
+        pass one that only their fake ``sleep`` advances."""
         key = (api_key or "").strip()
         if not key:
             raise ValueError("api_key must be a non-empty string")
@@ -518,10 +521,13 @@ class PixelDojoClient:
         self._backoff_cap = backoff_cap
         self._max_retry_after = max_retry_after
         self._sleep = sleep
+        self._clock = clock
         self._warned_foreign_status_url = False
         # Monotonic deadline before which no API request is sent (rate-limit gate).
         self._gate_until = 0.0
-        self._budget = RequestBudget(requests_per_minute) if requests_per_minute else None
+        self._budget = (
+            RequestBudget(requests_per_minute, clock=clock) if requests_per_minute else None
+        )
         self.last_credits_remaining = None
         self.rate_limit_remaining = None
         self._http = httpx.AsyncClient(
@@ -785,7 +791,7 @@ class PixelDojoClient:
 
     async def _wait_for_rate_gate(self, method: str, path: str) -> None:
         deadline = self._gate_until
-        delay = deadline - time.monotonic()
+        delay = deadline - self._clock()
         if delay <= 0:
             return
         log.info(
@@ -797,7 +803,7 @@ class PixelDojoClient:
             self._gate_until = 0.0
 
     def _close_gate_for(self, seconds: float) -> float:
-        deadline = time.monotonic() + min(seconds, self._max_retry_after)
+        deadline = self._clock() + min(seconds, self._max_retry_after)
         self._gate_until = max(self._gate_until, deadline)
         return deadline
 

@@ -669,12 +669,13 @@ async def test_exhausted_rate_limit_window_gates_the_next_request(
             headers={"X-RateLimit-Remaining": "9"},
         )
 
-    async with mock_client(handler, sleeps) as client:
+    # A clock that stands still: the gate's wait cannot shrink while the test runs.
+    async with mock_client(handler, sleeps, clock=lambda: 50.0) as client:
         job = await client.submit(prompt="p", aspect_ratio="1:1")
         assert client.rate_limit_remaining == 0
         assert sleeps.delays == []
         await client.get_job(job)
-        assert sleeps.delays == [pytest.approx(2, abs=0.1)]
+        assert sleeps.delays == [2]
         assert client.rate_limit_remaining == 9
         await client.get_job(job)
         assert len(sleeps.delays) == 1  # the window was waited out once
@@ -829,16 +830,20 @@ def test_request_budget_spaces_requests_after_a_burst() -> None:
 
 
 async def test_client_waits_for_its_request_budget(fake: FakePixelDojo) -> None:
+    # The budget reads the client's clock, which only the (fake) sleep moves: how long the
+    # requests themselves take, on a loaded machine, cannot change what is waited.
+    now = [1_000.0]
     slept: list[float] = []
 
     async def record(seconds: float) -> None:
         slept.append(seconds)
+        now[0] += seconds
 
     async with PixelDojoClient(
-        "test-key", fake.base_url, sleep=record, requests_per_minute=60
+        "test-key", fake.base_url, sleep=record, requests_per_minute=60, clock=lambda: now[0]
     ) as client:
         for _ in range(12):
             await client.submit(prompt="p", aspect_ratio="1:1")
     assert len(fake.submissions) == 12
-    assert len(slept) == 2  # burst of 10 (a tenth of a minute's budget), then spaced
-    assert all(s > 0.9 for s in slept)
+    # A burst of 10 (a tenth of a minute's budget), then one a second.
+    assert slept == [1.0, 1.0]
