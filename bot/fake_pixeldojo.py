@@ -311,6 +311,8 @@ class FakePixelDojo:
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
         self.image_field = image_field
         self.image_ttl = image_ttl
+        # A hostile or changed API: ``statusUrl`` as this format (``{base}``, ``{job_id}``).
+        self.status_url_format: str | None = None
 
         self.jobs: dict[str, FakeJob] = {}
         self.submissions: list[dict[str, Any]] = []
@@ -649,11 +651,14 @@ class FakePixelDojo:
         for index, name in enumerate(job.image_names):
             self._images[name] = (job_id, index)
         api_base = self.public_base_url or self.base_url
+        status_url = (self.status_url_format or "{base}/jobs/{job_id}").format(
+            base=api_base, job_id=job_id
+        )
         return _json(
             {
                 "jobId": job_id,
                 "status": "pending",
-                "statusUrl": f"{api_base}/jobs/{job_id}",
+                "statusUrl": status_url,
                 "creditCost": cost,
                 "creditsRemaining": self.credits,
                 "expiresAt": _iso(job.expires_at),

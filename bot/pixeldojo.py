@@ -615,11 +615,12 @@ class PixelDojoClient:
         if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or not str(raw_id):
             raise MalformedResponse(api_message="submit response has no jobId")
         job_id = str(raw_id)
+        # The job is polled by its id, whatever statusUrl says: a statusUrl naming another
+        # origin or another job must never decide which job's images a member gets.
+        status_url = self._job_url(job_id)
         raw_status_url = data.get("statusUrl") or data.get("status_url")
         if isinstance(raw_status_url, str) and raw_status_url.strip():
-            status_url = str(self._base.join(raw_status_url.strip()))
-        else:
-            status_url = self._job_url(job_id)
+            self._note_status_url(self._base.join(raw_status_url.strip()), status_url)
         credits_remaining = _as_int(data.get("creditsRemaining"))
         if credits_remaining is not None:
             self.last_credits_remaining = credits_remaining
@@ -634,12 +635,14 @@ class PixelDojoClient:
         return job
 
     async def get_job(self, job: SubmittedJob | str) -> JobState:
-        """Poll a job by :class:`SubmittedJob`, status URL or job id.
+        """Poll a job (``GET {base_url}/jobs/{job_id}``) by :class:`SubmittedJob` or job id.
 
-        A status URL on another origin than ``base_url`` is never contacted (it would receive the
-        bearer token); ``{base_url}/jobs/{job_id}`` is polled instead.
+        The job id is the ``jobId`` PixelDojo returned at submit. A URL is accepted only in the
+        form this client polls (``{base_url}/jobs/{job_id}``): the id is never guessed from
+        another URL, and nothing but the API origin ever receives the bearer token.
         """
-        url, job_id = self._resolve_status_url(job)
+        job_id = self._job_id_of(job)
+        url = self._job_url(job_id)
         data = await self._execute(
             lambda: self._http.build_request("GET", url, headers={"Accept": "application/json"}),
             idempotent=True,
@@ -724,31 +727,34 @@ class PixelDojoClient:
     def _is_api_origin(self, url: httpx.URL) -> bool:
         return _origin(url) == _origin(self._base)
 
-    def _resolve_status_url(self, job: SubmittedJob | str) -> tuple[str, str]:
+    def _job_id_of(self, job: SubmittedJob | str) -> str:
         if isinstance(job, SubmittedJob):
-            job_id, status_url = job.job_id, job.status_url
+            job_id = job.job_id
         elif job.startswith(("http://", "https://")):
-            status_url = job
-            job_id = unquote(httpx.URL(job).path.rstrip("/").rsplit("/", 1)[-1])
+            url = httpx.URL(job)
+            prefix = f"{self._base.path.rstrip('/')}/jobs/"
+            segment = url.path[len(prefix) :] if url.path.startswith(prefix) else ""
+            if not self._is_api_origin(url) or not segment or "/" in segment:
+                raise ValueError("poll a job by the jobId PixelDojo returned, not by a URL")
+            job_id = unquote(segment)
         else:
-            job_id, status_url = job, ""
+            job_id = job
         if not job_id:
-            raise ValueError("a job id or status URL is required")
-        if not status_url:
-            return self._job_url(job_id), job_id
-        parsed = self._base.join(status_url)
-        if not self._is_api_origin(parsed):
-            if not self._warned_foreign_status_url:
-                self._warned_foreign_status_url = True
-                log.warning(
-                    "PixelDojo returned a status URL on another origin (%s://%s); polling %s "
-                    "instead so the API key stays on the API host",
-                    parsed.scheme,
-                    parsed.host,
-                    self._base_url,
-                )
-            return self._job_url(job_id), job_id
-        return str(parsed), job_id
+            raise ValueError("a job id is required")
+        return job_id
+
+    def _note_status_url(self, advertised: httpx.URL, polled: str) -> None:
+        if str(advertised) == polled or self._warned_foreign_status_url:
+            return
+        self._warned_foreign_status_url = True
+        log.warning(
+            "PixelDojo returned a statusUrl on %s (%s://%s) other than %s/jobs/{jobId}; "
+            "jobs are polled there by their jobId instead",
+            "the API origin" if self._is_api_origin(advertised) else "another origin",
+            advertised.scheme,
+            advertised.host,
+            self._base_url,
+        )
 
     async def _get_json(self, url: str, *, target: str) -> Any:
         return await self._execute(

@@ -494,7 +494,7 @@ class JobRunner:
             try:
                 async with asyncio.timeout(limit):
                     state: pixeldojo.JobState | Exception = await self.client.get_job(
-                        job.status_url or job.api_job_id or ""
+                        job.api_job_id or ""
                     )
             except TimeoutError as exc:
                 log.warning("job %d: no answer to a status check within %.1f s", job.id, limit)
@@ -580,7 +580,7 @@ class JobRunner:
                 return
             if image_urls is None:
                 # Resumed after a crash: ask PixelDojo for the URLs again.
-                state = await self.client.get_job(job.status_url or job.api_job_id or "")
+                state = await self.client.get_job(job.api_job_id or "")
                 image_urls = state.image_urls
             await self.presenter.show_status(job, Phase.DELIVERING, self._elapsed(job))
             images = await self._download(job, image_urls)

@@ -758,16 +758,42 @@ async def test_foreign_status_url_never_receives_the_token(
         FakePixelDojo(public_base_url=f"{foreign.origin}/api/v1") as fake,
         PixelDojoClient("test-key", fake.base_url, sleep=sleeps) as client,
     ):
-        job = await client.submit(prompt="p", aspect_ratio="1:1")
-        assert job.status_url.startswith(foreign.origin)
         with caplog.at_level(logging.WARNING, logger="bot.pixeldojo"):
-            first = await client.get_job(job)
-            second = await client.get_job(job.status_url)
+            job = await client.submit(prompt="p", aspect_ratio="1:1")
+            await client.submit(prompt="p", aspect_ratio="1:1")
+        assert job.status_url == f"{fake.base_url}/jobs/{job.job_id}"
+        first = await client.get_job(job)
+        second = await client.get_job(job.status_url)
+        with pytest.raises(ValueError):
+            await client.get_job(f"{foreign.origin}/api/v1/jobs/{job.job_id}")
         assert first.is_completed and second.is_completed
         assert foreign.requests == []
         assert fake.jobs[job.job_id].polls == 2
         warnings = [r for r in caplog.records if "another origin" in r.getMessage()]
         assert len(warnings) == 1
+
+
+async def test_jobs_are_polled_by_their_id_whatever_status_url_says(
+    sleeps: RecordingSleep,
+) -> None:
+    polled: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            body = {"jobId": "job_mine", "statusUrl": "/api/v1/jobs/job_someone_elses"}
+            return httpx.Response(202, json=body)
+        polled.append(request.url.path)
+        return httpx.Response(200, json={"jobId": "job_mine", "status": "processing"})
+
+    async with mock_client(handler, sleeps) as client:
+        job = await client.submit(prompt="p", aspect_ratio="1:1")
+        await client.get_job(job)
+        await client.get_job(job.job_id)
+        await client.get_job(job.status_url)
+        for wrong in ("https://pixeldojo.test/elsewhere/job_mine", "https://pixeldojo.test/"):
+            with pytest.raises(ValueError):
+                await client.get_job(wrong)
+    assert polled == ["/api/v1/jobs/job_mine"] * 3
 
 
 async def test_downloads_from_other_hosts_carry_no_authorization(

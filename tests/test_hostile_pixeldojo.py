@@ -1,0 +1,55 @@
+"""A PixelDojo that misbehaves, end to end: what the member sees and what they are charged."""
+
+from __future__ import annotations
+
+from tests.conftest import (
+    ALICE_ID,
+    BOB_ID,
+    Harness,
+    MessageRecord,
+    footer_has,
+    queued_job_id,
+    title_of,
+)
+
+
+async def outcome_for(harness: Harness, job_id: int, timeout: float = 10) -> MessageRecord:
+    """The result message of the job, or its status message once it shows a failure."""
+    return await harness.double.wait_for_message(
+        lambda m: (
+            footer_has(m, f"Job #{job_id}")
+            and (bool(m.attachments) or title_of(m).startswith("❌"))
+        ),
+        timeout,
+    )
+
+
+async def used_credits(harness: Harness, user_id: int) -> int:
+    row = await harness.bot.db.fetchone(
+        "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = ? AND kind != 'grant'",
+        (user_id,),
+    )
+    return row[0]
+
+
+async def test_a_status_url_on_another_origin_never_picks_the_job_to_poll(
+    harness: Harness,
+) -> None:
+    bob_job = await queued_job_id(harness, await harness.imagine("a red boat", user_id=BOB_ID))
+    bob_result = await outcome_for(harness, bob_job)
+    bob_record = await harness.bot.store.get(bob_job)
+    assert bob_result.attachments and bob_record is not None and bob_record.api_job_id
+    bob_polls = harness.api.jobs[bob_record.api_job_id].polls
+
+    # PixelDojo (or whoever answers for it) now points every statusUrl at Bob's job.
+    harness.api.status_url_format = f"https://status.elsewhere.example/jobs/{bob_record.api_job_id}"
+    alice_job = await queued_job_id(harness, await harness.imagine("a blue kite"))
+    alice_result = await outcome_for(harness, alice_job)
+
+    alice_record = await harness.bot.store.get(alice_job)
+    assert alice_record is not None and alice_record.api_job_id != bob_record.api_job_id
+    assert alice_result.attachments, alice_result.embeds
+    assert alice_result.attachments[0].data != bob_result.attachments[0].data
+    assert harness.api.jobs[alice_record.api_job_id].polls >= 1
+    assert harness.api.jobs[bob_record.api_job_id].polls == bob_polls
+    assert await used_credits(harness, ALICE_ID) == 1
