@@ -34,7 +34,18 @@ from bot.pixeldojo import ASPECT_RATIOS, MODEL_ID
 log = logging.getLogger(__name__)
 
 FaultKind = Literal[
-    "429", "500", "503", "malformed", "401", "402", "403", "404", "422", "timeout", "drop"
+    "429",
+    "500",
+    "503",
+    "malformed",
+    "401",
+    "402",
+    "403",
+    "404",
+    "422",
+    "timeout",
+    "drop",
+    "trickle",
 ]
 FaultRoute = Literal["submit", "poll", "download", "any"]
 OutputShape = Literal["images", "image", "assets"]
@@ -53,6 +64,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "422",
     "timeout",
     "drop",
+    "trickle",
 )
 MAX_OUTPUTS = 4
 JOB_TTL = timedelta(hours=1)
@@ -407,7 +419,9 @@ class FakePixelDojo:
         retry_after``); "malformed" answers 200 with an HTML body; "drop" closes the connection
         without a response; "timeout" holds the request ``delay`` seconds and then handles it
         normally, like a server whose answer arrives after the client gave up (so a held submit
-        still creates a job). Faults queue in call order; each request uses the first match.
+        still creates a job); "trickle" answers 200 and then sends one byte of body every
+        ``delay`` seconds, never finishing, until the client hangs up or the server stops.
+        Faults queue in call order; each request uses the first match.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
@@ -562,6 +576,8 @@ class FakePixelDojo:
             except TimeoutError:
                 return await handler(request)
             return _error(503, "shutting_down", "Server is shutting down.")
+        if fault.kind == "trickle":
+            return await self._trickle(request, route, fault.delay)
         if fault.kind == "drop":
             if request.transport is not None:
                 request.transport.abort()
@@ -582,6 +598,29 @@ class FakePixelDojo:
                 "X-RateLimit-Remaining": "0",
             }
         return _error(status, code, message, shape=fault.error_shape, headers=headers)
+
+    async def _trickle(
+        self, request: web.Request, route: str | None, interval: float
+    ) -> web.StreamResponse:
+        assert self._closing is not None
+        image = route == "download"
+        response = web.StreamResponse(
+            headers={"Content-Type": "image/png" if image else "application/json"}
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        # Whitespace is valid JSON padding, so only the clock can end this body.
+        byte = b"\x89" if image else b" "
+        try:
+            while not self._closing.is_set():
+                await response.write(byte)
+                try:
+                    await asyncio.wait_for(self._closing.wait(), timeout=interval)
+                except TimeoutError:
+                    pass
+        except ConnectionError:
+            pass  # the client gave up, as it should
+        return response
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: _Handler) -> web.StreamResponse:

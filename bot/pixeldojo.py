@@ -37,6 +37,10 @@ ASPECT_RATIOS: tuple[str, ...] = ("1:1", "16:9", "9:16", "21:9", "9:21", "3:2", 
 DEFAULT_BASE_URL = "https://pixeldojo.ai/api/v1"
 DEFAULT_TIMEOUT = httpx.Timeout(30, connect=10)
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+# Most seconds one request may take end to end (connect to last body byte), on top of httpx's
+# per-read timeout: a body trickling a byte at a time must not hold a poll slot for ever.
+DEFAULT_DEADLINE = 30.0
+DEFAULT_DOWNLOAD_DEADLINE = 60.0
 
 COMPLETED_STATUSES = frozenset({"completed", "complete", "succeeded", "success", "done"})
 FAILED_STATUSES = frozenset(
@@ -62,6 +66,11 @@ _UNSENT_ERRORS: tuple[type[httpx.TransportError], ...] = (
     httpx.PoolTimeout,
 )
 _MAX_API_MESSAGE_CHARS = 300
+
+
+class DeadlineExceeded(httpx.TimeoutException):
+    """A request outlived its overall deadline (handled like any other httpx timeout)."""
+
 
 T = TypeVar("T")
 SleepFunc = Callable[[float], Awaitable[object]]
@@ -502,8 +511,12 @@ class PixelDojoClient:
         user_agent: str = DEFAULT_USER_AGENT,
         requests_per_minute: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        deadline: float = DEFAULT_DEADLINE,
+        download_deadline: float = DEFAULT_DOWNLOAD_DEADLINE,
     ) -> None:
-        """``clock`` (monotonic seconds) times the request budget and rate-limit gate; tests
+        """``timeout`` is httpx's, per connect and per read; ``deadline`` and
+        ``download_deadline`` bound each API request and each image download as a whole.
+        ``clock`` (monotonic seconds) times the request budget and rate-limit gate; tests
         pass one that only their fake ``sleep`` advances."""
         key = (api_key or "").strip()
         if not key:
@@ -522,6 +535,8 @@ class PixelDojoClient:
         self._max_retry_after = max_retry_after
         self._sleep = sleep
         self._clock = clock
+        self._deadline = deadline
+        self._download_deadline = download_deadline
         self._warned_foreign_status_url = False
         # Monotonic deadline before which no API request is sent (rate-limit gate).
         self._gate_until = 0.0
@@ -693,6 +708,7 @@ class PixelDojoClient:
             target="image",
             consume=consume,
             follow_redirects=True,
+            deadline=self._download_deadline,
         )
 
     async def get_model_schema(self, model: str = MODEL_ID) -> dict[str, Any]:
@@ -883,11 +899,15 @@ class PixelDojoClient:
         target: str,
         consume: Callable[[httpx.Response], Awaitable[T]],
         follow_redirects: bool = False,
+        deadline: float | None = None,
     ) -> T:
         """Send a request with the retry policy and hand a 2xx response to ``consume``.
 
         ``idempotent=False`` (submit) retries only outcomes that certainly created nothing.
+        Each attempt, body included, must end within ``deadline`` seconds (default: the
+        client's); one that does not is a timeout like httpx's own.
         """
+        limit = self._deadline if deadline is None else deadline
         attempt = 0
         while True:
             attempt += 1
@@ -900,26 +920,34 @@ class PixelDojoClient:
                         await self._sleep(wait)
                 await self._wait_for_rate_gate(method, path)
             started = time.monotonic()
+            window = asyncio.timeout(limit)
             try:
-                response = await self._http.send(
-                    request, stream=True, follow_redirects=follow_redirects
-                )
-                try:
-                    if gated:
-                        self._observe_headers(response)
-                    log.debug(
-                        "PixelDojo %s %s -> %d in %.2fs",
-                        method,
-                        path,
-                        response.status_code,
-                        time.monotonic() - started,
+                async with window:
+                    response = await self._http.send(
+                        request, stream=True, follow_redirects=follow_redirects
                     )
-                    if response.is_success:
-                        return await consume(response)
-                    await response.aread()
-                finally:
-                    await response.aclose()
-            except httpx.TransportError as exc:
+                    try:
+                        if gated:
+                            self._observe_headers(response)
+                        log.debug(
+                            "PixelDojo %s %s -> %d in %.2fs",
+                            method,
+                            path,
+                            response.status_code,
+                            time.monotonic() - started,
+                        )
+                        if response.is_success:
+                            return await consume(response)
+                        await response.aread()
+                    finally:
+                        await response.aclose()
+            except (httpx.TransportError, TimeoutError) as caught:
+                if isinstance(caught, httpx.TransportError):
+                    exc = caught
+                elif window.expired():
+                    exc = DeadlineExceeded(f"no complete answer within {limit:g}s", request=request)
+                else:
+                    raise
                 safe = idempotent or isinstance(exc, _UNSENT_ERRORS)
                 if not safe or attempt >= self._max_attempts:
                     raise self._network_error(exc, target, safe) from exc

@@ -514,6 +514,30 @@ async def test_ambiguous_submit_failures_are_not_retried(
     assert caught.value.retryable is False
 
 
+@pytest.mark.parametrize("route", ["poll", "download"])
+async def test_a_body_trickling_forever_ends_at_the_request_deadline(
+    fake: FakePixelDojo, sleeps: RecordingSleep, route: Any
+) -> None:
+    # httpx's timeout is per read: a byte every 10 ms would keep it waiting for ever.
+    async with PixelDojoClient(
+        "test-key",
+        fake.base_url,
+        sleep=sleeps,
+        max_attempts=2,
+        deadline=0.2,
+        download_deadline=0.2,
+    ) as client:
+        job = await client.submit(prompt="p", aspect_ratio="1:1")
+        url = (await wait_done(client, job)).image_urls[0]
+        fake.fault_next("trickle", n=2, route=route, delay=0.01)
+        call = client.get_job(job) if route == "poll" else client.download(url)
+        with pytest.raises(NetworkError) as caught:
+            await asyncio.wait_for(call, 10)
+    assert caught.value.retryable is True  # the runner polls again later
+    assert caught.value.api_message == "DeadlineExceeded"
+    assert len(sleeps.delays) == 1  # each attempt had its own deadline
+
+
 def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
