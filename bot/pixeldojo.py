@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import math
 import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -41,6 +43,10 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 # per-read timeout: a body trickling a byte at a time must not hold a poll slot for ever.
 DEFAULT_DEADLINE = 30.0
 DEFAULT_DOWNLOAD_DEADLINE = 60.0
+# Status, submit and schema answers are a few hundred bytes; nothing sane comes near this.
+DEFAULT_MAX_JSON_BYTES = 1024 * 1024
+# Of an error response only the message is wanted.
+_MAX_ERROR_BODY_BYTES = 64 * 1024
 
 COMPLETED_STATUSES = frozenset({"completed", "complete", "succeeded", "success", "done"})
 FAILED_STATUSES = frozenset(
@@ -70,6 +76,60 @@ _MAX_API_MESSAGE_CHARS = 300
 
 class DeadlineExceeded(httpx.TimeoutException):
     """A request outlived its overall deadline (handled like any other httpx timeout)."""
+
+
+class _BodyRefused(Exception):
+    """A response body was larger than allowed, or encoded in a way the client does not read."""
+
+
+async def _read_body(
+    response: httpx.Response, limit: int, on_chunk: Callable[[int], None] | None = None
+) -> bytes:
+    """Stream the decoded body, stopping as soon as it passes ``limit`` bytes.
+
+    Decompression is bounded as well: a few KiB of gzip can inflate to gigabytes, so the
+    inflater never produces more than the room left. ``on_chunk`` sees each chunk's size
+    (a budget shared by several downloads raises from there). Raises :class:`_BodyRefused`.
+    """
+    if response.is_stream_consumed:
+        # Built with its body already in memory (a mock transport): nothing left to stream.
+        if len(response.content) > limit:
+            raise _BodyRefused(f"body is over {limit} bytes")
+        return response.content
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    inflater: Any = None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip framing
+    elif encoding not in ("", "identity"):
+        raise _BodyRefused(f"unsupported Content-Encoding {encoding[:40]!r}")
+    else:
+        declared = _as_int(response.headers.get("Content-Length"))
+        if declared is not None and declared > limit:
+            raise _BodyRefused(f"body of {declared} bytes is over {limit}")
+    buffer = bytearray()
+    try:
+        async for raw in response.aiter_raw():
+            chunk = raw if inflater is None else inflater.decompress(raw, limit - len(buffer) + 1)
+            buffer += chunk
+            if len(buffer) > limit:
+                raise _BodyRefused(f"body is over {limit} bytes")
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+        if inflater is not None:
+            buffer += inflater.flush()
+    except zlib.error as exc:
+        raise _BodyRefused(f"body does not decompress as {encoding}") from exc
+    if len(buffer) > limit:
+        raise _BodyRefused(f"body is over {limit} bytes")
+    return bytes(buffer)
+
+
+def _loads(body: bytes) -> Any:
+    """Parse JSON; ValueError for anything that is not (including absurd nesting)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 T = TypeVar("T")
@@ -379,10 +439,10 @@ def _error_text(value: Any) -> str | None:
     return None
 
 
-def _parse_error_body(response: httpx.Response) -> tuple[str | None, str | None, Any]:
+def _parse_error_body(body: bytes) -> tuple[str | None, str | None, Any]:
     """Return (code, message, details) from either documented error shape, or Nones."""
     try:
-        data = response.json()
+        data = _loads(body)
     except ValueError:
         return None, None, None
     if not isinstance(data, Mapping):
@@ -513,6 +573,7 @@ class PixelDojoClient:
         clock: Callable[[], float] = time.monotonic,
         deadline: float = DEFAULT_DEADLINE,
         download_deadline: float = DEFAULT_DOWNLOAD_DEADLINE,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     ) -> None:
         """``timeout`` is httpx's, per connect and per read; ``deadline`` and
         ``download_deadline`` bound each API request and each image download as a whole.
@@ -537,6 +598,7 @@ class PixelDojoClient:
         self._clock = clock
         self._deadline = deadline
         self._download_deadline = download_deadline
+        self._max_json_bytes = max_json_bytes
         self._warned_foreign_status_url = False
         # Monotonic deadline before which no API request is sent (rate-limit gate).
         self._gate_until = 0.0
@@ -546,7 +608,12 @@ class PixelDojoClient:
         self.last_credits_remaining = None
         self.rate_limit_remaining = None
         self._http = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {key}", "User-Agent": user_agent},
+            # Only encodings _read_body can inflate within its cap.
+            headers={
+                "Authorization": f"Bearer {key}",
+                "User-Agent": user_agent,
+                "Accept-Encoding": "gzip",
+            },
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
@@ -690,16 +757,12 @@ class PixelDojoClient:
             return request
 
         async def consume(response: httpx.Response) -> tuple[bytes, str | None]:
-            declared = _as_int(response.headers.get("Content-Length"))
-            if declared is not None and declared > max_bytes:
-                raise self._too_large(max_bytes)
-            buffer = bytearray()
-            async for chunk in response.aiter_bytes():
-                buffer += chunk
-                if len(buffer) > max_bytes:
-                    raise self._too_large(max_bytes)
+            try:
+                data = await _read_body(response, max_bytes)
+            except _BodyRefused:
+                raise self._too_large(max_bytes) from None
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            return bytes(buffer), content_type or None
+            return data, content_type or None
 
         return await self._execute(
             build,
@@ -782,15 +845,22 @@ class PixelDojoClient:
         )
 
     async def _read_json(self, response: httpx.Response) -> Any:
-        await response.aread()
         try:
-            return response.json()
-        except ValueError:
+            return _loads(await _read_body(response, self._max_json_bytes))
+        except (_BodyRefused, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, _BodyRefused) else "body is not JSON"
             raise MalformedResponse(
-                api_message=f"HTTP {response.status_code} body is not JSON",
+                api_message=f"HTTP {response.status_code} {reason}",
                 status=response.status_code,
                 retryable=response.request.method == "GET",
             ) from None
+
+    @staticmethod
+    async def _read_error_body(response: httpx.Response) -> bytes:
+        try:
+            return await _read_body(response, _MAX_ERROR_BODY_BYTES)
+        except _BodyRefused:
+            return b""  # the status code alone says enough
 
     @staticmethod
     def _too_large(max_bytes: int) -> ImageTooLarge:
@@ -843,9 +913,11 @@ class PixelDojoClient:
             if reset:
                 self._close_gate_for(reset)
 
-    def _error_from_response(self, response: httpx.Response, target: str) -> PixelDojoError:
+    def _error_from_response(
+        self, response: httpx.Response, body: bytes, target: str
+    ) -> PixelDojoError:
         status = response.status_code
-        code, raw_message, details = _parse_error_body(response)
+        code, raw_message, details = _parse_error_body(body)
         api_message = self._scrub(raw_message)
         common: dict[str, Any] = {"status": status, "code": code, "api_message": api_message}
         if target == "image" and status in (403, 404, 410):
@@ -938,7 +1010,7 @@ class PixelDojoClient:
                         )
                         if response.is_success:
                             return await consume(response)
-                        await response.aread()
+                        body = await self._read_error_body(response)
                     finally:
                         await response.aclose()
             except (httpx.TransportError, TimeoutError) as caught:
@@ -956,7 +1028,7 @@ class PixelDojoClient:
                 await self._sleep(delay)
                 continue
 
-            error = self._error_from_response(response, target)
+            error = self._error_from_response(response, body, target)
             status = response.status_code
             if status == 429 or status == 503:
                 retry = True

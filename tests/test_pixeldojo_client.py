@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gzip
 import logging
 import socket
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
@@ -639,6 +641,91 @@ async def test_submit_response_of_the_wrong_shape_is_malformed(
     async with mock_client(lambda request: httpx.Response(202, json=body), sleeps) as client:
         with pytest.raises(MalformedResponse):
             await client.submit(prompt="p", aspect_ratio="1:1")
+
+
+# -- hostile bodies ----------------------------------------------------------------------------
+
+CHUNK = 64 * 1024
+
+
+class CountingBody:
+    """A valid JSON body of ``chunks`` × 64 KiB that counts how many chunks the client pulled."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'{"jobId": "j", "status": "processing", "pad": "'
+        for _ in range(self.chunks):
+            self.pulled += 1
+            yield b" " * CHUNK
+        yield b'"}'
+
+
+async def test_status_bodies_are_capped_while_streaming(sleeps: RecordingSleep) -> None:
+    bodies: list[CountingBody] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(CountingBody(100))  # 6.4 MiB
+        return httpx.Response(200, content=bodies[-1], headers={"Content-Type": "application/json"})
+
+    async with mock_client(handler, sleeps) as client:
+        with pytest.raises(MalformedResponse) as caught:
+            await client.get_job("j")
+        with pytest.raises(MalformedResponse):
+            await client.get_model_schema()
+    assert caught.value.retryable is True  # a later poll may be sane again
+    # Reading stopped at the 1 MiB cap instead of taking the whole body in.
+    assert [body.pulled for body in bodies] == [1024 * 1024 // CHUNK] * 2
+
+
+async def test_error_bodies_are_read_only_as_far_as_needed(sleeps: RecordingSleep) -> None:
+    bodies: list[CountingBody] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(CountingBody(100))
+        return httpx.Response(500, content=bodies[-1], headers={"Content-Type": "application/json"})
+
+    async with mock_client(handler, sleeps, max_attempts=2) as client:
+        with pytest.raises(ServerError) as caught:
+            await client.get_job("j")
+    assert caught.value.status == 500 and caught.value.api_message is None
+    assert len(bodies) == 2 and all(body.pulled <= 1 for body in bodies)
+
+
+async def test_compressed_bodies_are_capped_as_they_inflate(sleeps: RecordingSleep) -> None:
+    # 64 MiB of valid JSON in ~64 KiB of gzip: one network chunk could inflate to all of it.
+    bomb = gzip.compress(b'{"status": "processing", "pad": "' + b" " * (64 << 20) + b'"}', 1)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield bomb
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        return httpx.Response(200, content=stream(), headers=headers)
+
+    async with mock_client(handler, sleeps) as client:
+        tracemalloc.start()
+        try:
+            with pytest.raises(MalformedResponse):
+                await client.get_job("j")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000, b'{"a":' * 100_000, b"\xff\xfe{"])
+async def test_bodies_that_cannot_be_parsed_are_malformed(
+    sleeps: RecordingSleep, body: bytes
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"Content-Type": "application/json"})
+
+    async with mock_client(handler, sleeps) as client:
+        with pytest.raises(MalformedResponse):
+            await client.get_job("j")
 
 
 # -- rate-limit headers ------------------------------------------------------------------------
