@@ -46,6 +46,7 @@ FaultKind = Literal[
     "timeout",
     "drop",
     "trickle",
+    "redirect",
 ]
 FaultRoute = Literal["submit", "poll", "download", "any"]
 OutputShape = Literal["images", "image", "assets"]
@@ -65,6 +66,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "timeout",
     "drop",
     "trickle",
+    "redirect",
 )
 MAX_OUTPUTS = 4
 JOB_TTL = timedelta(hours=1)
@@ -126,6 +128,7 @@ class _Fault:
     delay: float
     retry_after: float
     error_shape: ErrorShape
+    location: str = ""
 
 
 def image_size(aspect_ratio: str, long_side: int) -> tuple[int, int]:
@@ -336,6 +339,8 @@ class FakePixelDojo:
         self._fail_error = "NSFW content detected"
         self._status_sequence: tuple[str, ...] = ()
         self._min_image_bytes: int | None = None
+        self._replacement: tuple[bytes, str] | None = None
+        self._extra_urls = 0
         self._images: dict[str, tuple[str, int]] = {}
         self._renders: dict[str, asyncio.Future[bytes]] = {}
         self._runner: web.AppRunner | None = None
@@ -412,6 +417,7 @@ class FakePixelDojo:
         delay: float = 5.0,
         retry_after: float = 0.05,
         error_shape: ErrorShape = "object",
+        location: str = "",
     ) -> None:
         """Answer the next ``n`` requests on ``route`` with a fault instead of normally.
 
@@ -420,14 +426,17 @@ class FakePixelDojo:
         without a response; "timeout" holds the request ``delay`` seconds and then handles it
         normally, like a server whose answer arrives after the client gave up (so a held submit
         still creates a job); "trickle" answers 200 and then sends one byte of body every
-        ``delay`` seconds, never finishing, until the client hangs up or the server stops.
+        ``delay`` seconds, never finishing, until the client hangs up or the server stops;
+        "redirect" answers 302 to ``location``.
         Faults queue in call order; each request uses the first match.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
         if route not in ("submit", "poll", "download", "any"):
             raise ValueError(f"unknown fault route {route!r}")
-        self._faults.append(_Fault(kind, route, n, delay, retry_after, error_shape))
+        if kind == "redirect" and not location:
+            raise ValueError("a redirect fault needs a location")
+        self._faults.append(_Fault(kind, route, n, delay, retry_after, error_shape, location))
 
     def clear_faults(self) -> None:
         """Drop every pending fault and pending job failure."""
@@ -450,6 +459,14 @@ class FakePixelDojo:
     def oversize_images(self, bytes_target: int | None) -> None:
         """Make images of new jobs noisy PNGs of at least ``bytes_target`` bytes (None: off)."""
         self._min_image_bytes = bytes_target
+
+    def replace_images(self, body: bytes | None, content_type: str = "image/png") -> None:
+        """Serve ``body`` as every result file, whatever it is (None: real images again)."""
+        self._replacement = None if body is None else (body, content_type)
+
+    def list_extra_images(self, n: int) -> None:
+        """Completed jobs list ``n`` more image URLs than they have outputs (copies of theirs)."""
+        self._extra_urls = n
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -578,6 +595,8 @@ class FakePixelDojo:
             return _error(503, "shutting_down", "Server is shutting down.")
         if fault.kind == "trickle":
             return await self._trickle(request, route, fault.delay)
+        if fault.kind == "redirect":
+            return web.Response(status=302, headers={"Location": fault.location})
         if fault.kind == "drop":
             if request.transport is not None:
                 request.transport.abort()
@@ -733,6 +752,7 @@ class FakePixelDojo:
 
     def _output(self, job: FakeJob) -> dict[str, Any]:
         urls = [f"{self.origin}/files/{name}" for name in job.image_names]
+        urls += [f"{urls[k % len(urls)]}?copy={k}" for k in range(self._extra_urls)]
         if self.output_shape == "image":
             return {"output": {"image": urls[0]}}
         if self.output_shape == "assets":
@@ -766,6 +786,9 @@ class FakePixelDojo:
         )
         if expired:
             return _error(410, "gone", "This file has expired.")
+        if self._replacement is not None:
+            body, content_type = self._replacement
+            return web.Response(body=body, headers={"Content-Type": content_type})
         png = await self._render(name, job, located[1])
         return web.Response(
             body=png, content_type="image/png", headers={"Cache-Control": "max-age=3600"}

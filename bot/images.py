@@ -1,4 +1,8 @@
-"""Make result images fit Discord's upload limits without losing more quality than needed."""
+"""Check result images and make them fit Discord's upload limits.
+
+Every image the bot posts went through :func:`verify_image` first: it must decode as PNG, JPEG
+or WebP, whatever its Content-Type or name said.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,61 @@ MAX_REQUEST_BYTES = 25 * 1024 * 1024
 # Room for the JSON payload and multipart framing next to the files.
 _OVERHEAD = 64 * 1024
 
+_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+NOT_AN_IMAGE = "PixelDojo sent a file that is not a PNG, JPEG or WebP image."
+
+
+class UnusableImage(ValueError):
+    """The bytes are not an image the bot will post. The message is safe to show; ``detail``
+    says what was wrong, for logs."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(NOT_AN_IMAGE)
+        self.detail = detail
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The Pillow format name the magic bytes announce (PNG, JPEG or WEBP), or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _open(data: bytes) -> Image.Image:
+    """Open lazily (the header only) as the format the magic bytes announce."""
+    expected = sniff_format(data)
+    if expected is None:
+        raise UnusableImage(f"starts with {data[:8]!r}")
+    try:
+        return Image.open(io.BytesIO(data), formats=[expected])
+    except Exception as exc:  # Pillow raises many types for hostile input
+        raise UnusableImage(f"broken {expected} header: {exc!r}") from exc
+
+
+def verify_image(data: bytes) -> str:
+    """Check that ``data`` decodes as a PNG, JPEG or WebP image; return its MIME type.
+
+    Raises :class:`UnusableImage`. CPU work: call it off the event loop.
+    """
+    with _open(data) as image:
+        kind = image.format or ""
+        try:
+            image.verify()  # structure and checksums, cheap
+        except Exception as exc:
+            raise UnusableImage(f"broken {kind}: {exc!r}") from exc
+    with _open(data) as image:
+        try:
+            if kind == "JPEG":
+                image.draft(image.mode, (image.width // 8, image.height // 8))
+            image.load()  # every byte of pixel data decodes
+        except Exception as exc:
+            raise UnusableImage(f"{kind} pixel data does not decode: {exc!r}") from exc
+    return _FORMATS[kind]
+
 
 @dataclass(frozen=True)
 class UploadImage:
@@ -24,13 +83,8 @@ class UploadImage:
 
 
 def image_extension(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "png"
-    if data.startswith(b"\xff\xd8"):
-        return "jpg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return "png"
+    """The file extension for a verified image."""
+    return {"JPEG": "jpg", "WEBP": "webp"}.get(sniff_format(data) or "", "png")
 
 
 def _shrink(data: bytes, budget: int) -> bytes:

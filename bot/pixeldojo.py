@@ -10,20 +10,24 @@ Retry policy, in short:
 * Reads (``get_job``, ``download``, ``get_model_schema``, ``list_models``) are retried on 429,
   5xx and transport errors with capped exponential backoff and full jitter.
 
-The bearer token is only ever sent to the configured API origin and never logged.
+The bearer token is only ever sent to the configured API origin and never logged. Image
+downloads go only to public addresses, checked at every redirect hop, and result images are
+checked to decode before anyone sees them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import json
 import logging
 import math
 import random
+import socket
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -31,6 +35,8 @@ from typing import Any, ClassVar, Self, TypeVar
 from urllib.parse import quote, unquote
 
 import httpx
+
+from bot import images
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,8 @@ DEFAULT_DOWNLOAD_DEADLINE = 60.0
 DEFAULT_MAX_JSON_BYTES = 1024 * 1024
 # Of an error response only the message is wanted.
 _MAX_ERROR_BODY_BYTES = 64 * 1024
+# Redirects followed per download; each hop's address is checked.
+MAX_REDIRECTS = 5
 
 COMPLETED_STATUSES = frozenset({"completed", "complete", "succeeded", "success", "done"})
 FAILED_STATUSES = frozenset(
@@ -134,6 +142,8 @@ def _loads(body: bytes) -> Any:
 
 T = TypeVar("T")
 SleepFunc = Callable[[float], Awaitable[object]]
+# (host, port) -> the IP addresses it resolves to.
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 
 def _package_version() -> str:
@@ -257,6 +267,20 @@ class MalformedResponse(PixelDojoError):
     """The API answered with something that is not the JSON shape it documents."""
 
     default_message = "PixelDojo sent a response the bot could not understand."
+
+
+class NotAnImage(MalformedResponse):
+    """A result file did not decode as a PNG, JPEG or WebP image."""
+
+    default_message = "PixelDojo sent a file that is not a PNG, JPEG or WebP image."
+
+
+class UnsafeLink(PixelDojoError):
+    """A result link (or a redirect on the way) led to a loopback, private or link-local host."""
+
+    default_message = (
+        "PixelDojo's image link led to a private network address, so the bot did not follow it."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,6 +536,30 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, port
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for a globally routable unicast address: not loopback, private, link-local,
+    shared, reserved or multicast, also when an IPv4 address hides inside an IPv6 one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address.teredo:
+            embedded = address.teredo[1]
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+        if embedded is not None and not is_public_address(embedded):
+            return False
+        if address.is_site_local or address.scope_id:
+            return False
+    return address.is_global and not (address.is_multicast or address.is_reserved)
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
 # --------------------------------------------------------------------------------------------
 # Client
 # --------------------------------------------------------------------------------------------
@@ -574,11 +622,18 @@ class PixelDojoClient:
         deadline: float = DEFAULT_DEADLINE,
         download_deadline: float = DEFAULT_DOWNLOAD_DEADLINE,
         max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        trusted_origins: Iterable[str] = (),
+        resolve: Resolver = _resolve,
     ) -> None:
         """``timeout`` is httpx's, per connect and per read; ``deadline`` and
         ``download_deadline`` bound each API request and each image download as a whole.
         ``clock`` (monotonic seconds) times the request budget and rate-limit gate; tests
-        pass one that only their fake ``sleep`` advances."""
+        pass one that only their fake ``sleep`` advances.
+
+        Image downloads go only to public addresses (every redirect hop is resolved with
+        ``resolve`` and checked), except on the API origin and ``trusted_origins``
+        (``scheme://host[:port]``): origins the operator configured, such as a sandbox or test
+        server on loopback."""
         key = (api_key or "").strip()
         if not key:
             raise ValueError("api_key must be a non-empty string")
@@ -599,6 +654,8 @@ class PixelDojoClient:
         self._deadline = deadline
         self._download_deadline = download_deadline
         self._max_json_bytes = max_json_bytes
+        self._resolve = resolve
+        self._trusted = {_origin(base)} | {_origin(httpx.URL(o)) for o in trusted_origins}
         self._warned_foreign_status_url = False
         # Monotonic deadline before which no API request is sent (rate-limit gate).
         self._gate_until = 0.0
@@ -740,21 +797,17 @@ class PixelDojoClient:
     async def download(
         self, url: str, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     ) -> tuple[bytes, str | None]:
-        """Download a result image and return ``(bytes, content_type)``.
+        """Download a result image and return ``(bytes, content_type)``, bytes unchecked.
 
-        The Authorization header is sent only to the API origin. Raises :class:`ImageExpired`
-        when the link is gone and :class:`ImageTooLarge` past ``max_bytes``.
+        Redirects are followed by hand, at most :data:`MAX_REDIRECTS`, and every hop outside
+        the trusted origins must resolve to public addresses only (:class:`UnsafeLink`); the
+        connection then goes to the address that was checked. The Authorization header is sent
+        only to the API origin. Raises :class:`ImageExpired` when the link is gone and
+        :class:`ImageTooLarge` past ``max_bytes``.
         """
         target = httpx.URL(url)
         if target.scheme not in ("http", "https") or not target.host:
             raise MalformedResponse("PixelDojo returned an image link the bot cannot use.")
-        same_origin = self._is_api_origin(target)
-
-        def build() -> httpx.Request:
-            request = self._http.build_request("GET", target, headers={"Accept": "image/*"})
-            if not same_origin:
-                del request.headers["Authorization"]
-            return request
 
         async def consume(response: httpx.Response) -> tuple[bytes, str | None]:
             try:
@@ -765,14 +818,30 @@ class PixelDojoClient:
             return data, content_type or None
 
         return await self._execute(
-            build,
+            lambda: self._image_request(target),
             idempotent=True,
-            gated=same_origin,
+            gated=self._is_api_origin(target),
             target="image",
             consume=consume,
-            follow_redirects=True,
+            send=self._send_following_redirects,
             deadline=self._download_deadline,
         )
+
+    async def download_results(self, urls: Sequence[str]) -> list[tuple[bytes, str]]:
+        """Download a finished job's images, each checked to decode as PNG, JPEG or WebP.
+
+        Returns ``(bytes, mime_type)`` in order; raises :class:`NotAnImage` for anything else.
+        """
+
+        async def one(url: str) -> tuple[bytes, str]:
+            data, _ = await self.download(url)
+            try:
+                return data, await asyncio.to_thread(images.verify_image, data)
+            except images.UnusableImage as exc:
+                log.warning("PixelDojo result %s is not usable: %s", _for_log(url), exc.detail)
+                raise NotAnImage(str(exc)) from None
+
+        return list(await asyncio.gather(*(one(url) for url in urls)))
 
     async def get_model_schema(self, model: str = MODEL_ID) -> dict[str, Any]:
         """Return the request JSON Schema of ``model`` (``GET /models/{id}/schema``)."""
@@ -805,6 +874,79 @@ class PixelDojoClient:
 
     def _is_api_origin(self, url: httpx.URL) -> bool:
         return _origin(url) == _origin(self._base)
+
+    def _image_request(self, url: httpx.URL, address: str | None = None) -> httpx.Request:
+        """A GET for ``url``; with ``address``, connected to that IP under the URL's name."""
+        if address is None:
+            request = self._http.build_request("GET", url, headers={"Accept": "image/*"})
+        else:
+            request = self._http.build_request(
+                "GET",
+                url.copy_with(host=address),
+                headers={"Accept": "image/*", "Host": url.netloc.decode("ascii")},
+                extensions={"sni_hostname": url.raw_host.decode("ascii")},
+            )
+        if not self._is_api_origin(url):
+            del request.headers["Authorization"]
+        return request
+
+    async def _send_following_redirects(self, request: httpx.Request) -> httpx.Response:
+        unusable = MalformedResponse("PixelDojo's image link redirects somewhere unusable.")
+        url = request.url
+        for _ in range(MAX_REDIRECTS + 1):
+            address = await self._checked_address(url)
+            try:
+                # httpx parses Location even when not following it, and may raise doing so.
+                response = await self._http.send(self._image_request(url, address), stream=True)
+            except httpx.InvalidURL:
+                raise unusable from None
+            location = response.headers.get("Location") if response.is_redirect else None
+            if location is None:
+                return response
+            await response.aclose()
+            try:
+                url = url.join(location.strip())
+            except httpx.InvalidURL:
+                raise unusable from None
+            if url.scheme not in ("http", "https") or not url.host:
+                raise unusable
+        raise MalformedResponse("PixelDojo's image link redirects too many times.")
+
+    async def _checked_address(self, url: httpx.URL) -> str | None:
+        """The address to connect to for ``url``, checked to be public; None to let httpx
+        connect as usual (a trusted origin, or a literal address already checked)."""
+        if _origin(url) in self._trusted:
+            return None
+        try:
+            literal = ipaddress.ip_address(url.host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            self._refuse_unless_public(url, [literal])
+            return None
+        try:
+            port = _origin(url)[2] or 0
+            found = [ipaddress.ip_address(a) for a in await self._resolve(url.host, port)]
+        except (OSError, ValueError) as exc:
+            raise httpx.ConnectError(f"cannot resolve {url.host}") from exc
+        if not found:
+            raise httpx.ConnectError(f"{url.host} has no address")
+        self._refuse_unless_public(url, found)
+        # IPv4 first: without happy eyeballs, an unreachable IPv6 route would fail outright.
+        return str(min(found, key=lambda a: a.version))
+
+    @staticmethod
+    def _refuse_unless_public(
+        url: httpx.URL, addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    ) -> None:
+        refused = [a for a in addresses if not is_public_address(a)]
+        if refused:
+            log.warning(
+                "PixelDojo image link leads to %s (%s): not a public address, not followed",
+                url.host,
+                ", ".join(map(str, refused)),
+            )
+            raise UnsafeLink(api_message=f"{url.host} resolves to {refused[0]}")
 
     def _job_id_of(self, job: SubmittedJob | str) -> str:
         if isinstance(job, SubmittedJob):
@@ -970,12 +1112,13 @@ class PixelDojoClient:
         gated: bool,
         target: str,
         consume: Callable[[httpx.Response], Awaitable[T]],
-        follow_redirects: bool = False,
+        send: Callable[[httpx.Request], Awaitable[httpx.Response]] | None = None,
         deadline: float | None = None,
     ) -> T:
         """Send a request with the retry policy and hand a 2xx response to ``consume``.
 
         ``idempotent=False`` (submit) retries only outcomes that certainly created nothing.
+        ``send`` replaces ``httpx.AsyncClient.send`` (downloads follow redirects themselves).
         Each attempt, body included, must end within ``deadline`` seconds (default: the
         client's); one that does not is a timeout like httpx's own.
         """
@@ -995,9 +1138,10 @@ class PixelDojoClient:
             window = asyncio.timeout(limit)
             try:
                 async with window:
-                    response = await self._http.send(
-                        request, stream=True, follow_redirects=follow_redirects
-                    )
+                    if send is None:
+                        response = await self._http.send(request, stream=True)
+                    else:
+                        response = await send(request)
                     try:
                         if gated:
                             self._observe_headers(response)
@@ -1064,3 +1208,8 @@ class PixelDojoClient:
             message = f"The bot could not {what}. Please try again later."
         # httpx exception text can include URLs; keep only the class name for logs.
         return NetworkError(message, retryable=retryable, api_message=type(exc).__name__)
+
+
+def _for_log(url: str) -> str:
+    """A result URL without its query string (signed links carry credentials there)."""
+    return url.split("?", 1)[0][:200]

@@ -610,11 +610,11 @@ class JobRunner:
         await self._finish(job)
 
     async def _download(self, job: Job, urls: tuple[str, ...]) -> list[ResultImage]:
-        async def one(index: int, url: str) -> ResultImage:
-            data, content_type = await self.client.download(url)
-            return ResultImage(data=data, content_type=content_type, index=index)
-
-        return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(urls))))
+        results = await self.client.download_results(urls)
+        return [
+            ResultImage(data=data, content_type=content_type, index=index)
+            for index, (data, content_type) in enumerate(results)
+        ]
 
     async def _post(self, job: Job, images: list[ResultImage]) -> int:
         attempts = self.settings.delivery_attempts

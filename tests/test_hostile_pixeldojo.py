@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import (
     ALICE_ID,
     BOB_ID,
@@ -53,3 +55,51 @@ async def test_a_status_url_on_another_origin_never_picks_the_job_to_poll(
     assert harness.api.jobs[alice_record.api_job_id].polls >= 1
     assert harness.api.jobs[bob_record.api_job_id].polls == bob_polls
     assert await used_credits(harness, ALICE_ID) == 1
+
+
+def attachments_for(harness: Harness, job_id: int) -> list[MessageRecord]:
+    return [
+        m
+        for m in harness.double.messages.values()
+        if m.attachments and footer_has(m, f"Job #{job_id}")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"Claim your free Nitro at https://evil.example/nitro", "image/png"),
+        (b"<html><body>502 Bad Gateway</body></html>", "text/html"),
+        (b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8, "image/png"),
+    ],
+)
+async def test_a_file_that_is_not_an_image_is_never_posted(
+    harness: Harness, body: bytes, content_type: str
+) -> None:
+    harness.api.replace_images(body, content_type)
+    job_id = await queued_job_id(harness, await harness.imagine("a lighthouse", num_outputs=2))
+    failure = await outcome_for(harness, job_id)
+    assert title_of(failure).startswith("❌")
+    assert "not a PNG, JPEG or WebP image" in failure.embeds[0]["description"]
+    assert "2 credits were refunded" in failure.embeds[0]["description"]
+    assert await used_credits(harness, ALICE_ID) == 0
+    assert attachments_for(harness, job_id) == []
+
+
+async def test_a_result_redirecting_to_a_private_host_is_refused_at_every_hop(
+    harness: Harness,
+) -> None:
+    api = harness.api
+    # The first hop stays on PixelDojo's own (configured, so trusted) origin; the second
+    # leads to another loopback host, which must be refused although the fake serves it.
+    api.fault_next("redirect", route="download", location=f"{api.origin}/files/hop.png")
+    api.fault_next(
+        "redirect", route="download", location=f"http://localhost:{api.port}/files/final.png"
+    )
+    job_id = await queued_job_id(harness, await harness.imagine("a lighthouse"))
+    failure = await outcome_for(harness, job_id)
+    assert "private network address" in failure.embeds[0]["description"]
+    assert await used_credits(harness, ALICE_ID) == 0
+    assert attachments_for(harness, job_id) == []
+    fetched = [path for method, path, *_ in api.request_log if path.startswith("/files/")]
+    assert len(fetched) == 2 and fetched[1] == "/files/hop.png"

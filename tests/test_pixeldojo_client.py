@@ -40,6 +40,7 @@ from bot.pixeldojo import (
     RequestBudget,
     ServerError,
     SubmittedJob,
+    UnsafeLink,
     parse_rate_limit_reset,
     parse_retry_after,
 )
@@ -908,9 +909,14 @@ async def test_jobs_are_polled_by_their_id_whatever_status_url_says(
 
 
 async def test_downloads_from_other_hosts_carry_no_authorization(
-    fake: FakePixelDojo, client: PixelDojoClient
+    fake: FakePixelDojo, sleeps: RecordingSleep
 ) -> None:
-    async with Recorder() as foreign:
+    async with (
+        Recorder() as foreign,
+        PixelDojoClient(
+            "test-key", fake.base_url, sleep=sleeps, trusted_origins=[foreign.origin]
+        ) as client,
+    ):
         data, content_type = await client.download(f"{foreign.origin}/img.png")
         assert data == foreign.png and content_type == "image/png"
         [(path, headers)] = foreign.requests
@@ -936,16 +942,167 @@ async def test_download_size_cap(fake: FakePixelDojo, client: PixelDojoClient) -
     data, _ = await client.download(state.image_urls[0])
     assert len(data) >= 300_000
 
-    async with Recorder() as foreign:  # chunked body: no Content-Length to check up front
+    async with (  # chunked body: no Content-Length to check up front
+        Recorder() as foreign,
+        PixelDojoClient("test-key", fake.base_url, trusted_origins=[foreign.origin]) as other,
+    ):
         with pytest.raises(ImageTooLarge):
-            await client.download(f"{foreign.origin}/big.bin", max_bytes=100_000)
-        data, _ = await client.download(f"{foreign.origin}/big.bin")
+            await other.download(f"{foreign.origin}/big.bin", max_bytes=100_000)
+        data, _ = await other.download(f"{foreign.origin}/big.bin")
         assert len(data) == 20 * 16_384
 
 
 async def test_download_rejects_non_http_links(client: PixelDojoClient) -> None:
     with pytest.raises(MalformedResponse):
         await client.download("file:///etc/passwd")
+
+
+# -- where downloads may go --------------------------------------------------------------------
+
+DNS = {
+    "temp.pixeldojo.example": ["93.184.216.34"],
+    "cdn.example": ["2606:4700::6810:84e5", "104.16.132.229"],
+    "intranet.example": ["192.168.1.5"],
+    "split.example": ["93.184.216.35", "10.0.0.1"],
+    "localhost": ["::1", "127.0.0.1"],
+}
+
+
+async def fake_dns(host: str, port: int) -> list[str]:
+    try:
+        return DNS[host]
+    except KeyError:
+        raise socket.gaierror(socket.EAI_NONAME, "unknown host") from None
+
+
+class Hops:
+    """A scripted web: ``routes`` maps "host/path" to a redirect target or PNG bytes."""
+
+    def __init__(self, routes: dict[str, str | bytes]) -> None:
+        self.routes = routes
+        self.seen: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        answer = self.routes.get(f"{request.headers['Host']}{request.url.path}")
+        if isinstance(answer, bytes):
+            return httpx.Response(200, content=answer, headers={"Content-Type": "image/png"})
+        if isinstance(answer, str):
+            return httpx.Response(302, headers={"Location": answer})
+        return httpx.Response(404)
+
+    @property
+    def hosts(self) -> list[str]:
+        return [request.headers["Host"] for request in self.seen]
+
+
+PRIVATE_TARGETS = [
+    "http://127.0.0.1/x.png",
+    "http://127.0.0.1:8080/x.png",
+    "http://10.0.0.7/x.png",
+    "http://172.16.0.1/x.png",
+    "http://192.168.0.1/x.png",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://100.64.0.1/x.png",
+    "http://0.0.0.0/x.png",
+    "http://[::1]/x.png",
+    "http://[::ffff:127.0.0.1]/x.png",
+    "http://[fe80::1]/x.png",
+    "http://[fd00::1]/x.png",
+    "http://[2002:7f00:1::]/x.png",
+    "http://[64:ff9b::a00:1]/x.png",
+    "http://localhost:9000/x.png",
+    "http://intranet.example/x.png",
+    "http://split.example/x.png",
+]
+
+
+@pytest.mark.parametrize("private", PRIVATE_TARGETS)
+async def test_downloads_never_reach_a_private_address(
+    sleeps: RecordingSleep, private: str
+) -> None:
+    web = Hops({"temp.pixeldojo.example/a.png": "https://cdn.example/b.png"})
+    web.routes["cdn.example/b.png"] = private  # the private host is the third hop
+    async with mock_client(web, sleeps, resolve=fake_dns) as client:
+        for url in (private, "https://temp.pixeldojo.example/a.png"):
+            with pytest.raises(UnsafeLink) as caught:
+                await client.download(url)
+            assert caught.value.retryable is False
+            assert "private network address" in caught.value.message
+    # The two public hops were fetched (once: a refusal is not retried); the private never.
+    assert web.hosts == ["temp.pixeldojo.example", "cdn.example"]
+    assert sleeps.delays == []
+
+
+async def test_downloads_connect_to_the_address_that_was_checked(sleeps: RecordingSleep) -> None:
+    png = render_placeholder_png("1:1", seed_key="pinned")
+    web = Hops(
+        {
+            "temp.pixeldojo.example/a.png": "https://cdn.example/b.png",
+            "cdn.example/b.png": "/c.png",
+            "cdn.example/c.png": png,
+        }
+    )
+    async with mock_client(web, sleeps, resolve=fake_dns) as client:
+        data, content_type = await client.download("https://temp.pixeldojo.example/a.png")
+    assert data == png and content_type == "image/png"
+    # Connected by address (so a second DNS answer cannot differ), named by host for TLS.
+    assert [r.url.host for r in web.seen] == ["93.184.216.34", "104.16.132.229", "104.16.132.229"]
+    assert [r.extensions["sni_hostname"] for r in web.seen] == [
+        "temp.pixeldojo.example",
+        "cdn.example",
+        "cdn.example",
+    ]
+    assert all("authorization" not in r.headers for r in web.seen)
+
+
+async def test_api_origin_and_trusted_origins_are_not_checked(sleeps: RecordingSleep) -> None:
+    png = render_placeholder_png("1:1", seed_key="trusted")
+    web = Hops(
+        {
+            "pixeldojo.test/files/a.png": "http://10.9.9.9:8000/b.png",
+            "10.9.9.9:8000/b.png": png,
+        }
+    )
+    async with mock_client(
+        web, sleeps, resolve=fake_dns, trusted_origins=["http://10.9.9.9:8000"]
+    ) as client:
+        data, _ = await client.download("https://pixeldojo.test/files/a.png")
+        with pytest.raises(UnsafeLink):
+            await client.download("http://10.9.9.9:8001/b.png")  # another port: not trusted
+    assert data == png
+    assert "authorization" in web.seen[0].headers  # the API origin itself
+    assert "authorization" not in web.seen[1].headers
+    assert len(web.seen) == 2
+
+
+async def test_redirects_are_followed_only_so_far(sleeps: RecordingSleep) -> None:
+    web = Hops({"temp.pixeldojo.example/a.png": "/a.png"})
+    async with mock_client(web, sleeps, resolve=fake_dns) as client:
+        with pytest.raises(MalformedResponse) as caught:
+            await client.download("https://temp.pixeldojo.example/a.png")
+    assert "too many" in caught.value.message
+    assert len(web.seen) == 6  # the link and five redirects
+
+
+@pytest.mark.parametrize(
+    "location", ["file:///etc/passwd", "gopher://x/", "data:image/png;base64,AAAA"]
+)
+async def test_redirects_to_unusable_links_are_refused(
+    sleeps: RecordingSleep, location: str
+) -> None:
+    web = Hops({"temp.pixeldojo.example/a.png": location})
+    async with mock_client(web, sleeps, resolve=fake_dns) as client:
+        with pytest.raises(MalformedResponse):
+            await client.download("https://temp.pixeldojo.example/a.png")
+    assert len(web.seen) == 1
+
+
+async def test_an_unresolvable_host_is_a_network_error(sleeps: RecordingSleep) -> None:
+    async with mock_client(Hops({}), sleeps, resolve=fake_dns, max_attempts=2) as client:
+        with pytest.raises(NetworkError) as caught:
+            await client.download("https://nowhere.example/a.png")
+    assert caught.value.retryable is True and len(sleeps.delays) == 1
 
 
 def test_constructor_validation() -> None:
