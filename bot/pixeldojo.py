@@ -45,6 +45,11 @@ ASPECT_RATIOS: tuple[str, ...] = ("1:1", "16:9", "9:16", "21:9", "9:21", "3:2", 
 DEFAULT_BASE_URL = "https://pixeldojo.ai/api/v1"
 DEFAULT_TIMEOUT = httpx.Timeout(30, connect=10)
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+# What one job's images may hold in memory together, and how many download at once.
+DEFAULT_MAX_JOB_DOWNLOAD_BYTES = 100 * 1024 * 1024
+DEFAULT_DOWNLOAD_CONCURRENCY = 4
+# Images checked (decoded) at once across all jobs: each may take ~160 MB while it decodes.
+_DECODE_CONCURRENCY = 2
 # Most seconds one request may take end to end (connect to last body byte), on top of httpx's
 # per-read timeout: a body trickling a byte at a time must not hold a poll slot for ever.
 DEFAULT_DEADLINE = 30.0
@@ -86,6 +91,27 @@ class DeadlineExceeded(httpx.TimeoutException):
     """A request outlived its overall deadline (handled like any other httpx timeout)."""
 
 
+class DownloadBudget:
+    """Bytes a job's downloads may hold together; :meth:`take` raises past the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        """Count ``size`` more bytes, or raise :class:`ImageTooLarge` if they do not fit."""
+        if self.used + size > self.limit:
+            raise ImageTooLarge(
+                "The generated images together are larger than the bot will download "
+                f"({self.limit / (1024 * 1024):.1f} MiB)."
+            )
+        self.used += size
+
+    def give_back(self, size: int) -> None:
+        """Return bytes of an attempt that failed (and will be retried or dropped)."""
+        self.used = max(0, self.used - size)
+
+
 class _BodyRefused(Exception):
     """A response body was larger than allowed, or encoded in a way the client does not read."""
 
@@ -103,6 +129,8 @@ async def _read_body(
         # Built with its body already in memory (a mock transport): nothing left to stream.
         if len(response.content) > limit:
             raise _BodyRefused(f"body is over {limit} bytes")
+        if on_chunk is not None:
+            on_chunk(len(response.content))
         return response.content
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     inflater: Any = None
@@ -624,6 +652,8 @@ class PixelDojoClient:
         max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
         trusted_origins: Iterable[str] = (),
         resolve: Resolver = _resolve,
+        max_job_download_bytes: int = DEFAULT_MAX_JOB_DOWNLOAD_BYTES,
+        download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
     ) -> None:
         """``timeout`` is httpx's, per connect and per read; ``deadline`` and
         ``download_deadline`` bound each API request and each image download as a whole.
@@ -633,7 +663,8 @@ class PixelDojoClient:
         Image downloads go only to public addresses (every redirect hop is resolved with
         ``resolve`` and checked), except on the API origin and ``trusted_origins``
         (``scheme://host[:port]``): origins the operator configured, such as a sandbox or test
-        server on loopback."""
+        server on loopback. :meth:`download_results` downloads at most
+        ``download_concurrency`` images of a job at once, within ``max_job_download_bytes``."""
         key = (api_key or "").strip()
         if not key:
             raise ValueError("api_key must be a non-empty string")
@@ -656,6 +687,9 @@ class PixelDojoClient:
         self._max_json_bytes = max_json_bytes
         self._resolve = resolve
         self._trusted = {_origin(base)} | {_origin(httpx.URL(o)) for o in trusted_origins}
+        self._max_job_download_bytes = max_job_download_bytes
+        self._download_concurrency = max(1, download_concurrency)
+        self._decoding = asyncio.Semaphore(_DECODE_CONCURRENCY)
         self._warned_foreign_status_url = False
         # Monotonic deadline before which no API request is sent (rate-limit gate).
         self._gate_until = 0.0
@@ -795,7 +829,11 @@ class PixelDojoClient:
         return state
 
     async def download(
-        self, url: str, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+        self,
+        url: str,
+        *,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        budget: DownloadBudget | None = None,
     ) -> tuple[bytes, str | None]:
         """Download a result image and return ``(bytes, content_type)``, bytes unchecked.
 
@@ -803,17 +841,29 @@ class PixelDojoClient:
         the trusted origins must resolve to public addresses only (:class:`UnsafeLink`); the
         connection then goes to the address that was checked. The Authorization header is sent
         only to the API origin. Raises :class:`ImageExpired` when the link is gone and
-        :class:`ImageTooLarge` past ``max_bytes``.
+        :class:`ImageTooLarge` past ``max_bytes`` or past what is left of ``budget``.
         """
         target = httpx.URL(url)
         if target.scheme not in ("http", "https") or not target.host:
             raise MalformedResponse("PixelDojo returned an image link the bot cannot use.")
 
         async def consume(response: httpx.Response) -> tuple[bytes, str | None]:
+            taken = 0
+
+            def count(size: int) -> None:
+                nonlocal taken
+                if budget is not None:
+                    budget.take(size)
+                taken += size
+
             try:
-                data = await _read_body(response, max_bytes)
-            except _BodyRefused:
-                raise self._too_large(max_bytes) from None
+                data = await _read_body(response, max_bytes, on_chunk=count)
+            except BaseException as exc:
+                if budget is not None:
+                    budget.give_back(taken)
+                if isinstance(exc, _BodyRefused):
+                    raise self._too_large(max_bytes) from None
+                raise
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             return data, content_type or None
 
@@ -827,21 +877,47 @@ class PixelDojoClient:
             deadline=self._download_deadline,
         )
 
-    async def download_results(self, urls: Sequence[str]) -> list[tuple[bytes, str]]:
+    async def download_results(
+        self, urls: Sequence[str], *, limit: int | None = None
+    ) -> list[tuple[bytes, str]]:
         """Download a finished job's images, each checked to decode as PNG, JPEG or WebP.
 
-        Returns ``(bytes, mime_type)`` in order; raises :class:`NotAnImage` for anything else.
+        Takes at most ``limit`` URLs (the outputs paid for), downloads at most
+        ``download_concurrency`` at once and within ``max_job_download_bytes`` together.
+        Returns ``(bytes, mime_type)`` in order; raises :class:`NotAnImage` for a file that is
+        not an image, :class:`ImageTooLarge` for too many pixels or bytes. The first failure
+        cancels the other downloads.
         """
+        wanted = list(urls if limit is None else urls[: max(0, limit)])
+        if len(wanted) < len(urls):
+            log.warning(
+                "PixelDojo listed %d images for a job of %d; taking the first %d",
+                len(urls),
+                limit,
+                len(wanted),
+            )
+        budget = DownloadBudget(self._max_job_download_bytes)
+        slots = asyncio.Semaphore(self._download_concurrency)
 
         async def one(url: str) -> tuple[bytes, str]:
-            data, _ = await self.download(url)
+            async with slots:
+                data, _ = await self.download(url, budget=budget)
             try:
-                return data, await asyncio.to_thread(images.verify_image, data)
+                async with self._decoding:
+                    return data, await asyncio.to_thread(images.verify_image, data)
+            except images.TooManyPixels as exc:
+                log.warning("PixelDojo result %s refused: %s", _for_log(url), exc.detail)
+                raise ImageTooLarge(str(exc)) from None
             except images.UnusableImage as exc:
                 log.warning("PixelDojo result %s is not usable: %s", _for_log(url), exc.detail)
                 raise NotAnImage(str(exc)) from None
 
-        return list(await asyncio.gather(*(one(url) for url in urls)))
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(url)) for url in wanted]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
 
     async def get_model_schema(self, model: str = MODEL_ID) -> dict[str, Any]:
         """Return the request JSON Schema of ``model`` (``GET /models/{id}/schema``)."""

@@ -610,7 +610,8 @@ class JobRunner:
         await self._finish(job)
 
     async def _download(self, job: Job, urls: tuple[str, ...]) -> list[ResultImage]:
-        results = await self.client.download_results(urls)
+        # Only the images the member asked (and paid) for, however many PixelDojo listed.
+        results = await self.client.download_results(urls, limit=job.num_outputs)
         return [
             ResultImage(data=data, content_type=content_type, index=index)
             for index, (data, content_type) in enumerate(results)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 
 from tests.conftest import (
     ALICE_ID,
@@ -103,3 +106,31 @@ async def test_a_result_redirecting_to_a_private_host_is_refused_at_every_hop(
     assert attachments_for(harness, job_id) == []
     fetched = [path for method, path, *_ in api.request_log if path.startswith("/files/")]
     assert len(fetched) == 2 and fetched[1] == "/files/hop.png"
+
+
+async def test_a_job_listing_more_images_than_asked_posts_only_those_paid_for(
+    harness: Harness,
+) -> None:
+    harness.api.list_extra_images(58)  # 60 links for a 2-image job
+    job_id = await queued_job_id(harness, await harness.imagine("a lighthouse", num_outputs=2))
+    result = await outcome_for(harness, job_id)
+    assert len(result.attachments) == 2, result.embeds
+    assert await used_credits(harness, ALICE_ID) == 2
+    fetched = [path for _, path, *_ in harness.api.request_log if path.startswith("/files/")]
+    assert len(fetched) == 2
+
+
+def pixel_bomb() -> bytes:
+    """A 13000×13000 PNG of 20 KiB: 169 megapixels, 676 MB once decoded as RGBA."""
+    out = io.BytesIO()
+    Image.new("1", (13_000, 13_000)).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_an_image_with_absurdly_many_pixels_is_refused_undecoded(harness: Harness) -> None:
+    harness.api.replace_images(pixel_bomb())
+    job_id = await queued_job_id(harness, await harness.imagine("a lighthouse"))
+    failure = await outcome_for(harness, job_id)
+    assert title_of(failure).startswith("❌")
+    assert "too large for the bot" in failure.embeds[0]["description"]
+    assert await used_credits(harness, ALICE_ID) == 0

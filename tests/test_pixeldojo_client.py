@@ -1105,6 +1105,65 @@ async def test_an_unresolvable_host_is_a_network_error(sleeps: RecordingSleep) -
     assert caught.value.retryable is True and len(sleeps.delays) == 1
 
 
+# -- a job's downloads -------------------------------------------------------------------------
+
+NOISE_PNG = render_placeholder_png("1:1", seed_key="noise", min_bytes=200_000)
+
+
+def result_urls(n: int) -> list[str]:
+    return [f"https://pixeldojo.test/files/{index}.png" for index in range(n)]
+
+
+async def test_a_jobs_downloads_share_a_byte_budget(sleeps: RecordingSleep) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=NOISE_PNG, headers={"Content-Type": "image/png"})
+
+    budget = 3 * len(NOISE_PNG) - 1
+    async with mock_client(handler, sleeps, max_job_download_bytes=budget) as client:
+        assert len(await client.download_results(result_urls(2))) == 2
+        with pytest.raises(ImageTooLarge) as caught:
+            await client.download_results(result_urls(4))
+    assert "together" in caught.value.message
+
+
+async def test_a_job_takes_only_the_images_it_asked_for_a_few_at_a_time(
+    sleeps: RecordingSleep,
+) -> None:
+    in_flight, peak, served = 0, 0, []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        served.append(request.url.path)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        for _ in range(20):  # let every other download that may start, start
+            await asyncio.sleep(0)
+        in_flight -= 1
+        return httpx.Response(200, content=NOISE_PNG, headers={"Content-Type": "image/png"})
+
+    async with mock_client(handler, sleeps, download_concurrency=2) as client:
+        results = await client.download_results(result_urls(60), limit=6)
+    assert [mime for _, mime in results] == ["image/png"] * 6
+    assert served == [f"/files/{index}.png" for index in range(6)]
+    assert 1 <= peak <= 2
+
+
+async def test_the_first_failed_download_stops_the_others(sleeps: RecordingSleep) -> None:
+    served: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        served.append(request.url.path)
+        if request.url.path == "/files/0.png":
+            return httpx.Response(404)
+        await asyncio.sleep(0)
+        return httpx.Response(200, content=NOISE_PNG, headers={"Content-Type": "image/png"})
+
+    async with mock_client(handler, sleeps, download_concurrency=2) as client:
+        with pytest.raises(ImageExpired):
+            await client.download_results(result_urls(8))
+    assert len(served) < 8
+
+
 def test_constructor_validation() -> None:
     with pytest.raises(ValueError):
         PixelDojoClient("")
