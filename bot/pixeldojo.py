@@ -375,7 +375,7 @@ class JobState:
         urls = _extract_image_urls(payload)
         if base_url:
             base = httpx.URL(base_url)
-            urls = [str(base.join(url)) for url in urls]
+            urls = [str(joined) for joined in (_join(base, url) for url in urls) if joined]
         return cls(
             job_id=resolved_id,
             status=raw_status.strip().lower(),
@@ -478,6 +478,15 @@ def _extract_image_urls(payload: Mapping[str, Any]) -> list[str]:
         if url and url not in urls:
             urls.append(url)
     return urls
+
+
+def _join(base: httpx.URL, link: str) -> httpx.URL | None:
+    """``link`` resolved against ``base``, or None when it does not parse as a URL."""
+    try:
+        return base.join(link)
+    except httpx.InvalidURL:
+        log.warning("ignoring an image link from PixelDojo that is not a URL: %.80r", link)
+        return None
 
 
 def _error_text(value: Any) -> str | None:
@@ -843,9 +852,13 @@ class PixelDojoClient:
         only to the API origin. Raises :class:`ImageExpired` when the link is gone and
         :class:`ImageTooLarge` past ``max_bytes`` or past what is left of ``budget``.
         """
-        target = httpx.URL(url)
+        unusable = MalformedResponse("PixelDojo returned an image link the bot cannot use.")
+        try:
+            target = httpx.URL(url)
+        except httpx.InvalidURL:
+            raise unusable from None
         if target.scheme not in ("http", "https") or not target.host:
-            raise MalformedResponse("PixelDojo returned an image link the bot cannot use.")
+            raise unusable
 
         async def consume(response: httpx.Response) -> tuple[bytes, str | None]:
             taken = 0

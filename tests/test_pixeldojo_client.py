@@ -885,6 +885,21 @@ async def test_foreign_status_url_never_receives_the_token(
         assert len(warnings) == 1
 
 
+async def test_links_that_do_not_parse_are_dropped_not_raised(sleeps: RecordingSleep) -> None:
+    links = ["http://[::1", "\x00", "https://files.pixeldojo.test/ok.png"]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"status": "completed", "output": {"images": links}}
+        return httpx.Response(200, json=body)
+
+    async with mock_client(handler, sleeps) as client:
+        state = await client.get_job("j")
+        for link in links[:2]:
+            with pytest.raises(MalformedResponse):
+                await client.download(link)
+    assert state.image_urls == ("https://files.pixeldojo.test/ok.png",)
+
+
 async def test_jobs_are_polled_by_their_id_whatever_status_url_says(
     sleeps: RecordingSleep,
 ) -> None:
