@@ -8,6 +8,7 @@ import asyncio
 import io
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,10 @@ class StallingPixelDojo:
             expires_at=None,
         )
 
-    async def download(self, url: str, **_: Any) -> tuple[bytes, str | None]:
-        return png(), "image/png"
+    async def download_results(
+        self, urls: Sequence[str], *, limit: int | None = None
+    ) -> list[tuple[bytes, str]]:
+        return [(png(), "image/png") for _ in urls[:limit]]
 
 
 class ShiftedClock:
