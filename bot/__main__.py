@@ -68,6 +68,7 @@ def run_bot(settings: Settings) -> int:
     import discord
 
     from bot.app import PixelDojoBot, point_discord_at
+    from bot.storage import DatabaseUnavailable
 
     point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
     try:
@@ -80,6 +81,9 @@ def run_bot(settings: Settings) -> int:
         return 2
     except discord.PrivilegedIntentsRequired:
         print("pixeldojo-bot: Discord refused the requested gateway intents", file=sys.stderr)
+        return 2
+    except DatabaseUnavailable as exc:
+        print(f"pixeldojo-bot: cannot open DATABASE_PATH={exc.path}: {exc.cause}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
 
 from bot.app import PixelDojoBot
 from bot.config import Settings
 from bot.fake_pixeldojo import FakePixelDojo
 from bot.jobs import JobState
 from bot.storage import Database
-from tests.conftest import ALICE_ID, CHANNEL_ID, GUILD_ID, BotProcess, footer_has, title_of
+from bot.storage.migrations import MIGRATIONS
+from tests.conftest import (
+    ALICE_ID,
+    CHANNEL_ID,
+    GUILD_ID,
+    REPO_ROOT,
+    BotProcess,
+    footer_has,
+    settings_env,
+    title_of,
+)
 from tests.doubles.discord_double import DiscordDouble, run_bot_against
 
 
@@ -116,3 +132,83 @@ async def test_sigterm_shuts_down_cleanly(
     log = bot_process.log()
     assert "received SIGTERM: shutting down" in log and log.rstrip().endswith("bot: shut down")
     assert settings.discord_token not in log
+
+
+async def run_until_exit(settings: Settings) -> tuple[int, str]:
+    """`python -m bot` against the doubles until it exits by itself; its code and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        cwd=REPO_ROOT,
+        env=settings_env(settings),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _out, err = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError("the bot is still running: a supervisor never sees it fail") from None
+    assert process.returncode is not None
+    text = err.decode()
+    assert "Traceback" not in text and "Unclosed" not in text, text
+    return process.returncode, text
+
+
+def _garbage(path: Path) -> Path:
+    (path / "bot.sqlite3").write_bytes(b"this is not an SQLite database, just bytes. " * 100)
+    return path / "bot.sqlite3"
+
+
+def _under_a_file(path: Path) -> Path:
+    (path / "plain-file").write_text("")
+    return path / "plain-file" / "bot.sqlite3"
+
+
+def _a_directory(path: Path) -> Path:
+    (path / "bot.sqlite3").mkdir()
+    return path / "bot.sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("make", "cause"),
+    [
+        (_garbage, "file is not a database"),
+        (_under_a_file, "cannot create the folder {path.parent} (File exists)"),
+        (_a_directory, "unable to open database file"),
+    ],
+    ids=["garbage", "folder-not-creatable", "directory"],
+)
+async def test_unusable_database_exits_with_one_line(
+    double: DiscordDouble, settings: Settings, tmp_path: Path, make, cause: str
+) -> None:
+    path = make(tmp_path)
+    code, err = await run_until_exit(replace(settings, database_path=path))
+    assert code == 2
+    problems = [line for line in err.splitlines() if line.startswith("pixeldojo-bot:")]
+    cause = cause.format(path=path)
+    assert problems == [f"pixeldojo-bot: cannot open DATABASE_PATH={path}: {cause}"], err
+
+
+async def test_database_from_a_newer_version_is_refused(
+    double: DiscordDouble, settings: Settings, tmp_path: Path
+) -> None:
+    newer = len(MIGRATIONS) + 1
+    with sqlite3.connect(settings.database_path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (newer,))
+    conn.close()
+    code, err = await run_until_exit(settings)
+    assert code == 2
+    problems = [line for line in err.splitlines() if line.startswith("pixeldojo-bot:")]
+    assert problems == [
+        f"pixeldojo-bot: cannot open DATABASE_PATH={settings.database_path}: it has schema "
+        f"version {newer} but this version of the bot knows only up to {len(MIGRATIONS)} "
+        "(upgrade the bot, or restore a backup made by this version)"
+    ], err
+    with sqlite3.connect(settings.database_path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert tables == {"schema_version"}, "nothing was migrated into the newer database"

@@ -1,5 +1,5 @@
 """SQLite persistence: one connection, versioned schema, serialised transactions."""
 
-from bot.storage.database import Database
+from bot.storage.database import Database, DatabaseUnavailable
 
-__all__ = ["Database"]
+__all__ = ["Database", "DatabaseUnavailable"]

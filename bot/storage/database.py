@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,30 @@ import aiosqlite
 from bot.storage.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be opened or migrated; `cause` says why in one line."""
+
+    def __init__(self, path: Path, cause: str) -> None:
+        super().__init__(f"{path}: {cause}")
+        self.path = path
+        self.cause = cause
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _probe(path: Path) -> None:
+    """Open `path` and read its header: raises if it cannot be opened or is not SQLite."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    finally:
+        conn.close()
 
 
 class Database:
@@ -30,19 +55,43 @@ class Database:
         self._lock = asyncio.Lock()
 
     async def connect(self) -> None:
-        """Open the file (creating its folder), enable WAL and apply pending migrations."""
+        """Open the file (creating its folder), enable WAL and apply pending migrations.
+
+        Raises `DatabaseUnavailable` when the file cannot be created, read or migrated, or
+        was written by a newer version of the bot.
+        """
         if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed credit movement survives a power cut, not just a process crash
-        # (NORMAL in WAL mode may lose the last commits); the ledger bench shows no cost.
-        await conn.execute("PRAGMA synchronous=FULL")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        self._conn = conn
-        await self._migrate()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(
+                    self.path, f"cannot create the folder {self.path.parent} ({_cause(exc)})"
+                ) from exc
+        try:
+            # Opened and read once on a thread of our own first: when aiosqlite's own open
+            # fails, its worker thread outlives the error and can print a traceback at exit.
+            await asyncio.to_thread(_probe, self.path)
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise DatabaseUnavailable(self.path, _cause(exc)) from exc
+        try:
+            conn.row_factory = aiosqlite.Row
+            await conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed credit movement survives a power cut, not just a process crash
+            # (NORMAL in WAL mode may lose the last commits); the ledger bench shows no cost.
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            self._conn = conn
+            await self._migrate()
+        except BaseException as exc:
+            # aiosqlite's worker thread is not a daemon: an unclosed connection would keep
+            # the process alive after the error, forever.
+            self._conn = None
+            await conn.close()
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise DatabaseUnavailable(self.path, _cause(exc)) from exc
+            raise
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -62,6 +111,13 @@ class Database:
             )
             row = await (await conn.execute("SELECT MAX(version) FROM schema_version")).fetchone()
             current = row[0] or 0
+            if current > len(MIGRATIONS):
+                raise DatabaseUnavailable(
+                    self.path,
+                    f"it has schema version {current} but this version of the bot knows only "
+                    f"up to {len(MIGRATIONS)} (upgrade the bot, or restore a backup made by "
+                    "this version)",
+                )
             for version, statements in enumerate(MIGRATIONS, start=1):
                 if version <= current:
                     continue
