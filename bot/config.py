@@ -119,7 +119,7 @@ _TOKEN_SHAPE_MIN_LENGTH = 20
 def load_settings(
     env: Mapping[str, str] | None = None, *, require_discord: bool = True
 ) -> Settings:
-    """Build `Settings` from `env` (default: `os.environ` after loading `.env`).
+    """Build `Settings` from `env` (default: `os.environ` after loading `./.env`).
 
     Raises `ConfigError` with a one-line message naming the first bad setting.
     `require_discord=False` is for the command-line generator, which needs no bot token.
@@ -127,7 +127,9 @@ def load_settings(
     if env is None:
         from dotenv import load_dotenv
 
-        load_dotenv()
+        # The working directory's .env, not one found from this module's location (which is
+        # site-packages after `pip install .`). Variables already set in the environment win.
+        load_dotenv(Path.cwd() / ".env", override=False)
         env = os.environ
 
     sandbox = _flag(env, "PIXELDOJO_SANDBOX")

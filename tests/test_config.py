@@ -77,6 +77,36 @@ def test_process_exits_with_one_line_for_bad_config(tmp_path: Path) -> None:
     ]
 
 
+def test_dotenv_in_the_working_directory_is_read_and_the_environment_wins(
+    tmp_path: Path,
+) -> None:
+    # The module is imported from the checkout, not from tmp_path, as after `pip install .`.
+    (tmp_path / ".env").write_text(
+        f"DISCORD_TOKEN={TOKEN}\n"
+        "PIXELDOJO_API_KEY=pd_live_secret_key_123\n"
+        "POLL_INITIAL_INTERVAL=2\n"
+        "POLL_MAX_INTERVAL=10\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(Path(__file__).parent.parent),
+            "POLL_MAX_INTERVAL": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Token and key came from the file; POLL_MAX_INTERVAL=1 from the environment beat its 10.
+    assert done.stderr.strip().splitlines() == [
+        "pixeldojo-bot: configuration error: "
+        "POLL_MAX_INTERVAL must be at least POLL_INITIAL_INTERVAL"
+    ]
+    assert done.returncode == 2
+
+
 def test_secrets_are_redacted_from_log_lines_and_tracebacks() -> None:
     formatter = RedactingFormatter([TOKEN, "pd_live_secret_key_123"])
     try:
