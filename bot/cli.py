@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 from bot.config import Settings
@@ -14,6 +17,39 @@ from bot.pixeldojo import PixelDojoClient
 from bot.runner import JobRunner, Phase, ResultImage, RunnerSettings
 from bot.storage import Database
 from bot.storage.jobs import JobStore
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def safe_name(raw: str, fallback: str) -> str:
+    """`raw` (a server-chosen id) reduced to a file-name part that cannot leave its folder."""
+    return _UNSAFE.sub("_", raw).strip("_-")[:64] or fallback
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why images cannot be saved in `folder` (created if missing), or None if they can."""
+    if folder.exists() and not folder.is_dir():
+        return "it exists and is not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def write_new_file(folder: Path, stem: str, extension: str, data: bytes) -> Path:
+    """Write `data` to `stem.extension` in `folder`, or `stem-1.extension`, … if taken."""
+    for n in itertools.count():
+        path = folder / (f"{stem}.{extension}" if n == 0 else f"{stem}-{n}.{extension}")
+        try:
+            with path.open("xb") as file:  # exclusive: never replaces an existing file
+                file.write(data)
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
 
 
 class FilePresenter:
@@ -32,10 +68,10 @@ class FilePresenter:
 
     async def post_result(self, job: Job, images: list[ResultImage], elapsed: float) -> int:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        job_name = safe_name(job.api_job_id or "", str(job.id))
         for image in images:
-            name = f"pixeldojo-{job.api_job_id or job.id}-{image.index + 1}"
-            path = self.out_dir / f"{name}.{image_extension(image.data)}"
-            path.write_bytes(image.data)
+            stem = f"pixeldojo-{job_name}-{image.index + 1}"
+            path = write_new_file(self.out_dir, stem, image_extension(image.data), image.data)
             self.saved.append(path)
         return 0
 
@@ -59,6 +95,11 @@ async def generate_once(
         )
     except RequestRefused as refusal:
         print(f"pixeldojo-bot: {refusal}", file=sys.stderr)
+        return 2
+    # Before anything is submitted: PixelDojo charges for a job whose images we cannot save.
+    reason = unwritable_reason(out_dir)
+    if reason is not None:
+        print(f"pixeldojo-bot: cannot save images in {out_dir}: {reason}", file=sys.stderr)
         return 2
     db = Database(":memory:")
     await db.connect()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from typing import Any, Literal, Self
+from urllib.parse import quote
 
 from aiohttp import web
 from PIL import Image, ImageDraw, ImageFont
@@ -333,6 +334,8 @@ class FakePixelDojo:
         self.submissions: list[dict[str, Any]] = []
         self.request_log: list[tuple[str, str, int, float]] = []
         self.durations: deque[float] = deque()
+        # jobIds to hand out to the next submissions (any string, e.g. a hostile "../x").
+        self.job_ids: deque[str] = deque()
 
         self._faults: list[_Fault] = []
         self._fail_remaining = 0
@@ -687,7 +690,7 @@ class FakePixelDojo:
 
         now = time.monotonic()
         duration = self.durations.popleft() if self.durations else self.job_duration
-        job_id = f"job_{uuid.uuid4().hex[:24]}"
+        job_id = self.job_ids.popleft() if self.job_ids else f"job_{uuid.uuid4().hex[:24]}"
         job = FakeJob(
             job_id=job_id,
             prompt=body["prompt"],
@@ -710,7 +713,7 @@ class FakePixelDojo:
             self._images[name] = (job_id, index)
         api_base = self.public_base_url or self.base_url
         status_url = (self.status_url_format or "{base}/jobs/{job_id}").format(
-            base=api_base, job_id=job_id
+            base=api_base, job_id=quote(job_id, safe="")
         )
         return _json(
             {
@@ -751,7 +754,7 @@ class FakePixelDojo:
         return _json(body)
 
     def _output(self, job: FakeJob) -> dict[str, Any]:
-        urls = [f"{self.origin}/files/{name}" for name in job.image_names]
+        urls = [f"{self.origin}/files/{quote(name, safe='')}" for name in job.image_names]
         urls += [f"{urls[k % len(urls)]}?copy={k}" for k in range(self._extra_urls)]
         if self.output_shape == "image":
             return {"output": {"image": urls[0]}}

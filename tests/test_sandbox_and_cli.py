@@ -32,6 +32,10 @@ async def run_cli(env: dict[str, str], *args: str, cwd: Path) -> tuple[int, str,
     return process.returncode or 0, out.decode(), err.decode()
 
 
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
+
+
 async def test_cli_generates_into_a_folder(
     api: FakePixelDojo, settings: Settings, tmp_path: Path
 ) -> None:
@@ -63,6 +67,51 @@ async def test_cli_reports_an_api_refusal(
     code, _out, err = await run_cli(env, "a lighthouse", cwd=tmp_path)
     assert code == 1
     assert "API key" in err.splitlines()[-1] and "wrong-key" not in err
+
+
+async def test_cli_checks_the_out_folder_before_anything_is_charged(
+    api: FakePixelDojo, settings: Settings, tmp_path: Path
+) -> None:
+    env = settings_env(settings)
+    (tmp_path / "taken").write_text("a file where the folder should be")
+    code, _out, err = await run_cli(env, "a lighthouse", "--out", "taken", cwd=tmp_path)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "pixeldojo-bot: cannot save images in taken: it exists and is not a folder"
+    )
+    code, _out, err = await run_cli(env, "a lighthouse", "--out", "taken/sub", cwd=tmp_path)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("pixeldojo-bot: cannot save images in taken/")
+    assert api.submissions == [] and api.credits == 10_000
+
+
+async def test_cli_keeps_hostile_job_ids_in_the_folder_and_never_overwrites(
+    api: FakePixelDojo, settings: Settings, tmp_path: Path
+) -> None:
+    env = settings_env(settings)
+    out = tmp_path / "work" / "out"
+    out.mkdir(parents=True)
+    (out / "pixeldojo-escape-1.png").write_bytes(b"an earlier image")
+    api.job_ids.extend(["../../escape", "a/b"])
+    code, first, err = await run_cli(
+        env, "a lighthouse", "--num-outputs", "2", "--out", "work/out", cwd=tmp_path
+    )
+    assert code == 0, err
+    code, second, err = await run_cli(env, "a lighthouse", "--out", "work/out", cwd=tmp_path)
+    assert code == 0, err
+    assert (first + second).split() == [
+        "work/out/pixeldojo-escape-1-1.png",
+        "work/out/pixeldojo-escape-2.png",
+        "work/out/pixeldojo-a_b-1.png",
+    ]
+    assert (out / "pixeldojo-escape-1.png").read_bytes() == b"an earlier image"
+    assert files_under(tmp_path) == [
+        "work/out/pixeldojo-a_b-1.png",
+        "work/out/pixeldojo-escape-1-1.png",
+        "work/out/pixeldojo-escape-1.png",
+        "work/out/pixeldojo-escape-2.png",
+    ]
+    assert not (tmp_path.parent / "escape-1.png").exists()
 
 
 async def test_cli_sandbox_renders_the_prompt(tmp_path: Path) -> None:
