@@ -123,6 +123,7 @@ class PixelDojoBot(commands.Bot):
             credit_cost_per_output=0,
             render_prompt=True,
             image_base_size=768,
+            keep_history=False,  # runs for the life of the bot: record no request bodies
         )
         await self._sandbox.start()
         log.warning(

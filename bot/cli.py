@@ -109,7 +109,11 @@ async def generate_once(
         from bot.fake_pixeldojo import FakePixelDojo
 
         sandbox = FakePixelDojo(
-            api_key=None, credit_cost_per_output=0, render_prompt=True, image_base_size=768
+            api_key=None,
+            credit_cost_per_output=0,
+            render_prompt=True,
+            image_base_size=768,
+            keep_history=False,
         )
         await sandbox.start()
         base = sandbox.base_url

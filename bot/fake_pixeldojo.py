@@ -306,12 +306,20 @@ class FakePixelDojo:
         public_base_url: str | None = None,
         image_field: str | None = None,
         image_ttl: float | None = None,
+        job_ttl: timedelta = JOB_TTL,
+        max_cached_renders: int = 64,
+        keep_history: bool = True,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         """Configure the server; ``api_key=None`` accepts any bearer token.
 
         ``public_base_url`` replaces the API base advertised in ``statusUrl``; ``image_field``
         adds an input-image property (e.g. ``"image_url"``) to the schema and accepted body;
         ``image_ttl`` makes result images return 410 that many seconds after completion.
+        A job and its images are forgotten ``job_ttl`` after submission (its ``expiresAt``,
+        read from ``clock``, default the UTC wall clock); at most ``max_cached_renders``
+        rendered images are kept. ``keep_history=False`` (the sandbox) records nothing in
+        ``submissions`` and ``request_log``, which otherwise grow with every request.
         """
         if output_shape not in ("images", "image", "assets"):
             raise ValueError(f"unknown output_shape {output_shape!r}")
@@ -329,6 +337,11 @@ class FakePixelDojo:
         self.image_ttl = image_ttl
         # A hostile or changed API: ``statusUrl`` as this format (``{base}``, ``{job_id}``).
         self.status_url_format: str | None = None
+        self.job_ttl = job_ttl
+        self.max_cached_renders = max_cached_renders
+        self.keep_history = keep_history
+        self._now = clock or (lambda: datetime.now(UTC))
+        self._by_expiry: deque[FakeJob] = deque()  # submission order = expiry order
 
         self.jobs: dict[str, FakeJob] = {}
         self.submissions: list[dict[str, Any]] = []
@@ -356,7 +369,9 @@ class FakePixelDojo:
         if self._runner is not None:
             raise RuntimeError("FakePixelDojo is already running")
         self._closing = asyncio.Event()
-        app = web.Application(middlewares=[self._record, self._inject_faults, self._authenticate])
+        app = web.Application(
+            middlewares=[self._forget, self._record, self._inject_faults, self._authenticate]
+        )
         app.router.add_post("/api/v1/models/{model}/run", self._handle_submit, name="submit")
         app.router.add_get("/api/v1/jobs/{job_id}", self._handle_poll, name="poll")
         app.router.add_get("/api/v1/models", self._handle_models, name="models")
@@ -558,7 +573,23 @@ class FakePixelDojo:
     # -- middlewares -------------------------------------------------------------------------
 
     @web.middleware
+    async def _forget(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Drop expired jobs, their images and renders, so a long-lived sandbox stays small."""
+        now = self._now()
+        while self._by_expiry and self._by_expiry[0].expires_at <= now:
+            job = self._by_expiry.popleft()
+            if self.jobs.get(job.job_id) is not job:
+                continue  # its id was handed out again (``job_ids``): the newer job stays
+            del self.jobs[job.job_id]
+            for name in job.image_names:
+                self._images.pop(name, None)
+                self._renders.pop(name, None)
+        return await handler(request)
+
+    @web.middleware
     async def _record(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if not self.keep_history:
+            return await handler(request)
         if _route_name(request) == "submit":
             raw = await request.read()
             try:
@@ -701,6 +732,7 @@ class FakePixelDojo:
             complete_at=now + duration,
             image_names=[f"{job_id}-{index}.png" for index in range(num_outputs)],
             credit_cost=cost,
+            expires_at=self._now() + self.job_ttl,
             status_sequence=self._status_sequence,
             min_image_bytes=self._min_image_bytes,
             inputs=dict(body),
@@ -709,6 +741,7 @@ class FakePixelDojo:
             self._fail_remaining -= 1
             job.outcome, job.error = "fail", self._fail_error
         self.jobs[job_id] = job
+        self._by_expiry.append(job)
         for index, name in enumerate(job.image_names):
             self._images[name] = (job_id, index)
         api_base = self.public_base_url or self.base_url
@@ -798,7 +831,7 @@ class FakePixelDojo:
         )
 
     async def _render(self, name: str, job: FakeJob, index: int) -> bytes:
-        future = self._renders.get(name)
+        future = self._renders.pop(name, None)
         if future is None:
             seed_key = str(job.seed) if job.seed is not None else job.job_id
             # Pillow work is CPU-bound: keep it off the event loop.
@@ -813,7 +846,9 @@ class FakePixelDojo:
                     min_bytes=job.min_image_bytes,
                 )
             )
-            self._renders[name] = future
+        self._renders[name] = future  # most recently used last
+        while len(self._renders) > self.max_cached_renders:
+            del self._renders[next(iter(self._renders))]
         try:
             return await asyncio.shield(future)
         except Exception:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 from PIL import Image
 
 from bot.config import Settings
 from bot.fake_pixeldojo import FakePixelDojo
+from bot.pixeldojo import MODEL_ID
 from tests.conftest import ALICE_ID, CHANNEL_ID, GUILD_ID, REPO_ROOT, settings_env
 from tests.doubles.discord_double import DiscordDouble
 
@@ -139,3 +142,47 @@ async def test_sandbox_bot_posts_placeholders_at_zero_credits(
     assert fields["Credits"] == "0"
     with Image.open(io.BytesIO(result.attachments[0].data)) as image:
         assert image.size == (768, 768)
+
+
+async def test_sandbox_forgets_jobs_images_and_renders_after_expiry() -> None:
+    now = datetime(2030, 1, 1, 12, tzinfo=UTC)
+
+    def clock() -> datetime:
+        return now
+
+    sandbox = FakePixelDojo(api_key=None, clock=clock, max_cached_renders=3, keep_history=False)
+    async with sandbox, httpx.AsyncClient(headers={"Authorization": "Bearer x"}) as http:
+
+        async def generate(prompt: str) -> tuple[str, list[str]]:
+            submitted = await http.post(
+                f"{sandbox.base_url}/models/{MODEL_ID}/run",
+                json={"prompt": prompt, "num_outputs": 2},
+            )
+            assert submitted.json()["expiresAt"] == (now + timedelta(hours=1)).isoformat(
+                timespec="seconds"
+            ).replace("+00:00", "Z")
+            status = (await http.get(submitted.json()["statusUrl"])).json()
+            assert status["status"] == "completed"
+            urls = status["output"]["images"]
+            for url in urls:
+                assert (await http.get(url)).status_code == 200
+            return submitted.json()["statusUrl"], urls
+
+        first_status, first_urls = await generate("first")
+        now += timedelta(minutes=30)
+        _second_status, second_urls = await generate("second")
+        assert len(sandbox.jobs) == 2
+        assert len(sandbox._renders) == 3, "the render cache is bounded"
+
+        now += timedelta(minutes=31)  # the first job has expired, the second has not
+        assert (await http.get(first_status)).status_code == 404
+        assert [(await http.get(url)).status_code for url in first_urls] == [404, 404]
+        assert [j.prompt for j in sandbox.jobs.values()] == ["second"]
+        assert all(sandbox._images[name][0] in sandbox.jobs for name in sandbox._images)
+        assert set(sandbox._renders) <= {url.rsplit("/", 1)[1] for url in second_urls}
+        assert [(await http.get(url)).status_code for url in second_urls] == [200, 200]
+
+        now += timedelta(hours=1)
+        await http.get(f"{sandbox.base_url}/models")
+        assert (sandbox.jobs, sandbox._images, sandbox._renders) == ({}, {}, {})
+        assert sandbox.submissions == [] and sandbox.request_log == []
