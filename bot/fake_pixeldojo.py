@@ -465,6 +465,16 @@ class FakePixelDojo:
         """Set how long new jobs take when ``durations`` is empty."""
         self.job_duration = seconds
 
+    def finish_jobs(self) -> None:
+        """Let every job still generating complete on its next poll.
+
+        With ``set_duration(3600)`` a test holds jobs "generating" for as long as it needs,
+        whatever the machine's load, then releases them here.
+        """
+        now = time.monotonic()
+        for job in self.jobs.values():
+            job.complete_at = min(job.complete_at, now)
+
     def set_status_sequence(self, statuses: Iterable[str] | None) -> None:
         """Statuses new jobs report on successive polls before they may complete."""
         self._status_sequence = tuple(statuses or ())

@@ -15,7 +15,6 @@ from bot.app import PixelDojoBot
 from bot.config import Settings
 from bot.fake_pixeldojo import FakePixelDojo
 from bot.jobs import JobState
-from bot.storage import Database
 from bot.storage.migrations import MIGRATIONS
 from tests.conftest import (
     ALICE_ID,
@@ -30,14 +29,35 @@ from tests.conftest import (
 from tests.doubles.discord_double import DiscordDouble, run_bot_against
 
 
-async def job_state(settings: Settings, job_id: int) -> tuple[JobState, int | None]:
-    db = Database(settings.database_path)
-    await db.connect()
+def read_job_state(path: Path, job_id: int) -> tuple[JobState, int | None]:
+    """The job's state as another process sees it (read-only: never blocks the bot's writes)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        row = await db.fetchone("SELECT state, result_message_id FROM jobs WHERE id = ?", (job_id,))
+        row = conn.execute(
+            "SELECT state, result_message_id FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
     finally:
-        await db.close()
+        conn.close()
     return JobState(row[0]), row[1]
+
+
+async def final_job_state(
+    settings: Settings, job_id: int, timeout: float = 20
+) -> tuple[JobState, int | None]:
+    """Wait until the bot process has recorded the job as POSTED or FAILED.
+
+    The bot records the post only after Discord answered it, so seeing the message in the
+    double says nothing about the database yet. Another process offers no event to wait on,
+    so this re-reads the state until it is final, or fails after `timeout`.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            state, message_id = await asyncio.to_thread(
+                read_job_state, settings.database_path, job_id
+            )
+            if state.is_final:
+                return state, message_id
+            await asyncio.sleep(0.05)
 
 
 def results_for(double: DiscordDouble, job_id: int) -> list[int]:
@@ -51,7 +71,7 @@ def results_for(double: DiscordDouble, job_id: int) -> list[int]:
 async def test_killed_mid_job_resumes_and_posts_once(
     double: DiscordDouble, api: FakePixelDojo, settings: Settings, bot_process: BotProcess
 ) -> None:
-    api.set_duration(2.0)
+    api.set_duration(3600)  # still generating whatever the machine's load: finished below
     bot_process.start()
     await double.wait_until_ready(timeout=20, min_identifies=1)
     await double.wait_for_commands(timeout=20)
@@ -70,6 +90,7 @@ async def test_killed_mid_job_resumes_and_posts_once(
     job_id = int(status.embeds[0]["footer"]["text"].split()[1].lstrip("#"))
     await asyncio.to_thread(bot_process.kill)  # SIGKILL while PixelDojo is still generating
     assert results_for(double, job_id) == []
+    api.finish_jobs()  # PixelDojo finishes while the bot is down
 
     bot_process.start()
     await double.wait_until_ready(timeout=20, min_identifies=2)
@@ -78,7 +99,7 @@ async def test_killed_mid_job_resumes_and_posts_once(
     )
     assert result.embeds[0]["description"] == "a comet over the sea"
     assert len(api.submissions) == 1, "the job was resumed, not submitted again"
-    state, message_id = await job_state(settings, job_id)
+    state, message_id = await final_job_state(settings, job_id)
     assert state is JobState.POSTED and message_id == result.id
     assert results_for(double, job_id) == [result.id]
     assert "resuming" in bot_process.log()
