@@ -185,16 +185,28 @@ class Harness:
         return record.followups[0]
 
     async def result_for(self, job_id: int, timeout: float = 10) -> MessageRecord:
-        """The result message of job `job_id` (images attached, footer names the job)."""
-        return await self.double.wait_for_message(
+        """The result message of job `job_id` (images attached, footer names the job), once
+        the bot has also recorded the job as finished."""
+        message = await self.double.wait_for_message(
             lambda m: bool(m.attachments) and footer_has(m, f"Job #{job_id}"), timeout
         )
+        await self.finished(job_id, timeout)
+        return message
 
     async def failure_for(self, job_id: int, timeout: float = 10) -> MessageRecord:
-        """The status message of job `job_id` once it shows a failure."""
-        return await self.double.wait_for_message(
+        """The status message of job `job_id` once it shows a failure, and the bot has
+        recorded the job as finished."""
+        message = await self.double.wait_for_message(
             lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("❌"), timeout
         )
+        await self.finished(job_id, timeout)
+        return message
+
+    async def finished(self, job_id: int, timeout: float = 10) -> None:
+        """Wait until the runner has recorded job `job_id` as posted or failed (and audited
+        it). Discord sees a result before the database does: the bot records the post only
+        once Discord has answered, so state read right after seeing a message may be stale."""
+        await asyncio.wait_for(self.bot.runner.wait_finished(job_id), timeout)
 
 
 def footer_has(message: MessageRecord, text: str) -> bool:

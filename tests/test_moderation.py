@@ -400,7 +400,7 @@ async def test_invisible_and_look_alike_characters_do_not_slip_past(harness: Har
 
 
 async def test_concurrency_cooldown_and_outputs(harness: Harness) -> None:
-    harness.api.set_duration(0.5)
+    harness.api.set_duration(3600)  # "slow one" runs until released below
     reply = await mod(harness, "settings", {"concurrency": 1, "max_outputs": 1})
     assert reply.splitlines() == [
         "✅ You set the limit to 1 generation at a time per member.",
@@ -411,6 +411,7 @@ async def test_concurrency_cooldown_and_outputs(harness: Harness) -> None:
     refusal = await imagine(harness, "impatient")
     assert refusal.startswith("You already have 1 generation running, and this server allows 1")
     assert (await imagine(harness, "someone else's", user_id=BOB_ID)).startswith("Job #")
+    harness.api.finish_jobs()
     await harness.result_for(job_id)
 
     assert await mod(harness, "settings", {"cooldown": 60}) == (
@@ -471,10 +472,12 @@ async def test_report_shows_spending(harness: Harness) -> None:
     assert report["Top members"] == "nobody yet"
 
     await mod(harness, "settings", {"spend_cap": 10})
-    alice = await queued_job_id(harness, await harness.imagine("two", num_outputs=2))
-    bob = await queued_job_id(harness, await harness.imagine("one", user_id=BOB_ID))
-    await harness.result_for(alice)
-    await harness.result_for(bob)
+    # One after the other: the account balance shown is the one PixelDojo reported last.
+    for prompt, outputs, user in (("two", 2, ALICE_ID), ("one", 1, BOB_ID)):
+        job_id = await queued_job_id(
+            harness, await harness.imagine(prompt, num_outputs=outputs, user_id=user)
+        )
+        await harness.result_for(job_id)
     message = await mod_message(harness, "report")
     report = fields_of(message)
     assert message.embeds[0]["title"] == "📊 Usage report · day"

@@ -92,7 +92,8 @@ async def run_job(
 ) -> Job:
     job = await service.reserve(request(**overrides))
     await service.launch(job, status_message_id=99)
-    await asyncio.wait_for(presenter.ended(job.id).wait(), 5)
+    # Not the presenter's event: the runner records POSTED only after post_result returned.
+    await asyncio.wait_for(service.runner.wait_finished(job.id), 5)
     return job
 
 
@@ -210,7 +211,7 @@ async def test_restart_resumes_submitted_and_completed_jobs(
     store = JobStore(db)
     async with PixelDojoClient("test-key", api.base_url) as client:
         # First life: a job is submitted, then the process "dies" before it completes.
-        api.set_duration(0.3)
+        api.set_duration(3600)  # finished below, once the first runner is gone
         first_presenter = RecordingPresenter()
         first = JobRunner(store, client, first_presenter, FAST)
         await first.start()
@@ -220,12 +221,13 @@ async def test_restart_resumes_submitted_and_completed_jobs(
         orphan = await service.reserve(request(prompt="never submitted"))
         await asyncio.wait_for(first_presenter.generating.wait(), 5)
         await first.stop()
+        api.finish_jobs()
 
         second_presenter = RecordingPresenter()
         second = JobRunner(store, client, second_presenter, FAST)
         await second.start()
-        await asyncio.wait_for(second_presenter.ended(running.id).wait(), 5)
-        await asyncio.wait_for(second_presenter.ended(orphan.id).wait(), 5)
+        await asyncio.wait_for(second.wait_finished(running.id), 5)
+        await asyncio.wait_for(second.wait_finished(orphan.id), 5)
         await second.stop()
     assert running.id in second_presenter.results
     assert "restarted" in second_presenter.failures[orphan.id]
