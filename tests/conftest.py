@@ -268,8 +268,9 @@ class BotProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bot"],
-            cwd=REPO_ROOT,
-            env=settings_env(self.settings),
+            # Not the checkout: a developer's .env there must not change the bot under test.
+            cwd=self.log_path.parent,
+            env={**settings_env(self.settings), "PYTHONPATH": str(REPO_ROOT)},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

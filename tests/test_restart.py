@@ -155,14 +155,14 @@ async def test_sigterm_shuts_down_cleanly(
     assert settings.discord_token not in log
 
 
-async def run_until_exit(settings: Settings) -> tuple[int, str]:
+async def run_until_exit(settings: Settings, cwd: Path) -> tuple[int, str]:
     """`python -m bot` against the doubles until it exits by itself; its code and stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
-        cwd=REPO_ROOT,
-        env=settings_env(settings),
+        cwd=cwd,  # not the checkout, whose .env may exist
+        env={**settings_env(settings), "PYTHONPATH": str(REPO_ROOT)},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -206,7 +206,7 @@ async def test_unusable_database_exits_with_one_line(
     double: DiscordDouble, settings: Settings, tmp_path: Path, make, cause: str
 ) -> None:
     path = make(tmp_path)
-    code, err = await run_until_exit(replace(settings, database_path=path))
+    code, err = await run_until_exit(replace(settings, database_path=path), tmp_path)
     assert code == 2
     problems = [line for line in err.splitlines() if line.startswith("pixeldojo-bot:")]
     cause = cause.format(path=path)
@@ -221,7 +221,7 @@ async def test_database_from_a_newer_version_is_refused(
         conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (newer,))
     conn.close()
-    code, err = await run_until_exit(settings)
+    code, err = await run_until_exit(settings, tmp_path)
     assert code == 2
     problems = [line for line in err.splitlines() if line.startswith("pixeldojo-bot:")]
     assert problems == [
