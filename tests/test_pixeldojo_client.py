@@ -374,15 +374,19 @@ async def test_every_fault_maps_to_a_typed_error(
     kind: Any,
     error_type: type[PixelDojoError],
 ) -> None:
-    async with PixelDojoClient(
-        "test-key", fake.base_url, sleep=sleeps, max_attempts=2, timeout=0.25
-    ) as client:
-        job = await client.submit(prompt="p", aspect_ratio="1:1") if route != "submit" else None
+    # The set-up requests must succeed, so they get the default timeout; only a request held
+    # by the "timeout" fault is meant to run out of time (held far longer than 0.25 s).
+    async with PixelDojoClient("test-key", fake.base_url, sleep=sleeps) as setup:
+        job = await setup.submit(prompt="p", aspect_ratio="1:1") if route != "submit" else None
         url = ""
         if route == "download":
             assert job is not None
-            url = (await wait_done(client, job)).image_urls[0]
-        fake.fault_next(kind, n=2, route=route, delay=1.0)  # n=2 outlasts any retry
+            url = (await wait_done(setup, job)).image_urls[0]
+    timeout = 0.25 if kind == "timeout" else 30
+    async with PixelDojoClient(
+        "test-key", fake.base_url, sleep=sleeps, max_attempts=2, timeout=timeout
+    ) as client:
+        fake.fault_next(kind, n=2, route=route, delay=3600)  # n=2 outlasts any retry
         with pytest.raises(PixelDojoError) as caught:
             if route == "submit":
                 await client.submit(prompt="p", aspect_ratio="1:1")
@@ -522,6 +526,9 @@ async def test_a_body_trickling_forever_ends_at_the_request_deadline(
     fake: FakePixelDojo, sleeps: RecordingSleep, route: Any
 ) -> None:
     # httpx's timeout is per read: a byte every 10 ms would keep it waiting for ever.
+    async with PixelDojoClient("test-key", fake.base_url, sleep=sleeps) as setup:
+        job = await setup.submit(prompt="p", aspect_ratio="1:1")  # must not hit the 0.2 s
+        url = (await wait_done(setup, job)).image_urls[0]
     async with PixelDojoClient(
         "test-key",
         fake.base_url,
@@ -530,8 +537,6 @@ async def test_a_body_trickling_forever_ends_at_the_request_deadline(
         deadline=0.2,
         download_deadline=0.2,
     ) as client:
-        job = await client.submit(prompt="p", aspect_ratio="1:1")
-        url = (await wait_done(client, job)).image_urls[0]
         fake.fault_next("trickle", n=2, route=route, delay=0.01)
         call = client.get_job(job) if route == "poll" else client.download(url)
         with pytest.raises(NetworkError) as caught:
@@ -820,18 +825,18 @@ async def test_api_key_never_leaks_into_logs_errors_or_repr(
     errors: list[PixelDojoError] = []
     async with (
         FakePixelDojo(api_key=SECRET) as fake,
-        PixelDojoClient(
-            SECRET, fake.base_url, sleep=sleeps, timeout=0.25, max_attempts=5
-        ) as client,
+        # 1 s: the requests that must succeed keep a margin on a busy machine; the "timeout"
+        # faults hold theirs for an hour (released when the double stops).
+        PixelDojoClient(SECRET, fake.base_url, sleep=sleeps, timeout=1.0, max_attempts=5) as client,
     ):
         assert SECRET not in repr(client)
         job = await client.submit(prompt="p", aspect_ratio="1:1", seed=1)
         for kind in ("500", "drop", "429", "timeout"):
-            fake.fault_next(kind, route="poll", delay=1.0)
+            fake.fault_next(kind, route="poll", delay=3600)
         state = await client.get_job(job)
         await client.download(state.image_urls[0])
         for kind in ("401", "402", "422", "500", "malformed", "drop", "timeout"):
-            fake.fault_next(kind, route="submit", delay=1.0)
+            fake.fault_next(kind, route="submit", delay=3600)
             try:
                 await client.submit(prompt="p", aspect_ratio="1:1")
             except PixelDojoError as exc:
