@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.history import seed_history
 from bench.loop_lag import LoopLag
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.limits import Limits
-from bot.moderation import ModerationService
-from bot.pixeldojo import ASPECT_RATIOS
+from bot.credits.admission import Limits
+from bot.credits.moderation import ModerationService
+from bot.pixeldojo.client import ASPECT_RATIOS
+from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from tests.conftest import BotProcess, footer_has, job_id_of, test_settings
 from tests.doubles.discord_double import (

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bot.credits.admission import Limits
 from bot.errors import RequestRefused
-from bot.jobs import GenerationRequest, Job
-from bot.limits import Limits
+from bot.generation.models import GenerationRequest, Job
 from bot.storage import Database, guild_settings, ledger
 from bot.storage.jobs import JobStore
 

@@ -29,7 +29,7 @@ until all jobs are posted; then a memory pass repeats the run under tracemalloc 
 `--memory-duration` s, same warm or cold start, still all in flight) and prints only its
 tracemalloc peak.
 
-How a poll runs (bot/runner.py): the scheduler takes a poll slot *before* it starts the poll
+How a poll runs (bot/generation/runner.py): the scheduler takes a poll slot *before* it starts the poll
 task (due order, at most `max_concurrent_polls` poll tasks), the task asks PixelDojo and gives
 the slot back as soon as PixelDojo answered, then handles the answer (reschedule, or mark the
 job completed and deliver it, in the same task). Polls read no row and write none: the runner
@@ -64,13 +64,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.history import seed_history
 from bench.loop_lag import LoopLag
-from bot import runner as runner_module
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.generation import admit_without_limits
-from bot.jobs import GenerationRequest, Job
-from bot.pixeldojo import JobState as ApiJobState
-from bot.pixeldojo import PixelDojoClient, SubmittedJob
-from bot.runner import JobRunner, Phase, ResultImage, RunnerSettings
+from bot.generation import runner as runner_module
+from bot.generation.models import GenerationRequest, Job
+from bot.generation.runner import JobRunner, Phase, ResultImage, RunnerSettings
+from bot.generation.service import admit_without_limits
+from bot.pixeldojo.client import JobState as ApiJobState
+from bot.pixeldojo.client import PixelDojoClient, SubmittedJob
+from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 

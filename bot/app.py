@@ -12,16 +12,16 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot import interaction_errors
 from bot.config import Settings
-from bot.discord_presenter import DiscordPresenter
-from bot.generation import GenerationService
-from bot.image_input import CapabilityCache
-from bot.jobs import Job, JobState
-from bot.limits import Balance, Limits
-from bot.moderation import ModerationService
-from bot.pixeldojo import PixelDojoClient
-from bot.runner import JobRunner, RunnerSettings
+from bot.credits.admission import Balance, Limits
+from bot.credits.moderation import ModerationService
+from bot.discord_ui import errors as interaction_errors
+from bot.discord_ui.presenter import DiscordPresenter
+from bot.generation.edit_input import CapabilityCache
+from bot.generation.models import Job, JobState
+from bot.generation.runner import JobRunner, RunnerSettings
+from bot.generation.service import GenerationService
+from bot.pixeldojo.client import PixelDojoClient
 from bot.storage import Database
 from bot.storage.audit import AuditEntry
 from bot.storage.jobs import JobStore
@@ -115,7 +115,7 @@ class PixelDojoBot(commands.Bot):
         await self.runner.start()
 
     async def _start_sandbox(self) -> str:
-        from bot.fake_pixeldojo import FakePixelDojo
+        from bot.pixeldojo.sandbox import FakePixelDojo
 
         self._sandbox = FakePixelDojo(
             api_key=None,

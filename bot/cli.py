@@ -10,11 +10,11 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.errors import RequestRefused
-from bot.generation import GenerationService, validate
-from bot.images import image_extension
-from bot.jobs import GenerationRequest, Job
-from bot.pixeldojo import PixelDojoClient
-from bot.runner import JobRunner, Phase, ResultImage, RunnerSettings
+from bot.generation.models import GenerationRequest, Job
+from bot.generation.runner import JobRunner, Phase, ResultImage, RunnerSettings
+from bot.generation.service import GenerationService, validate
+from bot.generation.uploads import image_extension
+from bot.pixeldojo.client import PixelDojoClient
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 
@@ -106,7 +106,7 @@ async def generate_once(
     sandbox = None
     base = settings.pixeldojo_api_base
     if settings.sandbox:
-        from bot.fake_pixeldojo import FakePixelDojo
+        from bot.pixeldojo.sandbox import FakePixelDojo
 
         sandbox = FakePixelDojo(
             api_key=None,

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import embeds
+from bot.discord_ui import embeds
 
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot

@@ -8,13 +8,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord_ui.errors import set_failure_note
 from bot.errors import RequestRefused
-from bot.generation import NOTHING_CHARGED
-from bot.image_input import encode_input_image, image_option_description, validate_input_image
-from bot.interaction_errors import set_failure_note
-from bot.jobs import MAX_OUTPUTS, PROMPT_MAX_LENGTH, SEED_MAX
-from bot.pixeldojo import ASPECT_RATIOS
-from cogs.launching import NO_MENTIONS, build_request, launch
+from bot.generation.edit_input import (
+    encode_input_image,
+    image_option_description,
+    validate_input_image,
+)
+from bot.generation.models import MAX_OUTPUTS, PROMPT_MAX_LENGTH, SEED_MAX
+from bot.generation.service import NOTHING_CHARGED
+from bot.pixeldojo.client import ASPECT_RATIOS
+from cogs._launch import NO_MENTIONS, build_request, launch
 
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot

@@ -16,10 +16,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import embeds
-from bot.blocklist import TERM_MAX_LENGTH
-from bot.jobs import MAX_OUTPUTS
-from bot.moderation import (
+from bot.credits.blocklist import TERM_MAX_LENGTH
+from bot.credits.moderation import (
     ALLOWANCE_MAX,
     AUDIT_PAGE_MAX,
     BAN_MAX_SECONDS,
@@ -33,6 +31,8 @@ from bot.moderation import (
     InvalidSetting,
     ModerationService,
 )
+from bot.discord_ui import embeds
+from bot.generation.models import MAX_OUTPUTS
 
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
-from bot import embeds
+from bot.discord_ui import embeds
+from bot.discord_ui.errors import reply_privately, reporting_failures, set_failure_note
 from bot.errors import RequestRefused
-from bot.generation import NOTHING_CHARGED
-from bot.interaction_errors import reply_privately, reporting_failures, set_failure_note
-from bot.jobs import PROMPT_MAX_LENGTH, Job
-from cogs.launching import NO_MENTIONS, build_request, launch
+from bot.generation.models import PROMPT_MAX_LENGTH, Job
+from bot.generation.service import NOTHING_CHARGED
+from cogs._launch import NO_MENTIONS, build_request, launch
 
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot

@@ -1,4 +1,4 @@
-"""Generate bot/confusables.py from Unicode's confusables.txt (UTS #39, "Unicode Security
+"""Generate bot/credits/confusables.py from Unicode's confusables.txt (UTS #39, "Unicode Security
 Mechanisms"), for the blocklist's skeletons.
 
     python scripts/generate_confusables.py path/to/confusables.txt
@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.blocklist import normalize
+from bot.credits.blocklist import normalize
 
-OUTPUT = Path(__file__).resolve().parent.parent / "bot" / "confusables.py"
+OUTPUT = Path(__file__).resolve().parent.parent / "bot" / "credits" / "confusables.py"
 
 
 def _is_word(char: str) -> bool:
@@ -51,7 +51,7 @@ def read_mappings(path: Path) -> tuple[str, dict[str, str]]:
 
 
 def build(mappings: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """(FOLD, FOLD_CAPITALS): see bot/confusables.py's docstring."""
+    """(FOLD, FOLD_CAPITALS): see bot/credits/confusables.py's docstring."""
     ascii_of = {
         normalize(target): source
         for source, target in mappings.items()
@@ -121,7 +121,7 @@ def _table(name: str, table: dict[str, str], doc: str) -> list[str]:
 
 
 def render(version: str, fold: dict[str, str], capitals: dict[str, str]) -> str:
-    """The text of bot/confusables.py."""
+    """The text of bot/credits/confusables.py."""
     lines = [
         '"""Look-alike characters and what they imitate, for `bot.blocklist` (`str.translate`).',
         "",

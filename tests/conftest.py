@@ -16,7 +16,7 @@ import pytest
 
 from bot.app import PixelDojoBot
 from bot.config import Settings
-from bot.fake_pixeldojo import FakePixelDojo
+from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.doubles.discord_double import (
     ChannelSpec,
     DiscordDouble,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bot.jobs import GenerationRequest, Job
-from bot.limits import Limits
-from bot.moderation import ModerationService
+from bot.credits.admission import Limits
+from bot.credits.moderation import ModerationService
+from bot.generation.models import GenerationRequest, Job
 from bot.storage import Database, guild_settings
 from bot.storage.jobs import JobStore
 

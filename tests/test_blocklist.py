@@ -7,8 +7,8 @@ import unicodedata
 
 import pytest
 
-from bot.blocklist import TermMatcher, clean_regex_term, normalize, prompt_forms, skeleton
-from bot.confusables import FOLD, FOLD_CAPITALS
+from bot.credits.blocklist import TermMatcher, clean_regex_term, normalize, prompt_forms, skeleton
+from bot.credits.confusables import FOLD, FOLD_CAPITALS
 
 
 @pytest.mark.parametrize(

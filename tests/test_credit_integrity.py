@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.pixeldojo import JobState
+from bot.pixeldojo.client import JobState
+from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database, ledger
 from bot.storage.jobs import JobStore
 from bot.storage.migrations import MIGRATIONS

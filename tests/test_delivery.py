@@ -9,8 +9,8 @@ import pytest
 
 from bot.app import PixelDojoBot
 from bot.config import Settings
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.jobs import JobState
+from bot.generation.models import JobState
+from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.conftest import (
     ALICE_ID,
     BOB_ID,

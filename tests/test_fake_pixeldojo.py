@@ -13,8 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from bot.fake_pixeldojo import FakePixelDojo, image_size, render_placeholder_png
-from bot.pixeldojo import ASPECT_RATIOS, MODEL_ID
+from bot.pixeldojo.client import ASPECT_RATIOS, MODEL_ID
+from bot.pixeldojo.sandbox import FakePixelDojo, image_size, render_placeholder_png
 
 RUN = f"/models/{MODEL_ID}/run"
 

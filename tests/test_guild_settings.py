@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.credits.periods import Period
 from bot.errors import RequestRefused
-from bot.periods import Period
 from bot.storage import Database
 from bot.storage.guild_settings import GuildSettings
 from bot.storage.migrations import MIGRATIONS

@@ -10,11 +10,9 @@ from typing import Any
 
 import pytest
 
-from bot import image_input
 from bot.errors import RequestRefused
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.generation import GenerationService
-from bot.image_input import (
+from bot.generation import edit_input
+from bot.generation.edit_input import (
     DEFAULT_MAX_IMAGE_BYTES,
     EDITING_UNAVAILABLE,
     CapabilityCache,
@@ -27,9 +25,11 @@ from bot.image_input import (
     submission_extra,
     validate_input_image,
 )
-from bot.jobs import GenerationRequest, JobState
-from bot.pixeldojo import ASPECT_RATIOS, PixelDojoClient, ServerError
-from bot.runner import JobRunner, RunnerSettings
+from bot.generation.models import GenerationRequest, JobState
+from bot.generation.runner import JobRunner, RunnerSettings
+from bot.generation.service import GenerationService
+from bot.pixeldojo.client import ASPECT_RATIOS, PixelDojoClient, ServerError
+from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.test_runner import RecordingPresenter
@@ -86,7 +86,7 @@ async def test_discovers_the_fakes_image_field_and_options() -> None:
 
 async def test_schema_without_image_field_disables_editing(caplog) -> None:
     async with FakePixelDojo() as fake, client_for(fake) as client:
-        with caplog.at_level(logging.WARNING, logger="bot.image_input"):
+        with caplog.at_level(logging.WARNING, logger="bot.generation.service.edit_input"):
             caps = await discover_capabilities(client)
     # webhook_url is a "uri" string too, but it is not an image: no guessing.
     assert caps.image_field is None and not caps.supports_image_input
@@ -99,7 +99,7 @@ async def test_schema_without_image_field_disables_editing(caplog) -> None:
 async def test_schema_endpoint_failure_still_lets_the_bot_start(fault: str, caplog) -> None:
     async with FakePixelDojo(image_field="image_url") as fake, client_for(fake) as client:
         fake.fault_next(fault, n=5)  # every attempt of the client's retries
-        with caplog.at_level(logging.WARNING, logger="bot.image_input"):
+        with caplog.at_level(logging.WARNING, logger="bot.generation.service.edit_input"):
             caps = await discover_capabilities(client)
     assert caps.image_field is None and caps.error
     assert "image editing is unavailable" in caplog.text
@@ -121,7 +121,7 @@ async def test_unexpected_parse_error_is_contained(monkeypatch) -> None:
     def explode(*args: Any, **kwargs: Any) -> ModelCapabilities:
         raise TypeError("boom")
 
-    monkeypatch.setattr(image_input, "parse_capabilities", explode)
+    monkeypatch.setattr(edit_input, "parse_capabilities", explode)
     caps = await discover_capabilities(SchemaStub(schema_with()))
     assert caps.image_field is None and "boom" in (caps.error or "")
 

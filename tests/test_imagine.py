@@ -8,8 +8,8 @@ import io
 import pytest
 from PIL import Image
 
-from bot.fake_pixeldojo import image_size
-from bot.pixeldojo import ASPECT_RATIOS
+from bot.pixeldojo.client import ASPECT_RATIOS
+from bot.pixeldojo.sandbox import image_size
 from tests.conftest import (
     ALICE_ID,
     BOB_ID,

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.image_input import CapabilityCache, InputImageUnreadable, submission_extra
+from bot.generation.edit_input import CapabilityCache, InputImageUnreadable, submission_extra
+from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.conftest import ALICE_ID, BOB_ID, CHANNEL_ID, GUILD_ID, Harness, queued_job_id
 
 

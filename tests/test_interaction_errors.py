@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot import embeds
+from bot.discord_ui import embeds
 from tests.conftest import (
     ALICE_ID,
     CHANNEL_ID,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.blocklist import TermMatcher, clean_plain_term, normalize
+from bot.credits.admission import Limits
+from bot.credits.blocklist import TermMatcher, clean_plain_term, normalize
+from bot.credits.moderation import InvalidSetting, ModerationService
+from bot.credits.periods import Period, next_reset, period_start, previous_period_start
 from bot.errors import RequestRefused
-from bot.jobs import GenerationRequest, Job
-from bot.limits import Limits
-from bot.moderation import InvalidSetting, ModerationService
-from bot.periods import Period, next_reset, period_start, previous_period_start
+from bot.generation.models import GenerationRequest, Job
 from bot.storage import Database
 from tests.python_re_guard import forbid_python_re
 from tests.service_env import CHANNEL, GUILD, MEMBER, MOD, OTHER_GUILD, Clock, ServiceEnv
@@ -532,7 +532,7 @@ async def test_stored_patterns_re2_rejects_are_skipped_and_logged(
             (GUILD, r"(?<!\w)dragon", MOD),
         )
     await _block(env, r"gr[iy]ffin", is_regex=True)
-    with caplog.at_level(logging.WARNING, logger="bot.limits"):
+    with caplog.at_level(logging.WARNING, logger="bot.credits.admission"):
         assert not await _refused(env, "a dragon")
         assert await _refused(env, "a wyvern")
         assert await _refused(env, "a gryffin")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.fake_pixeldojo import FakePixelDojo
+from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.conftest import (
     GUILD_ID,
     OTHER_GUILD_CHANNEL_ID,

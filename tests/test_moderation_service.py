@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.limits import Limits
-from bot.moderation import AuditEntry, InvalidSetting, ModerationService
-from bot.periods import Period
+from bot.credits.admission import Limits
+from bot.credits.moderation import AuditEntry, InvalidSetting, ModerationService
+from bot.credits.periods import Period
 from bot.storage import Database
 from tests.service_env import GUILD, MEMBER, MOD, OTHER_GUILD, Clock, ServiceEnv
 

@@ -22,8 +22,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot.fake_pixeldojo import FakePixelDojo, render_placeholder_png
-from bot.pixeldojo import (
+from bot.pixeldojo.client import (
     MODEL_ID,
     AuthenticationError,
     BadRequest,
@@ -44,6 +43,7 @@ from bot.pixeldojo import (
     parse_rate_limit_reset,
     parse_retry_after,
 )
+from bot.pixeldojo.sandbox import FakePixelDojo, render_placeholder_png
 
 SECRET = "sk-live-SECRET-0123456789abcdef"
 
@@ -601,12 +601,12 @@ async def test_poll_retries_5xx_and_drops_then_succeeds(
     fake.fault_next("500", route="poll")
     fake.fault_next("drop", route="poll")
     fake.fault_next("503", route="poll")
-    with caplog.at_level(logging.WARNING, logger="bot.pixeldojo"):
+    with caplog.at_level(logging.WARNING, logger="bot.pixeldojo.client"):
         state = await client.get_job(job)
     assert state.is_completed
     assert len(sleeps.delays) == 3
     assert all(0 <= d <= cap for d, cap in zip(sleeps.delays, [0.5, 1.0, 2.0], strict=True))
-    retries = [r.getMessage() for r in caplog.records if r.name == "bot.pixeldojo"]
+    retries = [r.getMessage() for r in caplog.records if r.name == "bot.pixeldojo.client"]
     assert len(retries) == 3
     assert f"GET /api/v1/jobs/{job.job_id}" in retries[0]
     assert "HTTP 500" in retries[0] and "attempt 1/4" in retries[0]
@@ -875,7 +875,7 @@ async def test_foreign_status_url_never_receives_the_token(
         FakePixelDojo(public_base_url=f"{foreign.origin}/api/v1") as fake,
         PixelDojoClient("test-key", fake.base_url, sleep=sleeps) as client,
     ):
-        with caplog.at_level(logging.WARNING, logger="bot.pixeldojo"):
+        with caplog.at_level(logging.WARNING, logger="bot.pixeldojo.client"):
             job = await client.submit(prompt="p", aspect_ratio="1:1")
             await client.submit(prompt="p", aspect_ratio="1:1")
         assert job.status_url == f"{fake.base_url}/jobs/{job.job_id}"

@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image
 
-from bot.fake_pixeldojo import FakePixelDojo
+from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.conftest import (
     ALICE_ID,
     BOB_ID,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.generation import GenerationService
-from bot.jobs import GenerationRequest, Job, JobState
-from bot.pixeldojo import PixelDojoClient
-from bot.runner import DeliveryError, JobRunner, Phase, ResultImage, RunnerSettings
+from bot.generation.models import GenerationRequest, Job, JobState
+from bot.generation.runner import DeliveryError, JobRunner, Phase, ResultImage, RunnerSettings
+from bot.generation.service import GenerationService
+from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 

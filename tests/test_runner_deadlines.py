@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from bot import pixeldojo
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.generation import GenerationService
-from bot.jobs import Job, JobState
-from bot.pixeldojo import PixelDojoClient
-from bot.runner import JobRunner, RunnerSettings
+from bot.generation.models import Job, JobState
+from bot.generation.runner import JobRunner, RunnerSettings
+from bot.generation.service import GenerationService
+from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.test_runner import FAST, RecordingPresenter, credits_used, request

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.generation import GenerationService
-from bot.jobs import Job, JobState
-from bot.pixeldojo import PixelDojoClient
-from bot.runner import STORE_RETRY_CAP, JobRunner, Phase
+from bot.generation.models import Job, JobState
+from bot.generation.runner import STORE_RETRY_CAP, JobRunner, Phase
+from bot.generation.service import GenerationService
+from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.test_runner import FAST, RecordingPresenter, credits_used, request

@@ -12,8 +12,8 @@ import httpx
 from PIL import Image
 
 from bot.config import Settings
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.pixeldojo import MODEL_ID
+from bot.pixeldojo.client import MODEL_ID
+from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.conftest import ALICE_ID, CHANNEL_ID, GUILD_ID, REPO_ROOT, settings_env
 from tests.doubles.discord_double import DiscordDouble
 

@@ -15,11 +15,11 @@ from aiohttp import web
 from bot.app import PixelDojoBot
 from bot.config import Settings
 from bot.errors import RequestRefused
-from bot.fake_pixeldojo import FakePixelDojo
-from bot.generation import GenerationService
-from bot.jobs import JobState
-from bot.pixeldojo import PixelDojoClient
-from bot.runner import JobRunner, RunnerSettings
+from bot.generation.models import JobState
+from bot.generation.runner import JobRunner, RunnerSettings
+from bot.generation.service import GenerationService
+from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.conftest import ALICE_ID, Harness, footer_has, queued_job_id
@@ -114,7 +114,7 @@ async def test_stop_gives_up_on_a_submission_that_never_answers(
         service = GenerationService(store, runner)
         job = await service.launch(await service.reserve(request()), 99)
         await asyncio.wait_for(api.arrived.wait(), 5)
-        with caplog.at_level(logging.ERROR, logger="bot.runner"):
+        with caplog.at_level(logging.ERROR, logger="bot.generation.runner"):
             await asyncio.wait_for(runner.stop(), 5)
     recorded = await store.get(job.id)
     assert recorded is not None and recorded.state is JobState.RESERVED  # refunded next start

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bot.status_edits import StatusEditQueue
+from bot.discord_ui.status_edits import StatusEditQueue
 
 
 class Recorder:

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.periods import Period
+from bot.credits.periods import Period
 
 
 @dataclass(frozen=True)

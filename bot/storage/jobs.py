@@ -10,7 +10,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.jobs import (
+from bot.generation.models import (
     ACTIVE_STATES,
     CREDITS_PER_OUTPUT,
     JOB_COLUMNS,

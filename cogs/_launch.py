@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot import embeds
 from bot.app import role_ids_of
+from bot.discord_ui import embeds
+from bot.discord_ui.errors import set_failure_note
 from bot.errors import RequestRefused
-from bot.generation import validate
-from bot.interaction_errors import set_failure_note
-from bot.jobs import GenerationRequest
-from bot.runner import Phase
+from bot.generation.models import GenerationRequest
+from bot.generation.runner import Phase
+from bot.generation.service import validate
 
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from bot import image_input, pixeldojo
-from bot.jobs import Job, JobState
+from bot import pixeldojo
+from bot.generation import edit_input
+from bot.generation.models import Job, JobState
 from bot.storage.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class JobRunner:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         on_finished: Callable[[Job], Awaitable[None]] | None = None,
-        capabilities: image_input.CapabilityCache | None = None,
+        capabilities: edit_input.CapabilityCache | None = None,
     ) -> None:
         self.store = store
         self.capabilities = capabilities
@@ -364,7 +365,7 @@ class JobRunner:
         try:
             await self.presenter.show_status(job, Phase.QUEUED, 0.0)
             # An edit sends its input image in the field the model's schema names.
-            extra = await image_input.submission_extra(self.capabilities, job.input_image_url)
+            extra = await edit_input.submission_extra(self.capabilities, job.input_image_url)
             async with self._submit_slots:
                 # From here on, stopping waits for this task: PixelDojo may charge for it.
                 self._committed.add(job.id)

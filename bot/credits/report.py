@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from bot.jobs import ACTIVE_STATES, JobState
-from bot.periods import Period, next_reset, period_start, previous_period_start
+from bot.credits.periods import Period, next_reset, period_start, previous_period_start
+from bot.generation.models import ACTIVE_STATES, JobState
 from bot.storage import ledger
 from bot.storage.guild_settings import GuildSettings
 

@@ -15,23 +15,23 @@ from typing import Any
 
 import aiosqlite
 
-from bot.blocklist import (
+from bot.credits.admission import Limits
+from bot.credits.blocklist import (
     InvalidTerm,
     check_regex_budget,
     clean_plain_term,
     clean_regex_term,
     normalize,
 )
-from bot.jobs import ACTIVE_STATES, MAX_OUTPUTS
-from bot.limits import Limits
-from bot.periods import Period, discord_time, period_start
+from bot.credits.periods import Period, discord_time, period_start
+from bot.credits.report import UsageReport, build_usage_report
+from bot.generation.models import ACTIVE_STATES, MAX_OUTPUTS
 from bot.safe_text import escape_member_text
 from bot.storage import audit, guild_settings, ledger
 from bot.storage.audit import AuditEntry
 from bot.storage.database import Database
 from bot.storage.guild_settings import GuildSettings
 from bot.storage.ledger import LedgerKind
-from bot.usage_report import UsageReport, build_usage_report
 
 __all__ = [
     "AuditEntry",

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import aiohttp
 import discord
 
-from bot import embeds
-from bot.images import fit_for_upload_async
-from bot.jobs import Job
-from bot.runner import DeliveryError, Phase, ResultImage
-from bot.status_edits import StatusEditQueue
+from bot.discord_ui import embeds
+from bot.discord_ui.status_edits import StatusEditQueue
+from bot.generation.models import Job
+from bot.generation.runner import DeliveryError, Phase, ResultImage
+from bot.generation.uploads import fit_for_upload_async
 
 log = logging.getLogger(__name__)
 

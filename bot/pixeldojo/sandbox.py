@@ -30,7 +30,7 @@ from urllib.parse import quote
 from aiohttp import web
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.pixeldojo import ASPECT_RATIOS, MODEL_ID
+from bot.pixeldojo.client import ASPECT_RATIOS, MODEL_ID
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from bot.blocklist import TermMatcher
+from bot.credits.blocklist import TermMatcher
+from bot.credits.periods import Period, discord_time, next_reset, period_start
 from bot.errors import RequestRefused
-from bot.jobs import ACTIVE_STATES, CREDITS_PER_OUTPUT, GenerationRequest
-from bot.periods import Period, discord_time, next_reset, period_start
+from bot.generation.models import ACTIVE_STATES, CREDITS_PER_OUTPUT, GenerationRequest
 from bot.safe_text import escape_member_text
 from bot.storage import guild_settings, ledger
 from bot.storage.database import Database

@@ -34,7 +34,7 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from bot.errors import RequestRefused
-from bot.pixeldojo import MODEL_ID, PixelDojoError
+from bot.pixeldojo.client import MODEL_ID, PixelDojoError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 import aiosqlite
 
 from bot.errors import RequestRefused
-from bot.jobs import (
+from bot.generation.models import (
     CREDITS_PER_OUTPUT,
     MAX_OUTPUTS,
     PROMPT_MAX_LENGTH,
@@ -23,8 +23,8 @@ from bot.jobs import (
     Job,
     JobState,
 )
-from bot.pixeldojo import ASPECT_RATIOS
-from bot.runner import JobRunner
+from bot.generation.runner import JobRunner
+from bot.pixeldojo.client import ASPECT_RATIOS
 from bot.storage.jobs import Admission, AdmissionCheck, JobStore
 
 log = logging.getLogger(__name__)

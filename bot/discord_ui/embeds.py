@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.jobs import Job, JobState
-from bot.limits import Balance
-from bot.runner import Phase
+from bot.credits.admission import Balance
+from bot.generation.models import Job, JobState
+from bot.generation.runner import Phase
 from bot.safe_text import escape_member_text
 
 if TYPE_CHECKING:
-    from bot.moderation import Ban, BlockedTerm
+    from bot.credits.moderation import Ban, BlockedTerm
+    from bot.credits.report import UsageReport
     from bot.storage.audit import AuditEntry
     from bot.storage.guild_settings import GuildSettings
-    from bot.usage_report import UsageReport
 
 BRAND = discord.Colour(0x7C3AED)
 SUCCESS = discord.Colour(0x22C55E)

@@ -26,7 +26,7 @@ when, and only if, an error happens."""
 
 APOLOGY = "Something went wrong on my side."
 RETRY = "Please try again."
-_NOTE_KEY = "bot.interaction_errors.note"
+_NOTE_KEY = "bot.discord_ui.errors.note"
 _NO_MENTIONS = discord.AllowedMentions.none()
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import re2
 
-from bot.confusables import FOLD, FOLD_CAPITALS
+from bot.credits.confusables import FOLD, FOLD_CAPITALS
 
 TERM_MAX_LENGTH = 200
 REGEX_PROGRAM_MAX = 2000

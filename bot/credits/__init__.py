@@ -1,0 +1,1 @@
+"""Who may generate, at what cost: periods, admission, blocked terms, moderation, reports."""

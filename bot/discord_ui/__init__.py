@@ -1,0 +1,1 @@
+"""Discord-facing code that is not a command: presenter, status edits, embeds, errors."""
