@@ -29,9 +29,9 @@ until all jobs are posted; then a memory pass repeats the run under tracemalloc 
 `--memory-duration` s, same warm or cold start, still all in flight) and prints only its
 tracemalloc peak.
 
-How a poll runs (bot/generation/runner.py): the scheduler takes a poll slot *before* it starts the poll
-task (due order, at most `max_concurrent_polls` poll tasks), the task asks PixelDojo and gives
-the slot back as soon as PixelDojo answered, then handles the answer (reschedule, or mark the
+How a poll runs (bot/generation/runner.py): the scheduler takes a poll slot *before* it starts
+the poll task (due order, at most `max_concurrent_polls` poll tasks), the task asks PixelDojo and
+gives the slot back as soon as PixelDojo answered, then handles the answer (reschedule, or mark the
 job completed and deliver it, in the same task). Polls read no row and write none: the runner
 keeps polled jobs and poll counts in memory and writes the count with the job's final state.
 So one poll's lateness splits into: the scheduler reaching it, waiting for a slot, the task
