@@ -43,7 +43,6 @@ from bench.loop_lag import LoopLag
 from bot.credits.admission import Limits
 from bot.credits.moderation import ModerationService
 from bot.pixeldojo.client import ASPECT_RATIOS
-from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from tests.conftest import BotProcess, footer_has, job_id_of, test_settings
 from tests.doubles.discord_double import (
@@ -55,6 +54,7 @@ from tests.doubles.discord_double import (
     MemberSpec,
     MessageRecord,
 )
+from tests.doubles.pixeldojo import FakePixelDojo
 
 GUILD_ID = 1_300_000_000_000_000_001
 CHANNEL_ID = 1_300_000_000_000_000_002

@@ -70,9 +70,9 @@ from bot.generation.runner import JobRunner, Phase, ResultImage, RunnerSettings
 from bot.generation.service import admit_without_limits
 from bot.pixeldojo.client import JobState as ApiJobState
 from bot.pixeldojo.client import PixelDojoClient, SubmittedJob
-from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
+from tests.doubles.pixeldojo import FakePixelDojo
 
 GUILD_ID = 1
 CHANNEL_ID = 10

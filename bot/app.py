@@ -115,15 +115,14 @@ class PixelDojoBot(commands.Bot):
         await self.runner.start()
 
     async def _start_sandbox(self) -> str:
-        from bot.pixeldojo.sandbox import FakePixelDojo
+        from bot.pixeldojo.sandbox import SandboxPixelDojo
 
-        self._sandbox = FakePixelDojo(
+        self._sandbox = SandboxPixelDojo(
             api_key=None,
             job_duration=3.0,
             credit_cost_per_output=0,
             render_prompt=True,
             image_base_size=768,
-            keep_history=False,  # runs for the life of the bot: record no request bodies
         )
         await self._sandbox.start()
         log.warning(

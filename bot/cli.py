@@ -106,14 +106,13 @@ async def generate_once(
     sandbox = None
     base = settings.pixeldojo_api_base
     if settings.sandbox:
-        from bot.pixeldojo.sandbox import FakePixelDojo
+        from bot.pixeldojo.sandbox import SandboxPixelDojo
 
-        sandbox = FakePixelDojo(
+        sandbox = SandboxPixelDojo(
             api_key=None,
             credit_cost_per_output=0,
             render_prompt=True,
             image_base_size=768,
-            keep_history=False,
         )
         await sandbox.start()
         base = sandbox.base_url

@@ -16,7 +16,6 @@ import pytest
 
 from bot.app import PixelDojoBot
 from bot.config import Settings
-from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.doubles.discord_double import (
     ChannelSpec,
     DiscordDouble,
@@ -28,6 +27,7 @@ from tests.doubles.discord_double import (
     RoleSpec,
     run_bot_against,
 )
+from tests.doubles.pixeldojo import FakePixelDojo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

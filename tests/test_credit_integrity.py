@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from bot.pixeldojo.client import JobState
-from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database, ledger
 from bot.storage.jobs import JobStore
 from bot.storage.migrations import MIGRATIONS
 from tests.conftest import ALICE_ID, BOB_ID, OWNER_ID, Harness, queued_job_id
+from tests.doubles.pixeldojo import FakePixelDojo
 
 UNSET = object()
 

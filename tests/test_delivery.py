@@ -10,7 +10,6 @@ import pytest
 from bot.app import PixelDojoBot
 from bot.config import Settings
 from bot.generation.models import JobState
-from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.conftest import (
     ALICE_ID,
     BOB_ID,
@@ -22,6 +21,7 @@ from tests.conftest import (
     title_of,
 )
 from tests.doubles.discord_double import DiscordDouble, InteractionRecord, run_bot_against
+from tests.doubles.pixeldojo import FakePixelDojo
 
 
 def hold_jobs(api: FakePixelDojo) -> None:

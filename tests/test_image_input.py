@@ -29,9 +29,9 @@ from bot.generation.models import GenerationRequest, JobState
 from bot.generation.runner import JobRunner, RunnerSettings
 from bot.generation.service import GenerationService
 from bot.pixeldojo.client import ASPECT_RATIOS, PixelDojoClient, ServerError
-from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
+from tests.doubles.pixeldojo import FakePixelDojo
 from tests.test_runner import RecordingPresenter
 
 FAST = RunnerSettings(poll_initial_interval=0.02, poll_max_interval=0.05, job_timeout=5)

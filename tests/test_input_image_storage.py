@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from bot.generation.edit_input import CapabilityCache, InputImageUnreadable, submission_extra
-from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.conftest import ALICE_ID, BOB_ID, CHANNEL_ID, GUILD_ID, Harness, queued_job_id
+from tests.doubles.pixeldojo import FakePixelDojo
 
 
 class InlineImagePixelDojo(FakePixelDojo):

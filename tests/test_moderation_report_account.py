@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.conftest import (
     GUILD_ID,
     OTHER_GUILD_CHANNEL_ID,
@@ -22,6 +21,7 @@ from tests.conftest import (
 )
 from tests.conftest import test_settings as settings_for
 from tests.doubles.discord_double import DiscordDouble
+from tests.doubles.pixeldojo import FakePixelDojo
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.abcdefghijklmnopqrstuvwxyz012345"
 

@@ -43,7 +43,8 @@ from bot.pixeldojo.client import (
     parse_rate_limit_reset,
     parse_retry_after,
 )
-from bot.pixeldojo.sandbox import FakePixelDojo, render_placeholder_png
+from bot.pixeldojo.sandbox import render_placeholder_png
+from tests.doubles.pixeldojo import FakePixelDojo, noise_png
 
 SECRET = "sk-live-SECRET-0123456789abcdef"
 
@@ -1127,7 +1128,7 @@ async def test_an_unresolvable_host_is_a_network_error(sleeps: RecordingSleep) -
 
 # -- a job's downloads -------------------------------------------------------------------------
 
-NOISE_PNG = render_placeholder_png("1:1", seed_key="noise", min_bytes=200_000)
+NOISE_PNG = noise_png("1:1", seed_key="noise", min_bytes=200_000)
 
 
 def result_urls(n: int) -> list[str]:

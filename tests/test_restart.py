@@ -14,7 +14,6 @@ import pytest
 from bot.app import PixelDojoBot
 from bot.config import Settings
 from bot.generation.models import JobState
-from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage.migrations import MIGRATIONS
 from tests.conftest import (
     ALICE_ID,
@@ -27,6 +26,7 @@ from tests.conftest import (
     title_of,
 )
 from tests.doubles.discord_double import DiscordDouble, run_bot_against
+from tests.doubles.pixeldojo import FakePixelDojo
 
 
 def read_job_state(path: Path, job_id: int) -> tuple[JobState, int | None]:

@@ -7,7 +7,6 @@ from typing import Any
 
 from PIL import Image
 
-from bot.pixeldojo.sandbox import FakePixelDojo
 from tests.conftest import (
     ALICE_ID,
     BOB_ID,
@@ -19,6 +18,7 @@ from tests.conftest import (
     queued_job_id,
 )
 from tests.doubles.discord_double import DiscordDouble, InteractionRecord, MessageRecord
+from tests.doubles.pixeldojo import FakePixelDojo
 
 
 async def posted_result(harness: Harness, prompt: str = "a paper boat", **options) -> MessageRecord:

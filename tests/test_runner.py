@@ -11,9 +11,9 @@ from bot.generation.models import GenerationRequest, Job, JobState
 from bot.generation.runner import DeliveryError, JobRunner, Phase, ResultImage, RunnerSettings
 from bot.generation.service import GenerationService
 from bot.pixeldojo.client import PixelDojoClient
-from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
+from tests.doubles.pixeldojo import FakePixelDojo
 
 FAST = RunnerSettings(poll_initial_interval=0.02, poll_max_interval=0.05, job_timeout=5)
 

@@ -14,9 +14,9 @@ from bot.generation.models import Job, JobState
 from bot.generation.runner import STORE_RETRY_CAP, JobRunner, Phase
 from bot.generation.service import GenerationService
 from bot.pixeldojo.client import PixelDojoClient
-from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
+from tests.doubles.pixeldojo import FakePixelDojo
 from tests.test_runner import FAST, RecordingPresenter, credits_used, request
 
 

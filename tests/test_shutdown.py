@@ -19,11 +19,11 @@ from bot.generation.models import JobState
 from bot.generation.runner import JobRunner, RunnerSettings
 from bot.generation.service import GenerationService
 from bot.pixeldojo.client import PixelDojoClient
-from bot.pixeldojo.sandbox import FakePixelDojo
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.conftest import ALICE_ID, Harness, footer_has, queued_job_id
 from tests.doubles.discord_double import DiscordDouble, run_bot_against
+from tests.doubles.pixeldojo import FakePixelDojo
 from tests.test_runner import RecordingPresenter, credits_used, request
 
 

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from bot.pixeldojo.client import ASPECT_RATIOS, MODEL_ID
-from bot.pixeldojo.sandbox import FakePixelDojo, image_size, render_placeholder_png
+from bot.pixeldojo.sandbox import image_size, render_placeholder_png
+from tests.doubles.pixeldojo import FakePixelDojo
 
 RUN = f"/models/{MODEL_ID}/run"
 
