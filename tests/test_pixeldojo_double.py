@@ -16,6 +16,7 @@ from PIL import Image
 from bot.pixeldojo.client import ASPECT_RATIOS, MODEL_ID
 from bot.pixeldojo.sandbox import image_size, render_placeholder_png
 from tests.doubles.pixeldojo import FakePixelDojo
+from tests.doubles.pixeldojo_rate_limit import RateLimiter
 
 RUN = f"/models/{MODEL_ID}/run"
 
@@ -432,3 +433,18 @@ def test_fault_next_rejects_unknown_kinds() -> None:
         fake.fault_next("418")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         fake.fault_next("500", route="everywhere")  # type: ignore[arg-type]
+
+
+async def test_extra_middlewares_run_inside_the_recorders() -> None:
+    limiter = RateLimiter(limit=1, clock=lambda: 1_800_000_000.0)
+    async with (
+        FakePixelDojo(middlewares=[limiter.middleware]) as fake,
+        httpx.AsyncClient(
+            base_url=fake.base_url, headers={"Authorization": "Bearer test-key"}
+        ) as http,
+    ):
+        assert (await submit(http)).status_code == 202
+        limited = await submit(http)
+        assert limited.status_code == 429 and limited.headers["X-RateLimit-Remaining"] == "0"
+    assert [entry[2] for entry in fake.request_log] == [202, 429]
+    assert len(fake.submissions) == 2 and len(fake.jobs) == 1

@@ -17,6 +17,7 @@ from bot.pixeldojo.sandbox import SandboxPixelDojo
 from tests.conftest import ALICE_ID, CHANNEL_ID, GUILD_ID, REPO_ROOT, settings_env
 from tests.doubles.discord_double import DiscordDouble
 from tests.doubles.pixeldojo import FakePixelDojo
+from tests.doubles.pixeldojo_rate_limit import RateLimiter
 
 
 async def run_cli(env: dict[str, str], *args: str, cwd: Path) -> tuple[int, str, str]:
@@ -188,3 +189,12 @@ async def test_sandbox_forgets_jobs_images_and_renders_after_expiry() -> None:
         assert (sandbox.jobs, sandbox._images, sandbox._renders) == ({}, {}, {})
         # The product's sandbox has no recorders that would grow instead.
         assert not hasattr(sandbox, "submissions") and not hasattr(sandbox, "request_log")
+
+
+async def test_the_sandbox_runs_only_eviction_authentication_and_what_it_is_given() -> None:
+    limiter = RateLimiter(limit=1, clock=lambda: 1_800_000_000.0)
+    sandbox = SandboxPixelDojo(middlewares=[limiter.middleware])
+    assert sandbox._middlewares() == [sandbox._forget, limiter.middleware, sandbox._authenticate]
+    async with sandbox, httpx.AsyncClient(headers={"Authorization": "Bearer x"}) as http:
+        assert (await http.get(f"{sandbox.base_url}/models")).status_code == 200
+        assert (await http.get(f"{sandbox.base_url}/models")).status_code == 429
