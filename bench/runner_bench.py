@@ -345,7 +345,7 @@ class TimedRunner(JobRunner):
         self.schedule_calls += 1
         super()._schedule(job, delay)
 
-    def _spawn(self, coro: object, name: str) -> None:
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         if name.startswith("poll-"):
             # The scheduler got a slot and spawns right away: the last acquire is this poll's.
             job_id = int(name.removeprefix("poll-"))
@@ -355,7 +355,7 @@ class TimedRunner(JobRunner):
                 asked=self.slots.last_asked,
                 acquired=self.slots.last_acquired,
             )
-        super()._spawn(coro, name)
+        return super()._spawn(coro, name)
 
     async def _poll(self, job: Job) -> None:
         record = self.spawned.pop(job.id)
