@@ -40,8 +40,13 @@ async def configure(db: Database, guild_id: int, **values: object) -> None:
         await guild_settings.update(conn, guild_id, **values)
 
 
+async def reserve(store: JobStore, limits: Limits, job_request: GenerationRequest) -> Job:
+    job, _ = await store.create_admitted(job_request, limits.admit)
+    return job
+
+
 async def reserve_many(store: JobStore, limits: Limits, users: range) -> list[Job]:
-    return [await store.create(request(THROUGHPUT_GUILD, user), limits.admit) for user in users]
+    return [await reserve(store, limits, request(THROUGHPUT_GUILD, user)) for user in users]
 
 
 async def throughput(db: Database, store: JobStore, limits: Limits, jobs: int, tasks: int) -> None:
@@ -82,7 +87,7 @@ async def burst(store: JobStore, limits: Limits, db: Database, size: int, allowa
     member = 42
     started = time.perf_counter()
     results = await asyncio.gather(
-        *(store.create(request(BURST_GUILD, member), limits.admit) for _ in range(size)),
+        *(reserve(store, limits, request(BURST_GUILD, member)) for _ in range(size)),
         return_exceptions=True,
     )
     elapsed = time.perf_counter() - started
@@ -104,7 +109,7 @@ async def cap_burst(store: JobStore, limits: Limits, db: Database, size: int, ca
     """`size` concurrent 2-image requests from different members against a server spend cap."""
     await configure(db, CAP_GUILD, default_allowance=None, max_concurrent=10, spend_cap=cap)
     results = await asyncio.gather(
-        *(store.create(request(CAP_GUILD, user, 2), limits.admit) for user in range(size)),
+        *(reserve(store, limits, request(CAP_GUILD, user, 2)) for user in range(size)),
         return_exceptions=True,
     )
     admitted = sum(isinstance(r, Job) for r in results)

@@ -621,15 +621,13 @@ async def drive(
     show_typical("typical generation time the runner starts with", model)
     wall_minus_mono = time.time() - time.monotonic()  # the store's clock is time.time()
     started = time.monotonic()
-    jobs = [
-        await store.create(
-            GenerationRequest(
-                GUILD_ID, CHANNEL_ID, 100 + i % 50, f"bench prompt {i}", "1:1", args.outputs, seed=i
-            ),
-            admit_without_limits,
+    jobs = []
+    for i in range(args.jobs):
+        request = GenerationRequest(
+            GUILD_ID, CHANNEL_ID, 100 + i % 50, f"bench prompt {i}", "1:1", args.outputs, seed=i
         )
-        for i in range(args.jobs)
-    ]
+        job, _ = await store.create_admitted(request, admit_without_limits)
+        jobs.append(job)
     show("reserve jobs in DB", time.monotonic() - started, "s")
 
     t_submit = time.monotonic()

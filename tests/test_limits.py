@@ -555,15 +555,15 @@ async def test_blocked_terms_survive_a_restart_and_other_writers(env: ServiceEnv
     fresh = Limits(env.db, env.clock)  # a new process: nothing in memory
     request = GenerationRequest(GUILD, CHANNEL, MEMBER, "DRAGON wyrm", "1:1")
     with pytest.raises(RequestRefused):
-        await env.store.create(request, fresh.admit)
+        await env.store.create_admitted(request, fresh.admit)
     # Another process (its own Limits) removes one term and adds another: `fresh` notices.
     other = ModerationService(env.db, Limits(env.db, env.clock), env.clock)
     await other.remove_blocked_term(guild_id=GUILD, actor_id=MOD, term="dragon")
     await other.add_blocked_term(guild_id=GUILD, actor_id=MOD, term="wyvern")
-    await env.store.create(request, fresh.admit)
+    await env.store.create_admitted(request, fresh.admit)
     await other.add_blocked_term(guild_id=GUILD, actor_id=MOD, term="wyrm")
     with pytest.raises(RequestRefused):
-        await env.store.create(request, fresh.admit)
+        await env.store.create_admitted(request, fresh.admit)
 
 
 async def test_changing_the_period_counts_usage_inside_the_new_period(env: ServiceEnv) -> None:

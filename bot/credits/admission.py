@@ -1,9 +1,10 @@
 """Admission: whether a member may start a generation now, and what it holds from their credits.
 
-`Limits.admit` is the `AdmissionCheck` that `JobStore.create` runs inside its `BEGIN IMMEDIATE`
-reservation transaction, so reading the limits and reserving against them is one atomic step:
-concurrent requests can never over-spend an allowance or the server's spend cap. Every rule
-lives in the database; the only thing kept in memory is a cache of compiled blocked terms.
+`Limits.admit` is the `AdmissionCheck` that `JobStore.create_admitted` runs inside its
+`BEGIN IMMEDIATE` reservation transaction, so reading the limits and reserving against them is
+one atomic step: concurrent requests can never over-spend an allowance or the server's spend
+cap. Every rule lives in the database; the only thing kept in memory is a cache of compiled
+blocked terms.
 """
 
 from __future__ import annotations

@@ -52,16 +52,13 @@ class JobStore:
         self.db = db
         self.clock = clock
 
-    async def create(self, request: GenerationRequest, admit: AdmissionCheck) -> Job:
-        """Check the request against the limits and reserve its credits, atomically."""
-        job, _ = await self.create_admitted(request, admit)
-        return job
-
     async def create_admitted(
         self, request: GenerationRequest, admit: AdmissionCheck
     ) -> tuple[Job, Admission]:
-        """Like `create`, also returning the admission, whose `notices` are for the moderators'
-        log channel: the transaction has committed when this returns, so they can be sent."""
+        """Check the request against the limits and reserve its credits, atomically.
+
+        Also returns the admission, whose `notices` are for the moderators' log channel: the
+        transaction has committed when this returns, so they can be sent."""
         async with self.db.transaction() as conn:
             now = self.clock()
             admission = await admit(conn, request, now)

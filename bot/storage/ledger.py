@@ -22,9 +22,6 @@ class LedgerKind(StrEnum):
     RESET = "reset"
 
 
-USAGE_KINDS = (LedgerKind.RESERVE, LedgerKind.SETTLE, LedgerKind.REFUND, LedgerKind.RESET)
-
-
 @dataclass(frozen=True)
 class Usage:
     """A member's credit use in one period."""
@@ -62,24 +59,6 @@ async def append(
     return cursor.rowcount == 1
 
 
-async def usage(
-    conn: aiosqlite.Connection, guild_id: int, user_id: int, period_start: float
-) -> Usage:
-    """Credits a member used and was granted in the period starting at `period_start`."""
-    row = await (
-        await conn.execute(
-            """
-            SELECT
-                COALESCE(SUM(CASE WHEN kind != 'grant' THEN amount END), 0),
-                COALESCE(SUM(CASE WHEN kind = 'grant' THEN amount END), 0)
-            FROM ledger WHERE guild_id = ? AND user_id = ? AND period_start = ?
-            """,
-            (guild_id, user_id, period_start),
-        )
-    ).fetchone()
-    return Usage(used=row[0], granted=row[1])
-
-
 def _range(
     start: float, end: float | None, column: str = "period_start"
 ) -> tuple[str, tuple[float, ...]]:
@@ -95,7 +74,7 @@ async def usage_between(
     start: float,
     end: float | None = None,
 ) -> Usage:
-    """Like `usage`, but over every row booked in `[start, end)`.
+    """Credits a member used and was granted, over every row booked in `[start, end)`.
 
     A range rather than one exact `period_start`, so changing a guild's period (day → week)
     counts what was booked under the old period that falls inside the new one.
