@@ -37,7 +37,7 @@ def rate(count: int, seconds: float) -> str:
 
 async def configure(db: Database, guild_id: int, **values: object) -> None:
     async with db.transaction() as conn:
-        await guild_settings.update(conn, guild_id, **values)
+        await guild_settings.save(conn, guild_id, **values)
 
 
 async def reserve(store: JobStore, limits: Limits, job_request: GenerationRequest) -> Job:

@@ -15,14 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import aiosqlite
-
 from bot.credits.blocklist import TermMatcher
 from bot.credits.periods import Period, discord_time, next_reset, period_start
 from bot.errors import RequestRefused
-from bot.generation.models import ACTIVE_STATES, CREDITS_PER_OUTPUT, GenerationRequest
+from bot.generation.models import CREDITS_PER_OUTPUT, GenerationRequest
 from bot.safe_text import escape_member_text
-from bot.storage import guild_settings, ledger
+from bot.storage import Connection, guild_settings, jobs, ledger, rules
 from bot.storage.database import Database
 from bot.storage.guild_settings import GuildSettings
 from bot.storage.jobs import Admission
@@ -67,7 +65,7 @@ def _resets(resets_at: float | None) -> str:
 
 
 async def resolve_allowance(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     settings: GuildSettings,
     user_id: int,
     role_ids: Sequence[int],
@@ -77,42 +75,13 @@ async def resolve_allowance(
     A per-member override wins; otherwise the most generous of the member's roles that have one
     (an unlimited role beats any number); otherwise the guild default.
     """
-    row = await (
-        await conn.execute(
-            "SELECT allowance FROM user_allowances WHERE guild_id = ? AND user_id = ?",
-            (settings.guild_id, user_id),
-        )
-    ).fetchone()
-    if row is not None:
-        return row[0]
-    if role_ids:
-        rows = await (
-            await conn.execute(
-                f"""
-                SELECT allowance FROM role_allowances
-                WHERE guild_id = ? AND role_id IN ({",".join("?" for _ in role_ids)})
-                """,
-                (settings.guild_id, *role_ids),
-            )
-        ).fetchall()
-        if rows:
-            values = [r[0] for r in rows]
-            return None if None in values else max(values)
+    own = await rules.user_allowance(conn, settings.guild_id, user_id)
+    if own is not None:
+        return own.credits
+    values = await rules.role_allowances_among(conn, settings.guild_id, role_ids)
+    if values:
+        return None if None in values else max(v for v in values if v is not None)
     return settings.default_allowance
-
-
-async def count_active_jobs(conn: aiosqlite.Connection, guild_id: int, user_id: int) -> int:
-    """The member's jobs that are reserved, running or being posted."""
-    row = await (
-        await conn.execute(
-            f"""
-            SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?
-            AND state IN ({",".join("?" for _ in ACTIVE_STATES)})
-            """,
-            (guild_id, user_id, *(s.value for s in ACTIVE_STATES)),
-        )
-    ).fetchone()
-    return int(row[0])
 
 
 class Limits:
@@ -127,9 +96,7 @@ class Limits:
         """Forget a guild's compiled blocked terms (call whenever they change)."""
         self._matchers.pop(guild_id, None)
 
-    async def admit(
-        self, conn: aiosqlite.Connection, request: GenerationRequest, now: float
-    ) -> Admission:
+    async def admit(self, conn: Connection, request: GenerationRequest, now: float) -> Admission:
         """Check every rule in order and return what to reserve, or raise `RequestRefused`."""
         settings = await guild_settings.load(conn, request.guild_id)
         await self._check_ban(conn, request, now)
@@ -144,7 +111,7 @@ class Limits:
         cap_marks, notices = await self._check_cap(conn, settings, cost, start, resets_at)
         await self._check_allowance(conn, settings, request, cost, start, resets_at)
         if cap_marks:
-            await guild_settings.update(conn, request.guild_id, **cap_marks)
+            await guild_settings.save(conn, request.guild_id, **cap_marks)
         return Admission(credits=cost, period_start=start, notices=notices)
 
     async def balance(self, guild_id: int, user_id: int, role_ids: Sequence[int]) -> Balance:
@@ -155,7 +122,7 @@ class Limits:
             allowance = await resolve_allowance(conn, settings, user_id, role_ids)
             start = period_start(settings.period, settings.reset_hour, now)
             usage = await ledger.usage_between(conn, guild_id, user_id, start)
-            active = await count_active_jobs(conn, guild_id, user_id)
+            active = await jobs.count_active(conn, guild_id, user_id)
         remaining = None if allowance is None else max(0, allowance + usage.granted - usage.used)
         return Balance(
             allowance=allowance,
@@ -173,80 +140,55 @@ class Limits:
         async with self.db.read() as conn:
             return await guild_settings.load(conn, guild_id)
 
-    async def matcher(self, conn: aiosqlite.Connection, guild_id: int) -> TermMatcher:
+    async def matcher(self, conn: Connection, guild_id: int) -> TermMatcher:
         """The guild's compiled blocked terms, cached until they change.
 
         Besides `invalidate_terms`, each use compares the terms' (count, newest id) with the
-        cached ones, so a change made by another process (the CLI) is picked up too; ids are
-        never reused (AUTOINCREMENT), so any add or remove changes that pair.
+        cached ones, so a change made by another process (the CLI) is picked up too.
         """
-        row = await (
-            await conn.execute(
-                "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM blocked_terms WHERE guild_id = ?",
-                (guild_id,),
-            )
-        ).fetchone()
-        signature = (int(row[0]), int(row[1]))
+        signature = await rules.blocked_terms_signature(conn, guild_id)
         cached = self._matchers.get(guild_id)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        rows = await (
-            await conn.execute(
-                "SELECT id, pattern, is_regex FROM blocked_terms WHERE guild_id = ? ORDER BY id",
-                (guild_id,),
-            )
-        ).fetchall()
-        matcher = TermMatcher.build((r[1], bool(r[2])) for r in rows)
+        terms = await rules.blocked_terms(conn, guild_id)
+        matcher = TermMatcher.build((term.pattern, term.is_regex) for term in terms)
         for skipped in matcher.skipped:
             log.warning(
                 "Guild %s: blocked pattern #%s is not enforced: %s Remove it with "
                 "/mod blocklist remove #%s and add it again in RE2 syntax.",
                 guild_id,
-                rows[skipped.index][0],
+                terms[skipped.index].id,
                 skipped.reason,
-                rows[skipped.index][0],
+                terms[skipped.index].id,
             )
         self._matchers[guild_id] = (signature, matcher)
         return matcher
 
     @staticmethod
-    async def _check_ban(
-        conn: aiosqlite.Connection, request: GenerationRequest, now: float
-    ) -> None:
-        row = await (
-            await conn.execute(
-                "SELECT until, reason FROM bans WHERE guild_id = ? AND user_id = ?",
-                (request.guild_id, request.user_id),
-            )
-        ).fetchone()
-        if row is None or (row["until"] is not None and row["until"] <= now):
+    async def _check_ban(conn: Connection, request: GenerationRequest, now: float) -> None:
+        ban = await rules.ban_of(conn, request.guild_id, request.user_id)
+        if ban is None or (ban.until is not None and ban.until <= now):
             return
-        reason = f" (reason: {escape_member_text(row['reason'])})" if row["reason"] else ""
-        if row["until"] is None:
+        reason = f" (reason: {escape_member_text(ban.reason)})" if ban.reason else ""
+        if ban.until is None:
             raise RequestRefused(
                 f"You can't generate images in this server{reason}. "
                 "Ask a moderator if you think this is a mistake."
             )
-        until = row["until"]
+        until = ban.until
         raise RequestRefused(
             f"You can't generate images here until {discord_time(until, 'f')}, "
             f"{discord_time(until)}{reason}."
         )
 
     @staticmethod
-    async def _check_channel(conn: aiosqlite.Connection, request: GenerationRequest) -> None:
-        rows = await (
-            await conn.execute(
-                "SELECT channel_id FROM allowed_channels WHERE guild_id = ? ORDER BY channel_id",
-                (request.guild_id,),
-            )
-        ).fetchall()
-        channels = [row[0] for row in rows]
+    async def _check_channel(conn: Connection, request: GenerationRequest) -> None:
+        channels = await rules.allowed_channels(conn, request.guild_id)
         if channels and request.channel_id not in channels:
             mentions = ", ".join(f"<#{channel}>" for channel in channels)
             raise RequestRefused(f"Images can only be generated in {mentions}.")
 
-    async def _check_terms(self, conn: aiosqlite.Connection, request: GenerationRequest) -> None:
+    async def _check_terms(self, conn: Connection, request: GenerationRequest) -> None:
         matcher = await self.matcher(conn, request.guild_id)
         # RE2 keeps this linear in the prompt; a worker thread keeps even that off the loop.
         if await asyncio.to_thread(matcher.matches, request.prompt):
@@ -266,9 +208,9 @@ class Limits:
 
     @staticmethod
     async def _check_concurrency(
-        conn: aiosqlite.Connection, settings: GuildSettings, request: GenerationRequest
+        conn: Connection, settings: GuildSettings, request: GenerationRequest
     ) -> None:
-        active = await count_active_jobs(conn, request.guild_id, request.user_id)
+        active = await jobs.count_active(conn, request.guild_id, request.user_id)
         if active >= settings.max_concurrent:
             raise RequestRefused(
                 f"You already have {_plural(active, 'generation')} running, and this server "
@@ -278,20 +220,14 @@ class Limits:
 
     @staticmethod
     async def _check_cooldown(
-        conn: aiosqlite.Connection,
+        conn: Connection,
         settings: GuildSettings,
         request: GenerationRequest,
         now: float,
     ) -> None:
         if settings.cooldown_seconds <= 0:
             return
-        row = await (
-            await conn.execute(
-                "SELECT MAX(created_at) FROM jobs WHERE guild_id = ? AND user_id = ?",
-                (request.guild_id, request.user_id),
-            )
-        ).fetchone()
-        last = row[0]
+        last = await jobs.last_created_at(conn, request.guild_id, request.user_id)
         if last is None:
             return
         ready_at = last + settings.cooldown_seconds
@@ -303,7 +239,7 @@ class Limits:
 
     @staticmethod
     async def _check_cap(
-        conn: aiosqlite.Connection,
+        conn: Connection,
         settings: GuildSettings,
         cost: int,
         start: float,
@@ -347,7 +283,7 @@ class Limits:
 
     @staticmethod
     async def _check_allowance(
-        conn: aiosqlite.Connection,
+        conn: Connection,
         settings: GuildSettings,
         request: GenerationRequest,
         cost: int,

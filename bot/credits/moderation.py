@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
-
-import aiosqlite
 
 from bot.credits.admission import Limits
 from bot.credits.blocklist import (
@@ -25,13 +22,14 @@ from bot.credits.blocklist import (
 )
 from bot.credits.periods import Period, discord_time, period_start
 from bot.credits.report import UsageReport, build_usage_report
-from bot.generation.models import ACTIVE_STATES, MAX_OUTPUTS
+from bot.generation.models import MAX_OUTPUTS
 from bot.safe_text import escape_member_text
-from bot.storage import audit, guild_settings, ledger
+from bot.storage import Connection, audit, guild_settings, ledger, rules
 from bot.storage.audit import AuditEntry
 from bot.storage.database import Database
 from bot.storage.guild_settings import GuildSettings
 from bot.storage.ledger import LedgerKind
+from bot.storage.rules import Ban, BlockedTerm
 
 __all__ = [
     "AuditEntry",
@@ -55,28 +53,6 @@ AUDIT_PAGE_MAX = 100
 
 class InvalidSetting(ValueError):
     """A moderator's input cannot be applied; the message says why and is shown as is."""
-
-
-@dataclass(frozen=True)
-class BlockedTerm:
-    """A blocked word, phrase or regular expression (for moderators' eyes only)."""
-
-    id: int
-    pattern: str
-    is_regex: bool
-    actor_id: int | None
-    created_at: float
-
-
-@dataclass(frozen=True)
-class Ban:
-    """A member barred from generating; `until` None means permanently."""
-
-    user_id: int
-    until: float | None
-    reason: str | None
-    actor_id: int | None
-    created_at: float
 
 
 def _plural(count: int, noun: str) -> str:
@@ -138,45 +114,28 @@ class ModerationService:
 
     async def role_allowances(self, guild_id: int) -> dict[int, int | None]:
         """Role id → allowance per period (None = unlimited)."""
-        rows = await self.db.fetchall(
-            "SELECT role_id, allowance FROM role_allowances WHERE guild_id = ? ORDER BY role_id",
-            (guild_id,),
-        )
-        return {row[0]: row[1] for row in rows}
+        async with self.db.read() as conn:
+            return await rules.role_allowances(conn, guild_id)
 
     async def user_allowances(self, guild_id: int) -> dict[int, int | None]:
         """Member id → allowance override per period (None = unlimited)."""
-        rows = await self.db.fetchall(
-            "SELECT user_id, allowance FROM user_allowances WHERE guild_id = ? ORDER BY user_id",
-            (guild_id,),
-        )
-        return {row[0]: row[1] for row in rows}
+        async with self.db.read() as conn:
+            return await rules.user_allowances(conn, guild_id)
 
     async def allowed_channels(self, guild_id: int) -> list[int]:
         """Channels generation is limited to; empty means everywhere."""
-        rows = await self.db.fetchall(
-            "SELECT channel_id FROM allowed_channels WHERE guild_id = ? ORDER BY channel_id",
-            (guild_id,),
-        )
-        return [row[0] for row in rows]
+        async with self.db.read() as conn:
+            return await rules.allowed_channels(conn, guild_id)
 
     async def blocked_terms(self, guild_id: int) -> list[BlockedTerm]:
         """The guild's blocklist, oldest first."""
-        rows = await self.db.fetchall(
-            "SELECT id, pattern, is_regex, actor_id, created_at FROM blocked_terms "
-            "WHERE guild_id = ? ORDER BY id",
-            (guild_id,),
-        )
-        return [BlockedTerm(row[0], row[1], bool(row[2]), row[3], row[4]) for row in rows]
+        async with self.db.read() as conn:
+            return await rules.blocked_terms(conn, guild_id)
 
     async def bans(self, guild_id: int) -> list[Ban]:
         """Bans in force now (expired ones are left out)."""
-        rows = await self.db.fetchall(
-            "SELECT user_id, until, reason, actor_id, created_at FROM bans "
-            "WHERE guild_id = ? AND (until IS NULL OR until > ?) ORDER BY created_at, user_id",
-            (guild_id, self.clock()),
-        )
-        return [Ban(*row) for row in rows]
+        async with self.db.read() as conn:
+            return await rules.bans_in_force(conn, guild_id, self.clock())
 
     async def audit_entries(
         self, guild_id: int, limit: int = 20, before_id: int | None = None
@@ -214,7 +173,7 @@ class ModerationService:
             hour = settings.reset_hour if reset_hour is None else reset_hour
             # Only what the moderator chose: an hour left out stays at its default.
             chosen = {} if reset_hour is None else {"reset_hour": reset_hour}
-            await guild_settings.update(conn, guild_id, period=new_period, **chosen)
+            await guild_settings.save(conn, guild_id, period=new_period, **chosen)
             if new_period is Period.NONE:
                 summary = "set credits to never reset (one allowance in total)"
             else:
@@ -245,7 +204,7 @@ class ModerationService:
         _check_allowance(allowance)
         async with self.db.transaction() as conn:
             settings = await guild_settings.load(conn, guild_id)
-            await guild_settings.update(conn, guild_id, default_allowance=allowance)
+            await guild_settings.save(conn, guild_id, default_allowance=allowance)
             return await self._audit(
                 conn,
                 guild_id,
@@ -264,11 +223,7 @@ class ModerationService:
         _check_allowance(allowance)
         async with self.db.transaction() as conn:
             settings = await guild_settings.load(conn, guild_id)
-            await conn.execute(
-                "INSERT INTO role_allowances (guild_id, role_id, allowance) VALUES (?, ?, ?) "
-                "ON CONFLICT (guild_id, role_id) DO UPDATE SET allowance = excluded.allowance",
-                (guild_id, role_id, allowance),
-            )
+            await rules.set_role_allowance(conn, guild_id, role_id, allowance)
             return await self._audit(
                 conn,
                 guild_id,
@@ -284,11 +239,7 @@ class ModerationService:
     ) -> AuditEntry:
         """Remove a role's allowance; its members fall back to other roles or the default."""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM role_allowances WHERE guild_id = ? AND role_id = ?",
-                (guild_id, role_id),
-            )
-            if cursor.rowcount == 0:
+            if not await rules.clear_role_allowance(conn, guild_id, role_id):
                 raise InvalidSetting(f"<@&{role_id}> has no allowance of its own to clear.")
             return await self._audit(
                 conn,
@@ -308,11 +259,7 @@ class ModerationService:
         _check_allowance(allowance)
         async with self.db.transaction() as conn:
             settings = await guild_settings.load(conn, guild_id)
-            await conn.execute(
-                "INSERT INTO user_allowances (guild_id, user_id, allowance) VALUES (?, ?, ?) "
-                "ON CONFLICT (guild_id, user_id) DO UPDATE SET allowance = excluded.allowance",
-                (guild_id, user_id, allowance),
-            )
+            await rules.set_user_allowance(conn, guild_id, user_id, allowance)
             return await self._audit(
                 conn,
                 guild_id,
@@ -328,11 +275,7 @@ class ModerationService:
     ) -> AuditEntry:
         """Remove a member's override; their roles or the default apply again."""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM user_allowances WHERE guild_id = ? AND user_id = ?",
-                (guild_id, user_id),
-            )
-            if cursor.rowcount == 0:
+            if not await rules.clear_user_allowance(conn, guild_id, user_id):
                 raise InvalidSetting(f"<@{user_id}> has no allowance of their own to clear.")
             return await self._audit(
                 conn,
@@ -390,7 +333,7 @@ class ModerationService:
             now = self.clock()
             start = period_start(settings.period, settings.reset_hour, now)
             usage = await ledger.usage_between(conn, guild_id, user_id, start)
-            held = await self._held_by_active_jobs(conn, guild_id, user_id, start)
+            held = await ledger.held_by_active_jobs(conn, guild_id, user_id, start)
             forgiven = usage.used - held
             if forgiven > 0:
                 await ledger.append(
@@ -435,15 +378,8 @@ class ModerationService:
         async with self.db.transaction() as conn:
             now = self.clock()
             until = None if duration_seconds is None else now + duration_seconds
-            await conn.execute(
-                """
-                INSERT INTO bans (guild_id, user_id, until, reason, actor_id, created_at)
-                VALUES (?, ?, ?, ?, ?, ?)
-                ON CONFLICT (guild_id, user_id) DO UPDATE SET until = excluded.until,
-                    reason = excluded.reason, actor_id = excluded.actor_id,
-                    created_at = excluded.created_at
-                """,
-                (guild_id, user_id, until, reason, actor_id, now),
+            await rules.put_ban(
+                conn, guild_id, user_id, until=until, reason=reason, actor_id=actor_id, now=now
             )
             length = (
                 "permanently"
@@ -464,12 +400,7 @@ class ModerationService:
     async def unban(self, *, guild_id: int, actor_id: int, user_id: int) -> AuditEntry:
         """Lift a member's generation ban."""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM bans WHERE guild_id = ? AND user_id = ? "
-                "AND (until IS NULL OR until > ?)",
-                (guild_id, user_id, self.clock()),
-            )
-            if cursor.rowcount == 0:
+            if not await rules.lift_ban(conn, guild_id, user_id, self.clock()):
                 raise InvalidSetting(f"<@{user_id}> isn't banned from generating.")
             return await self._audit(
                 conn,
@@ -487,11 +418,7 @@ class ModerationService:
         """Add a channel to those generation is limited to (the first one turns the limit on)."""
         _check_id(channel_id, "channel")
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "INSERT OR IGNORE INTO allowed_channels (guild_id, channel_id) VALUES (?, ?)",
-                (guild_id, channel_id),
-            )
-            if cursor.rowcount == 0:
+            if not await rules.allow_channel(conn, guild_id, channel_id):
                 raise InvalidSetting(f"<#{channel_id}> is already an allowed channel.")
             return await self._audit(
                 conn,
@@ -508,35 +435,25 @@ class ModerationService:
     ) -> AuditEntry:
         """Remove a channel from the allowed ones (none left means every channel is allowed)."""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM allowed_channels WHERE guild_id = ? AND channel_id = ?",
-                (guild_id, channel_id),
-            )
-            if cursor.rowcount == 0:
+            if not await rules.disallow_channel(conn, guild_id, channel_id):
                 raise InvalidSetting(f"<#{channel_id}> isn't one of the allowed channels.")
-            left = await (
-                await conn.execute(
-                    "SELECT COUNT(*) FROM allowed_channels WHERE guild_id = ?", (guild_id,)
-                )
-            ).fetchone()
-            tail = "" if left[0] else "; images can now be generated in any channel"
+            left = await rules.count_allowed_channels(conn, guild_id)
+            tail = "" if left else "; images can now be generated in any channel"
             return await self._audit(
                 conn,
                 guild_id,
                 actor_id,
                 "channel.disallow",
                 channel_id,
-                {"channel_id": channel_id, "remaining": left[0]},
+                {"channel_id": channel_id, "remaining": left},
                 f"removed <#{channel_id}> from the allowed channels{tail}",
             )
 
     async def clear_channel_rules(self, *, guild_id: int, actor_id: int) -> AuditEntry:
         """Allow generation in every channel again."""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM allowed_channels WHERE guild_id = ?", (guild_id,)
-            )
-            if cursor.rowcount == 0:
+            removed = await rules.clear_allowed_channels(conn, guild_id)
+            if removed == 0:
                 raise InvalidSetting("There are no channel rules; every channel is allowed.")
             return await self._audit(
                 conn,
@@ -544,7 +461,7 @@ class ModerationService:
                 actor_id,
                 "channel.clear",
                 None,
-                {"removed": cursor.rowcount},
+                {"removed": removed},
                 "cleared the channel rules; images can be generated in any channel",
             )
 
@@ -561,24 +478,15 @@ class ModerationService:
         kind = "pattern" if is_regex else "term"
         async with self.db.transaction() as conn:
             if is_regex:
-                rows = await (
-                    await conn.execute(
-                        "SELECT pattern FROM blocked_terms WHERE guild_id = ? AND is_regex = 1",
-                        (guild_id,),
-                    )
-                ).fetchall()
                 try:
-                    check_regex_budget(pattern, (row[0] for row in rows))
+                    check_regex_budget(pattern, await rules.blocked_regexes(conn, guild_id))
                 except InvalidTerm as exc:
                     raise InvalidSetting(str(exc)) from None
-            cursor = await conn.execute(
-                "INSERT OR IGNORE INTO blocked_terms "
-                "(guild_id, pattern, is_regex, actor_id, created_at) VALUES (?, ?, ?, ?, ?)",
-                (guild_id, pattern, int(is_regex), actor_id, self.clock()),
+            term_id = await rules.add_blocked_term(
+                conn, guild_id, pattern, is_regex=is_regex, actor_id=actor_id, now=self.clock()
             )
-            if cursor.rowcount == 0:
+            if term_id is None:
                 raise InvalidSetting(f"That {kind} is already blocked.")
-            term_id = int(cursor.lastrowid or 0)
             self.limits.invalidate_terms(guild_id)
             # The summary goes to a channel: it names the entry, not the term itself.
             return await self._audit(
@@ -596,22 +504,20 @@ class ModerationService:
     ) -> AuditEntry:
         """Unblock a term given its id (int or "#12") or its text as it was added."""
         async with self.db.transaction() as conn:
-            row = await self._find_term(conn, guild_id, term)
-            if row is None:
+            found = await self._find_term(conn, guild_id, term)
+            if found is None:
                 raise InvalidSetting("That term isn't on this server's blocklist.")
-            await conn.execute(
-                "DELETE FROM blocked_terms WHERE guild_id = ? AND id = ?", (guild_id, row[0])
-            )
+            await rules.remove_blocked_term(conn, guild_id, found.id)
             self.limits.invalidate_terms(guild_id)
-            kind = "pattern" if row[2] else "term"
+            kind = "pattern" if found.is_regex else "term"
             return await self._audit(
                 conn,
                 guild_id,
                 actor_id,
                 "blocklist.remove",
-                row[0],
-                {"term_id": row[0], "pattern": row[1], "is_regex": bool(row[2])},
-                f"removed blocked {kind} #{row[0]}",
+                found.id,
+                {"term_id": found.id, "pattern": found.pattern, "is_regex": found.is_regex},
+                f"removed blocked {kind} #{found.id}",
             )
 
     # -- per-member and server-wide limits -----------------------------------------------
@@ -740,7 +646,7 @@ class ModerationService:
     ) -> AuditEntry:
         async with self.db.transaction() as conn:
             settings = await guild_settings.load(conn, guild_id)
-            await guild_settings.update(conn, guild_id, **{column: value}, **also)
+            await guild_settings.save(conn, guild_id, **{column: value}, **also)
             return await self._audit(
                 conn,
                 guild_id,
@@ -753,7 +659,7 @@ class ModerationService:
 
     async def _audit(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         guild_id: int,
         actor_id: int | None,
         action: str,
@@ -782,41 +688,10 @@ class ModerationService:
         return reason
 
     @staticmethod
-    async def _find_term(
-        conn: aiosqlite.Connection, guild_id: int, term: str | int
-    ) -> aiosqlite.Row | None:
+    async def _find_term(conn: Connection, guild_id: int, term: str | int) -> BlockedTerm | None:
         text = str(term).strip()
         if isinstance(term, int) or text.lstrip("#").isdigit():
-            term_id = int(text.lstrip("#"))
-            row = await (
-                await conn.execute(
-                    "SELECT id, pattern, is_regex FROM blocked_terms WHERE guild_id = ? AND id = ?",
-                    (guild_id, term_id),
-                )
-            ).fetchone()
-            if row is not None or isinstance(term, int):
-                return row
-        candidates = [text, normalize(text)]
-        return await (
-            await conn.execute(
-                "SELECT id, pattern, is_regex FROM blocked_terms "
-                "WHERE guild_id = ? AND pattern IN (?, ?) ORDER BY id LIMIT 1",
-                (guild_id, *candidates),
-            )
-        ).fetchone()
-
-    @staticmethod
-    async def _held_by_active_jobs(
-        conn: aiosqlite.Connection, guild_id: int, user_id: int, start: float
-    ) -> int:
-        row = await (
-            await conn.execute(
-                f"""
-                SELECT COALESCE(SUM(l.amount), 0) FROM ledger l JOIN jobs j ON j.id = l.job_id
-                WHERE l.guild_id = ? AND l.user_id = ? AND l.period_start >= ?
-                  AND j.state IN ({",".join("?" for _ in ACTIVE_STATES)})
-                """,
-                (guild_id, user_id, start, *(s.value for s in ACTIVE_STATES)),
-            )
-        ).fetchone()
-        return int(row[0])
+            found = await rules.blocked_term_by_id(conn, guild_id, int(text.lstrip("#")))
+            if found is not None or isinstance(term, int):
+                return found
+        return await rules.blocked_term_by_pattern(conn, guild_id, [text, normalize(text)])

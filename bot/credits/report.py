@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
 from bot.credits.periods import Period, next_reset, period_start, previous_period_start
 from bot.generation.models import ACTIVE_STATES, JobState
-from bot.storage import ledger
+from bot.storage import Connection, ledger
 from bot.storage.guild_settings import GuildSettings
 
 
@@ -55,7 +53,7 @@ class UsageReport:
 
 
 async def build_usage_report(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     settings: GuildSettings,
     *,
     now: float,
@@ -68,38 +66,8 @@ async def build_usage_report(
     begin = period_start(settings.period, settings.reset_hour, moment)
     end = next_reset(settings.period, settings.reset_hour, moment)
     previous = previous_period_start(settings.period, settings.reset_hour, moment)
-    where = "l.guild_id = ? AND l.period_start >= ?"
-    if end is not None:
-        where += " AND l.period_start < ?"
-    bounds = (guild_id, begin) if end is None else (guild_id, begin, end)
-
-    rows = await (
-        await conn.execute(
-            f"""
-            SELECT l.user_id,
-                   COALESCE(SUM({ledger.SPEND}), 0) AS credits,
-                   SUM(CASE WHEN l.kind = 'reserve' THEN 1 ELSE 0 END) AS jobs
-            FROM {ledger.SPEND_FROM}
-            WHERE {where} AND l.kind IN ('reserve', 'settle', 'refund')
-            GROUP BY l.user_id
-            ORDER BY credits DESC, jobs DESC, l.user_id
-            LIMIT ?
-            """,
-            (*bounds, max(1, top)),
-        )
-    ).fetchall()
-    states = dict(
-        await (
-            await conn.execute(
-                f"""
-                SELECT j.state, COUNT(*) FROM jobs j
-                JOIN ledger l ON l.job_id = j.id AND l.kind = 'reserve'
-                WHERE {where} GROUP BY j.state
-                """,
-                bounds,
-            )
-        ).fetchall()
-    )
+    rows = await ledger.top_spenders(conn, guild_id, begin, end, limit=max(1, top))
+    states = await ledger.job_states(conn, guild_id, begin, end)
     return UsageReport(
         guild_id=guild_id,
         period=settings.period,
@@ -111,7 +79,7 @@ async def build_usage_report(
         previous_total_credits=(
             None if previous is None else await ledger.guild_spend(conn, guild_id, previous, begin)
         ),
-        top_users=tuple(UserUsage(row[0], int(row[1]), int(row[2])) for row in rows),
+        top_users=tuple(UserUsage(*row) for row in rows),
         jobs_posted=states.get(JobState.POSTED.value, 0),
         jobs_failed=states.get(JobState.FAILED.value, 0),
         jobs_active=sum(states.get(state.value, 0) for state in ACTIVE_STATES),

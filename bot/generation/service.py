@@ -11,8 +11,6 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-import aiosqlite
-
 from bot.errors import RequestRefused
 from bot.generation.models import (
     CREDITS_PER_OUTPUT,
@@ -25,6 +23,7 @@ from bot.generation.models import (
 )
 from bot.generation.runner import JobRunner
 from bot.pixeldojo.client import ASPECT_RATIOS
+from bot.storage import Connection
 from bot.storage.jobs import Admission, AdmissionCheck, JobStore
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ def validate(
 
 
 async def admit_without_limits(
-    conn: aiosqlite.Connection, request: GenerationRequest, now: float
+    conn: Connection, request: GenerationRequest, now: float
 ) -> Admission:
     """Hold the estimated cost, with no allowance to check (all-time period)."""
     return Admission(credits=request.num_outputs * CREDITS_PER_OUTPUT, period_start=0.0)

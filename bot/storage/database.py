@@ -8,13 +8,17 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import aiosqlite
 
 from bot.storage.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
+
+Connection: TypeAlias = aiosqlite.Connection
+"""The connection `Database.read()` and `transaction()` yield: code outside `bot.storage` only
+passes it on to storage functions."""
 
 
 class DatabaseUnavailable(Exception):
@@ -99,7 +103,7 @@ class Database:
             self._conn = None
 
     @property
-    def conn(self) -> aiosqlite.Connection:
+    def conn(self) -> Connection:
         if self._conn is None:
             raise RuntimeError("Database.connect() has not been awaited")
         return self._conn
@@ -127,7 +131,7 @@ class Database:
                 log.info("database migrated to schema version %d", version)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any exception.
 
         IMMEDIATE takes SQLite's write lock up front, so a check-then-write (a credit
@@ -145,7 +149,7 @@ class Database:
                 await conn.execute("COMMIT")
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def read(self) -> AsyncIterator[Connection]:
         """Serialised access for reads that need no transaction."""
         async with self._lock:
             yield self.conn

@@ -70,7 +70,7 @@ async def load(conn: aiosqlite.Connection, guild_id: int) -> GuildSettings:
     return GuildSettings(guild_id=guild_id, **stored)
 
 
-async def update(conn: aiosqlite.Connection, guild_id: int, **values: Any) -> None:
+async def save(conn: aiosqlite.Connection, guild_id: int, **values: Any) -> None:
     """Set some columns of the guild's row, creating it (the rest left at their defaults)."""
     unknown = set(values) - set(COLUMNS)
     if unknown:

@@ -19,7 +19,7 @@ from bot.generation.models import (
     JobState,
 )
 from bot.storage import ledger
-from bot.storage.database import Database
+from bot.storage.database import Connection, Database
 from bot.storage.ledger import LedgerKind
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,30 @@ class Admission:
     """Messages for the moderators' log channel (e.g. the spend cap nearing), sent after commit."""
 
 
-AdmissionCheck = Callable[[aiosqlite.Connection, GenerationRequest, float], Awaitable[Admission]]
+AdmissionCheck = Callable[[Connection, GenerationRequest, float], Awaitable[Admission]]
 """Runs inside the reservation transaction; raises to refuse the request."""
+
+
+async def count_active(conn: aiosqlite.Connection, guild_id: int, user_id: int) -> int:
+    """The member's jobs that are reserved, running or being posted."""
+    rows = await conn.execute_fetchall(
+        f"""
+        SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?
+        AND state IN ({",".join("?" for _ in ACTIVE_STATES)})
+        """,
+        (guild_id, user_id, *(s.value for s in ACTIVE_STATES)),
+    )
+    return int(next(iter(rows))[0])
+
+
+async def last_created_at(conn: aiosqlite.Connection, guild_id: int, user_id: int) -> float | None:
+    """When the member's newest job was created; None when they have none."""
+    rows = await conn.execute_fetchall(
+        "SELECT MAX(created_at) FROM jobs WHERE guild_id = ? AND user_id = ?",
+        (guild_id, user_id),
+    )
+    last: float | None = next(iter(rows))[0]
+    return last
 
 
 class JobStore:

@@ -13,6 +13,8 @@ from enum import StrEnum
 
 import aiosqlite
 
+from bot.generation.models import ACTIVE_STATES
+
 
 class LedgerKind(StrEnum):
     RESERVE = "reserve"
@@ -94,9 +96,24 @@ async def usage_between(
     return Usage(used=row[0], granted=row[1])
 
 
-SPEND = "l.amount + COALESCE(j.provider_charged, 0)"
-"""A ledger row's share of real spend, over `SPEND_FROM` (see `guild_spend`)."""
-SPEND_FROM = """ledger l LEFT JOIN jobs j ON l.kind = 'refund' AND j.id = l.job_id"""
+async def held_by_active_jobs(
+    conn: aiosqlite.Connection, guild_id: int, user_id: int, start: float
+) -> int:
+    """Credits the member's unfinished jobs hold, over rows booked from `start` on."""
+    rows = await conn.execute_fetchall(
+        f"""
+        SELECT COALESCE(SUM(l.amount), 0) FROM ledger l JOIN jobs j ON j.id = l.job_id
+        WHERE l.guild_id = ? AND l.user_id = ? AND l.period_start >= ?
+          AND j.state IN ({",".join("?" for _ in ACTIVE_STATES)})
+        """,
+        (guild_id, user_id, start, *(s.value for s in ACTIVE_STATES)),
+    )
+    return int(next(iter(rows))[0])
+
+
+_SPEND = "l.amount + COALESCE(j.provider_charged, 0)"
+"""A ledger row's share of real spend, over `_SPEND_FROM` (see `guild_spend`)."""
+_SPEND_FROM = """ledger l LEFT JOIN jobs j ON l.kind = 'refund' AND j.id = l.job_id"""
 
 
 async def guild_spend(
@@ -113,7 +130,7 @@ async def guild_spend(
     row = await (
         await conn.execute(
             f"""
-            SELECT COALESCE(SUM({SPEND}), 0) FROM {SPEND_FROM}
+            SELECT COALESCE(SUM({_SPEND}), 0) FROM {_SPEND_FROM}
             WHERE l.guild_id = ? AND l.kind IN ('reserve', 'settle', 'refund') AND {where}
             """,
             (guild_id, *bounds),
@@ -130,13 +147,51 @@ async def refunded_spend(
     row = await (
         await conn.execute(
             f"""
-            SELECT COALESCE(SUM(j.provider_charged), 0) FROM {SPEND_FROM}
+            SELECT COALESCE(SUM(j.provider_charged), 0) FROM {_SPEND_FROM}
             WHERE l.guild_id = ? AND l.kind = 'refund' AND {where}
             """,
             (guild_id, *bounds),
         )
     ).fetchone()
     return int(row[0])
+
+
+async def top_spenders(
+    conn: aiosqlite.Connection, guild_id: int, start: float, end: float | None, *, limit: int
+) -> list[tuple[int, int, int]]:
+    """(member id, credits spent as in `guild_spend`, jobs started) in `[start, end)`, the
+    biggest spenders first."""
+    where, bounds = _range(start, end, "l.period_start")
+    rows = await conn.execute_fetchall(
+        f"""
+        SELECT l.user_id,
+               COALESCE(SUM({_SPEND}), 0) AS credits,
+               SUM(CASE WHEN l.kind = 'reserve' THEN 1 ELSE 0 END) AS jobs
+        FROM {_SPEND_FROM}
+        WHERE l.guild_id = ? AND {where} AND l.kind IN ('reserve', 'settle', 'refund')
+        GROUP BY l.user_id
+        ORDER BY credits DESC, jobs DESC, l.user_id
+        LIMIT ?
+        """,
+        (guild_id, *bounds, limit),
+    )
+    return [(int(row[0]), int(row[1]), int(row[2])) for row in rows]
+
+
+async def job_states(
+    conn: aiosqlite.Connection, guild_id: int, start: float, end: float | None
+) -> dict[str, int]:
+    """Job state → how many of the jobs reserved in `[start, end)` are in it."""
+    where, bounds = _range(start, end, "l.period_start")
+    rows = await conn.execute_fetchall(
+        f"""
+        SELECT j.state, COUNT(*) FROM jobs j
+        JOIN ledger l ON l.job_id = j.id AND l.kind = 'reserve'
+        WHERE l.guild_id = ? AND {where} GROUP BY j.state
+        """,
+        (guild_id, *bounds),
+    )
+    return {row[0]: int(row[1]) for row in rows}
 
 
 _RESERVED_PERIOD = (
