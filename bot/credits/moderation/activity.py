@@ -1,0 +1,62 @@
+"""What happened in a guild: the audit log, the usage report, generations' audit entries."""
+
+from __future__ import annotations
+
+from bot.credits.moderation._base import ModerationBase, plural
+from bot.credits.report import UsageReport, build_usage_report
+from bot.storage import audit, guild_settings
+from bot.storage.audit import AuditEntry
+
+AUDIT_PAGE_MAX = 100
+
+
+class ActivityRecords(ModerationBase):
+    """Reading the audit log and the usage report; auditing generations and deleted results."""
+
+    async def audit_entries(
+        self, guild_id: int, limit: int = 20, before_id: int | None = None
+    ) -> list[AuditEntry]:
+        """Newest first; pass the last entry's id as `before_id` for the next page."""
+        limit = max(1, min(limit, AUDIT_PAGE_MAX))
+        async with self.db.read() as conn:
+            return await audit.entries(conn, guild_id, limit, before_id)
+
+    async def usage_report(
+        self, guild_id: int, period_start: float | None = None, top: int = 10
+    ) -> UsageReport:
+        """Who used what in a period (the current one unless `period_start` is given)."""
+        async with self.db.read() as conn:
+            settings = await guild_settings.load(conn, guild_id)
+            return await build_usage_report(
+                conn, settings, now=self.clock(), start=period_start, top=top
+            )
+
+    async def record_generation(
+        self, *, guild_id: int, user_id: int, job_id: int, outcome: str, credits: int
+    ) -> AuditEntry:
+        """Audit one generation's end (`outcome` e.g. "posted" or "failed")."""
+        async with self.db.transaction() as conn:
+            return await self._audit(
+                conn,
+                guild_id,
+                user_id,
+                f"generation.{outcome}",
+                job_id,
+                {"job_id": job_id, "user_id": user_id, "outcome": outcome, "credits": credits},
+                f"ran generation #{job_id}: {outcome}, {plural(credits, 'credit')}",
+            )
+
+    async def record_result_deletion(
+        self, *, guild_id: int, actor_id: int, job_id: int, author_id: int
+    ) -> AuditEntry:
+        """Audit a moderator deleting another member's result."""
+        async with self.db.transaction() as conn:
+            return await self._audit(
+                conn,
+                guild_id,
+                actor_id,
+                "result.deleted",
+                job_id,
+                {"job_id": job_id, "author_id": author_id},
+                f"deleted <@{author_id}>'s result of generation #{job_id}",
+            )
