@@ -14,7 +14,7 @@ Prompts and terms go through the same steps (`normalize`):
 
 That is the form plain terms are stored and shown in. Matching then also compares the
 confusables *skeleton* (`skeleton`): each look-alike character is replaced by the one it
-imitates, after Unicode TR39's confusables data (`bot.confusables`), so "bаdword" with a
+imitates, after Unicode TR39's confusables data (`bot.credits.confusables`), so "bаdword" with a
 Cyrillic "а" is "badword". A second skeleton folds before case folding, because some capitals
 imitate Latin ones that their small letters do not (Cyrillic "В" is "B", its "в" is not "b").
 
