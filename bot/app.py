@@ -9,13 +9,12 @@ from typing import Any
 
 import discord
 import yarl
-from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
 from bot.credits.admission import Balance, Limits
 from bot.credits.moderation import ModerationService
-from bot.discord_ui import errors as interaction_errors
+from bot.discord_ui.errors import ReportingCommandTree
 from bot.discord_ui.presenter import DiscordPresenter
 from bot.generation.edit_input import CapabilityCache
 from bot.generation.models import Job, JobState
@@ -66,10 +65,14 @@ class PixelDojoBot(commands.Bot):
         intents = discord.Intents.none()
         intents.guilds = True  # guild cache: upload limits, roles, channel names
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, **options)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=ReportingCommandTree,
+            **options,
+        )
         self.settings = settings
         self._sandbox: Any = None
-        self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:
         settings = self.settings
@@ -203,19 +206,6 @@ class PixelDojoBot(commands.Bot):
             getattr(self.user, "id", "?"),
             len(self.guilds),
         )
-
-    async def on_app_command_error(
-        self, interaction: discord.Interaction, error: app_commands.AppCommandError
-    ) -> None:
-        """Refusals get their own text; anything else goes down the one interaction error path."""
-        if isinstance(error, app_commands.CheckFailure):
-            message = str(error) or "You can't use this command here."
-        elif isinstance(error, app_commands.CommandOnCooldown):
-            message = f"Slow down: try again in {error.retry_after:.0f} s."
-        else:
-            await interaction_errors.report_failure(interaction, error)
-            return
-        await interaction_errors.reply_privately(interaction, message)
 
     async def close(self) -> None:
         runner = getattr(self, "runner", None)

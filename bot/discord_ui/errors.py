@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -77,6 +78,20 @@ async def report_failure(interaction: discord.Interaction, error: BaseException)
     )
     note = await _failure_note(interaction)
     await reply_privately(interaction, f"{APOLOGY} {note or RETRY}")
+
+
+class ReportingCommandTree(app_commands.CommandTree[Any]):
+    """The bot's command tree: every slash command error goes down this module's path."""
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        """A refused check (e.g. `/mod` for a non-moderator) gets its own text, privately;
+        anything else is reported as an unexpected failure."""
+        if isinstance(error, app_commands.CheckFailure):
+            await reply_privately(interaction, str(error) or "You can't use this command here.")
+        else:
+            await report_failure(interaction, error)
 
 
 @asynccontextmanager
