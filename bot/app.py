@@ -15,6 +15,7 @@ from bot.config import Settings
 from bot.credits.admission import Balance, Limits
 from bot.credits.moderation import ModerationService
 from bot.discord_ui.errors import ReportingCommandTree
+from bot.discord_ui.members import role_ids_of
 from bot.discord_ui.presenter import DiscordPresenter
 from bot.generation.edit_input import CapabilityCache
 from bot.generation.models import Job, JobState
@@ -24,10 +25,12 @@ from bot.pixeldojo.client import PixelDojoClient
 from bot.storage import Database
 from bot.storage.audit import AuditEntry
 from bot.storage.jobs import JobStore
+from cogs import results
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.credits", "cogs.results", "cogs.history", "cogs.moderation")
+EXTENSIONS = ("cogs.imagine", "cogs.credits", "cogs.history", "cogs.moderation")
+"""The command extensions. The result buttons (`cogs.results`) are not one: see `setup_hook`."""
 _COMMANDS_HASH_KEY = "synced_commands_hash"
 
 
@@ -41,11 +44,6 @@ def point_discord_at(api_base: str | None, gateway_url: str | None) -> None:
 
 
 RECENT_JOBS = 5
-
-
-def role_ids_of(user: discord.abc.User) -> tuple[int, ...]:
-    """The role ids of a guild member (none for a plain user), for limits and permissions."""
-    return tuple(role.id for role in getattr(user, "roles", ()))
 
 
 class PixelDojoBot(commands.Bot):
@@ -92,7 +90,13 @@ class PixelDojoBot(commands.Bot):
         self.capabilities = CapabilityCache(self.pixeldojo, fetch_image=self.http.get_from_cdn)
         await self.capabilities.refresh()
         self.store = JobStore(self.db)
-        self.presenter = DiscordPresenter(self, edit_interval=settings.status_edit_interval)
+        # The result buttons and the Vary form belong to the bot, not to an extension: every
+        # result is posted with them, and old results keep working, whatever is loaded.
+        self.presenter = DiscordPresenter(
+            self, edit_interval=settings.status_edit_interval, view_factory=results.result_view
+        )
+        self.add_dynamic_items(results.JobButton)
+        self.add_listener(results.answer_vary_form, "on_interaction")
         self.runner = JobRunner(
             self.store,
             self.pixeldojo,

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.app import role_ids_of
 from bot.discord_ui import embeds
 from bot.discord_ui.errors import set_failure_note
+from bot.discord_ui.members import role_ids_of
 from bot.errors import RequestRefused
 from bot.generation.models import GenerationRequest
 from bot.generation.runner import Phase

@@ -2,19 +2,21 @@
 
 The buttons are `DynamicItem`s: the job id lives in the custom id and everything else comes
 from SQLite, so they keep working after a restart without re-registering any view. The Vary
-form works the same way: its custom id names the job, and `Results.on_interaction` answers its
+form works the same way: its custom id names the job, and `answer_vary_form` answers its
 submit, so a form opened before a restart (or left open for an hour) still works.
-Every handler runs under `bot.interaction_errors`, so an error never leaves a member waiting.
+Not an extension: `PixelDojoBot.setup_hook` registers `JobButton` and `answer_vary_form` and
+hands `result_view` to the presenter, so no extension's load state can take them away.
+Every handler runs under `bot.discord_ui.errors`, so an error never leaves a member waiting.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import discord
-from discord.ext import commands
 
 from bot.discord_ui import embeds
 from bot.discord_ui.errors import reply_privately, reporting_failures, set_failure_note
@@ -65,7 +67,7 @@ class JobButton(
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str]
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
     ) -> JobButton:
         action = match["action"]
         if action not in ACTIONS:
@@ -157,7 +159,7 @@ def vary_modal(job: Job) -> discord.ui.Modal:
             max_length=PROMPT_MAX_LENGTH,
         )
     )
-    # Only the form is sent: `Results.on_interaction` answers the submit from the custom id.
+    # Only the form is sent: `answer_vary_form` answers the submit from the custom id.
     # `send_modal` keeps an unfinished modal in memory until it is submitted (forever, for a
     # form the member closes); a stopped one is not kept.
     modal.stop()
@@ -205,32 +207,15 @@ def result_view(job: Job) -> discord.ui.View:
     return view
 
 
-class Results(commands.Cog):
-    """Registers the result buttons so they work on every result message, old ones included,
-    and answers every Vary form, whenever it was opened."""
-
-    def __init__(self, bot: PixelDojoBot) -> None:
-        self.bot = bot
-
-    @commands.Cog.listener()
-    async def on_interaction(self, interaction: discord.Interaction) -> None:
-        if interaction.type is not discord.InteractionType.modal_submit:
-            return
-        custom_id = (interaction.data or {}).get("custom_id")
-        match = VARY_FORM.fullmatch(custom_id) if isinstance(custom_id, str) else None
-        if match is None:
-            return
-        async with reporting_failures(interaction):
-            await _vary(interaction, int(match["job_id"]))
-
-    async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(JobButton)
-        self.bot.presenter.view_factory = result_view
-
-    async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(JobButton)
-        self.bot.presenter.view_factory = None
-
-
-async def setup(bot: PixelDojoBot) -> None:
-    await bot.add_cog(Results(bot))
+async def answer_vary_form(interaction: discord.Interaction) -> None:
+    """An `on_interaction` listener: answers every submitted Vary form, whenever it was opened
+    (other interactions are left to discord.py)."""
+    if interaction.type is not discord.InteractionType.modal_submit:
+        return
+    data: Mapping[str, object] = interaction.data or {}
+    custom_id = data.get("custom_id")
+    match = VARY_FORM.fullmatch(custom_id) if isinstance(custom_id, str) else None
+    if match is None:
+        return
+    async with reporting_failures(interaction):
+        await _vary(interaction, int(match["job_id"]))

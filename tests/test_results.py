@@ -125,6 +125,33 @@ async def test_vary_form_opened_before_a_restart_still_works(
     assert fields["Seed"] == "99"
 
 
+async def test_buttons_and_the_vary_form_belong_to_the_bot_not_an_extension(
+    harness: Harness,
+) -> None:
+    # With every extension but /imagine unloaded, a result still carries its buttons and they
+    # still answer: nothing an operator (or a failed reload) unloads can strip them silently.
+    for extension in [name for name in harness.bot.extensions if name != "cogs.imagine"]:
+        await harness.bot.unload_extension(extension)
+    first = await posted_result(harness, "a paper boat", seed=1234)
+    first_id = job_id_of(first)
+    assert button_ids(first) == [
+        f"pdj:{action}:{first_id}" for action in ("reroll", "vary", "info", "delete")
+    ]
+    click = await harness.double.click(first.id, f"pdj:vary:{first_id}", user_id=ALICE_ID)
+    await click.wait_for_response()
+    text_input = modal_text_input(click)
+    submit = await harness.double.submit_modal(
+        click.modal["custom_id"],  # type: ignore[index]
+        {text_input["custom_id"]: "a paper boat at night"},
+        user_id=ALICE_ID,
+        guild_id=GUILD_ID,
+        channel_id=CHANNEL_ID,
+    )
+    varied = await harness.result_for(await queued_job_id(harness, submit))
+    assert varied.embeds[0]["description"] == "a paper boat at night"
+    assert len(button_ids(varied)) == 4
+
+
 async def test_prompt_button_shows_details_privately(harness: Harness) -> None:
     result = await posted_result(harness, "a paper boat", seed=77)
     click = await harness.double.click(result.id, f"pdj:info:{job_id_of(result)}", user_id=BOB_ID)
