@@ -1,4 +1,4 @@
-"""One generation from the command line, through the bot's own client and job runner."""
+"""One generation from the command line, through the bot's own services (`bot.services`)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ import itertools
 import re
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from bot.config import Settings
 from bot.errors import RequestRefused
 from bot.generation.models import GenerationRequest, Job
-from bot.generation.runner import JobRunner, Phase, ResultImage, RunnerSettings
-from bot.generation.service import GenerationService, validate
+from bot.generation.runner import Phase, ResultImage
+from bot.generation.service import validate
 from bot.generation.uploads import image_extension
-from bot.pixeldojo.client import PixelDojoClient
-from bot.storage import Database
-from bot.storage.jobs import JobStore
+from bot.services import build_services
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -101,59 +100,32 @@ async def generate_once(
     if reason is not None:
         print(f"pixeldojo-bot: cannot save images in {out_dir}: {reason}", file=sys.stderr)
         return 2
-    db = Database(":memory:")
-    await db.connect()
-    sandbox = None
-    base = settings.pixeldojo_api_base
-    if settings.sandbox:
-        from bot.pixeldojo.sandbox import SandboxPixelDojo
-
-        sandbox = SandboxPixelDojo(
-            api_key=None,
-            credit_cost_per_output=0,
-            render_prompt=True,
-            image_base_size=768,
-        )
-        await sandbox.start()
-        base = sandbox.base_url
     presenter = FilePresenter(out_dir)
-    async with PixelDojoClient(
-        settings.pixeldojo_api_key,
-        base,
-        requests_per_minute=None if sandbox else settings.pixeldojo_requests_per_minute,
-    ) as client:
-        store = JobStore(db)
-        runner = JobRunner(
-            store,
-            client,
-            presenter,
-            RunnerSettings(
-                poll_initial_interval=settings.poll_initial_interval,
-                poll_max_interval=settings.poll_max_interval,
-                job_timeout=settings.job_timeout,
-            ),
-        )
-        service = GenerationService(store, runner)
-        await runner.start()
-        try:
-            job = await service.reserve(
-                GenerationRequest(
-                    guild_id=0,
-                    channel_id=0,
-                    user_id=0,
-                    prompt=prompt,
-                    aspect_ratio=aspect_ratio,
-                    num_outputs=num_outputs,
-                    seed=seed,
-                )
+    services = await build_services(
+        # A throwaway database: the bot's jobs and credit ledger are not the command line's.
+        replace(settings, database_path=Path(":memory:")),
+        presenter,
+        member_limits=False,
+        sandbox_job_duration=0.0,
+    )
+    try:
+        await services.start()
+        service = services.generation
+        job = await service.reserve(
+            GenerationRequest(
+                guild_id=0,
+                channel_id=0,
+                user_id=0,
+                prompt=prompt,
+                aspect_ratio=aspect_ratio,
+                num_outputs=num_outputs,
+                seed=seed,
             )
-            await service.launch(job, None)
-            await runner.wait_finished(job.id)
-        finally:
-            await runner.stop()
-            await db.close()
-            if sandbox is not None:
-                await sandbox.stop()
+        )
+        await service.launch(job, None)
+        await services.runner.wait_finished(job.id)
+    finally:
+        await services.close()
     if presenter.failure is not None:
         print(f"pixeldojo-bot: {presenter.failure}", file=sys.stderr)
         return 1

@@ -82,7 +82,7 @@ async def launch(
     The interaction must already be deferred (ephemerally). Refusals are sent to the member
     as ephemeral follow-ups; credits held for a job that could not be shown are refunded.
     """
-    service = bot.generation
+    service = bot.services.generation
     try:
         check_bot_can_post(interaction.app_permissions)
         job = await service.reserve(request)

@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_ui import embeds
+from bot.discord_ui.members import role_ids_of
 
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot
@@ -24,7 +25,10 @@ class Credits(commands.Cog):
     @app_commands.guild_only()
     async def credits(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        balance, recent = await self.bot.credit_summary(interaction.guild_id or 0, interaction.user)
+        member = interaction.user
+        balance, recent = await self.bot.services.credit_summaries.for_member(
+            interaction.guild_id or 0, member.id, role_ids_of(member)
+        )
         await interaction.followup.send(
             embed=embeds.credits(balance, recent),
             ephemeral=True,

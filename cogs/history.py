@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_ui import embeds
+from bot.discord_ui.members import can_moderate
 
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot
@@ -30,12 +31,15 @@ class History(commands.Cog):
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         target = member or interaction.user
-        if target.id != interaction.user.id and not await self.bot.can_moderate(interaction):
+        services = self.bot.services
+        if target.id != interaction.user.id and not await can_moderate(
+            services.moderation, interaction
+        ):
             await interaction.followup.send(
                 "Only moderators can see other members' history.", ephemeral=True
             )
             return
-        jobs = await self.bot.store.recent_for_user(
+        jobs = await services.generation.recent_jobs(
             interaction.guild_id or 0, target.id, limit=HISTORY_LENGTH
         )
         await interaction.followup.send(

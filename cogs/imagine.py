@@ -74,7 +74,7 @@ class Imagine(commands.Cog):
     async def _input_image(self, image: discord.Attachment) -> str:
         """Check the attachment is what the model's image field takes; return its URL, which is
         all the job stores (inline images are read again from it at submit)."""
-        capabilities = await self.bot.capabilities.get()
+        capabilities = await self.bot.services.capabilities.get()
         validate_input_image(
             filename=image.filename,
             content_type=image.content_type,
@@ -90,7 +90,7 @@ class Imagine(commands.Cog):
     async def cog_load(self) -> None:
         # The option's description says what this API allows (or that editing is off). discord.py
         # has no public setter for a parameter description, hence the private `_params`.
-        description = image_option_description(self.bot.capabilities.capabilities)
+        description = image_option_description(self.bot.services.capabilities.capabilities)
         self.imagine._params["image"].description = description
 
 

@@ -32,6 +32,7 @@ from bot.credits.moderation import (
     ModerationService,
 )
 from bot.discord_ui import embeds
+from bot.discord_ui.members import can_moderate, role_ids_of
 from bot.generation.models import MAX_OUTPUTS
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class ModeratorGroup(app_commands.Group):
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
-        if await bot.can_moderate(interaction):
+        if await can_moderate(bot.services.moderation, interaction):
             return True
         command = interaction.command.qualified_name if interaction.command else "mod"
         log.warning(
@@ -130,7 +131,7 @@ class Moderation(commands.Cog):
 
     @property
     def service(self) -> ModerationService:
-        return self.bot.moderation
+        return self.bot.services.moderation
 
     async def _apply(
         self,
@@ -153,7 +154,7 @@ class Moderation(commands.Cog):
                 if len(actions) > 1:
                     lines.append("Nothing after that was changed.")
                 break
-            await self.bot.log_moderator_action(entry)
+            await self.bot.services.notices.moderator_action(entry)
             lines.append(_done(entry))
             if notes and action in notes:
                 lines.append(notes[action])
@@ -353,7 +354,9 @@ class Moderation(commands.Cog):
     @app_commands.describe(user="The member")
     async def credits_check(self, interaction: discord.Interaction, user: Member) -> None:
         await _defer(interaction)
-        balance, recent = await self.bot.credit_summary(interaction.guild_id or 0, user)
+        balance, recent = await self.bot.services.credit_summaries.for_member(
+            interaction.guild_id or 0, user.id, role_ids_of(user)
+        )
         await _reply(interaction, embed=embeds.member_credits(balance, recent, user.display_name))
 
     # -- /mod ban, unban, bans ---------------------------------------------------------------
@@ -556,11 +559,7 @@ class Moderation(commands.Cog):
             guild_id=guild_id, actor_id=actor_id, channel_id=None
         )
         if previous is not None:
-            channel = self.bot.get_partial_messageable(previous, guild_id=guild_id)
-            try:
-                await channel.send(f"🛡️ <@{actor_id}> {entry.summary}", allowed_mentions=NO_MENTIONS)
-            except discord.HTTPException as exc:
-                log.warning("guild %d: could not post to the old log channel (%s)", guild_id, exc)
+            await self.bot.services.notices.farewell(entry, previous)
         return entry
 
     # -- /mod report, audit ------------------------------------------------------------------
@@ -588,8 +587,9 @@ class Moderation(commands.Cog):
             )
         # The PixelDojo account is the operator's, shared by every guild the bot serves: only
         # the operator's own guild sees its balance.
-        operator = guild_id == self.bot.settings.operator_guild_id
-        account = self.bot.pixeldojo.last_credits_remaining if operator else None
+        services = self.bot.services
+        operator = guild_id == services.settings.operator_guild_id
+        account = services.pixeldojo.last_credits_remaining if operator else None
         await _reply(interaction, embed=embeds.usage_report(report, account, show_account=operator))
 
     @mod.command(name="audit", description="Recent moderator actions and generations")

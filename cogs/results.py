@@ -20,6 +20,7 @@ import discord
 
 from bot.discord_ui import embeds
 from bot.discord_ui.errors import reply_privately, reporting_failures, set_failure_note
+from bot.discord_ui.members import can_moderate
 from bot.errors import RequestRefused
 from bot.generation.models import PROMPT_MAX_LENGTH, Job
 from bot.generation.service import NOTHING_CHARGED
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 async def _load_job(interaction: discord.Interaction, job_id: int) -> Job | None:
     bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
-    job = await bot.store.get(job_id)
+    job = await bot.services.generation.job(job_id)
     if job is None or job.guild_id != interaction.guild_id:
         await reply_privately(interaction, "That job is no longer in my records.")
         return None
@@ -120,7 +121,8 @@ async def _generate(
 
 async def _delete(bot: PixelDojoBot, interaction: discord.Interaction, job: Job) -> None:
     is_author = interaction.user.id == job.user_id
-    if not is_author and not await bot.can_moderate(interaction):
+    services = bot.services
+    if not is_author and not await can_moderate(services.moderation, interaction):
         log.info("job %d: user %d may not delete this result", job.id, interaction.user.id)
         await interaction.response.send_message(
             "Only the person who asked for these images or a moderator can delete them.",
@@ -132,13 +134,13 @@ async def _delete(bot: PixelDojoBot, interaction: discord.Interaction, job: Job)
         await interaction.message.delete()
     log.info("job %d: result deleted by user %d", job.id, interaction.user.id)
     if not is_author:  # a moderator action: audited and announced like the others
-        entry = await bot.moderation.record_result_deletion(
+        entry = await services.moderation.record_result_deletion(
             guild_id=job.guild_id,
             actor_id=interaction.user.id,
             job_id=job.id,
             author_id=job.user_id,
         )
-        await bot.log_moderator_action(entry)
+        await services.notices.moderator_action(entry)
     await interaction.followup.send("Deleted.", ephemeral=True)
 
 

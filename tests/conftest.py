@@ -206,7 +206,7 @@ class Harness:
         """Wait until the runner has recorded job `job_id` as posted or failed (and audited
         it). Discord sees a result before the database does: the bot records the post only
         once Discord has answered, so state read right after seeing a message may be stale."""
-        await asyncio.wait_for(self.bot.runner.wait_finished(job_id), timeout)
+        await asyncio.wait_for(self.bot.services.runner.wait_finished(job_id), timeout)
 
 
 def footer_has(message: MessageRecord, text: str) -> bool:

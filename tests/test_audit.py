@@ -37,7 +37,7 @@ async def test_every_generation_is_audited_and_logged(harness: Harness) -> None:
     assert bad.content.startswith(f"⚠️ <@{BOB_ID}>")
     assert ok.allowed_mentions == {"parse": []} and bad.allowed_mentions == {"parse": []}
 
-    entries = await harness.bot.moderation.audit_entries(GUILD_ID, limit=10)
+    entries = await harness.bot.services.moderation.audit_entries(GUILD_ID, limit=10)
     actions = {(e.action, e.target_id) for e in entries}
     assert ("generation.posted", posted) in actions
     assert ("generation.failed", failed) in actions

@@ -44,7 +44,7 @@ async def test_a_dropped_connection_while_posting_is_retried(harness: Harness) -
     harness.double.drop_connections("POST", rf"/channels/{CHANNEL_ID}/messages")
     finish_jobs(harness.api)
 
-    job = await asyncio.wait_for(harness.bot.runner.wait_finished(job_id), 10)
+    job = await asyncio.wait_for(harness.bot.services.runner.wait_finished(job_id), 10)
     assert job.state is JobState.POSTED, job.error
     assert job.credits_charged == 1
     result = await harness.result_for(job_id)
@@ -71,7 +71,7 @@ def results_of(double: DiscordDouble, job_id: int) -> list[int]:
 
 async def forget_the_post(bot: PixelDojoBot, job_id: int) -> None:
     """As if the process died after Discord took the post but before SQLite recorded it."""
-    async with bot.db.transaction() as conn:
+    async with bot.services.db.transaction() as conn:
         await conn.execute(
             "UPDATE jobs SET state = 'completed', result_message_id = NULL WHERE id = ?",
             (job_id,),
@@ -87,13 +87,13 @@ async def test_recovery_never_adopts_another_jobs_result(
         await double.wait_for_commands()
         one = await queued_job_id(harness, await harness.imagine("job one"))
         lost = await harness.result_for(one)
-        await first.runner.wait_finished(one)
-        async with first.db.transaction() as conn:  # the next job is #12
+        await first.services.runner.wait_finished(one)
+        async with first.services.db.transaction() as conn:  # the next job is #12
             await conn.execute("UPDATE sqlite_sequence SET seq = 11 WHERE name = 'jobs'")
         twelve = await queued_job_id(harness, await harness.imagine("job twelve"))
         assert twelve == 12
         other = await harness.result_for(twelve)
-        await first.runner.wait_finished(twelve)
+        await first.services.runner.wait_finished(twelve)
         await forget_the_post(first, one)
     # Job 1's post never reached Discord after all, and its nonce has long expired.
     await double.delete_message(lost.id)
@@ -101,7 +101,7 @@ async def test_recovery_never_adopts_another_jobs_result(
 
     second = PixelDojoBot(settings, guild_ready_timeout=0.1)
     async with run_bot_against(double, second):
-        final = await asyncio.wait_for(second.runner.wait_finished(one), 10)
+        final = await asyncio.wait_for(second.services.runner.wait_finished(one), 10)
     assert final.state is JobState.POSTED
     assert final.result_message_id != other.id, "adopted job 12's result"
     assert results_of(double, one) == [final.result_message_id]
@@ -124,14 +124,14 @@ async def test_recovery_finds_the_result_behind_a_busy_channel(
             await double.user_message(CHANNEL_ID, BOB_ID, f"chatter {n}")
         finish_jobs(api)
         result = await harness.result_for(job_id)
-        await first.runner.wait_finished(job_id)
+        await first.services.runner.wait_finished(job_id)
         await forget_the_post(first, job_id)
     double.nonce_ttl = 0  # a re-send would not be deduplicated any more
 
     posts_before = len(double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages"))
     second = PixelDojoBot(settings, guild_ready_timeout=0.1)
     async with run_bot_against(double, second):
-        final = await asyncio.wait_for(second.runner.wait_finished(job_id), 10)
+        final = await asyncio.wait_for(second.services.runner.wait_finished(job_id), 10)
     assert final.state is JobState.POSTED and final.result_message_id == result.id
     assert results_of(double, job_id) == [result.id]
     assert len(double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages")) == posts_before
@@ -154,7 +154,7 @@ async def job_in_a_channel_that_is_then_deleted(harness: Harness) -> tuple[Inter
 async def finish_into_the_void(harness: Harness, job_id: int) -> None:
     await harness.double.delete_channel(CHANNEL_ID)
     finish_jobs(harness.api)
-    job = await asyncio.wait_for(harness.bot.runner.wait_finished(job_id), 10)
+    job = await asyncio.wait_for(harness.bot.services.runner.wait_finished(job_id), 10)
     assert job.state is JobState.FAILED
 
 

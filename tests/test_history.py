@@ -8,7 +8,7 @@ from tests.conftest import ALICE_ID, BOB_ID, CHANNEL_ID, GUILD_ID, MOD_ID, Harne
 async def test_history_lists_jobs_with_links(harness: Harness) -> None:
     job_id = await queued_job_id(harness, await harness.imagine("a glass whale"))
     result = await harness.result_for(job_id)
-    await harness.bot.runner.wait_finished(job_id)
+    await harness.bot.services.runner.wait_finished(job_id)
     reply = await harness.reply(await harness.command("history", user_id=ALICE_ID))
     text = reply.embeds[0]["description"]
     assert reply.ephemeral

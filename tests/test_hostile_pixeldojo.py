@@ -30,7 +30,7 @@ async def outcome_for(harness: Harness, job_id: int, timeout: float = 10) -> Mes
 
 
 async def used_credits(harness: Harness, user_id: int) -> int:
-    row = await harness.bot.db.fetchone(
+    row = await harness.bot.services.db.fetchone(
         "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = ? AND kind != 'grant'",
         (user_id,),
     )
@@ -42,7 +42,7 @@ async def test_a_status_url_on_another_origin_never_picks_the_job_to_poll(
 ) -> None:
     bob_job = await queued_job_id(harness, await harness.imagine("a red boat", user_id=BOB_ID))
     bob_result = await outcome_for(harness, bob_job)
-    bob_record = await harness.bot.store.get(bob_job)
+    bob_record = await harness.bot.services.store.get(bob_job)
     assert bob_result.attachments and bob_record is not None and bob_record.api_job_id
     bob_polls = harness.api.jobs[bob_record.api_job_id].polls
 
@@ -51,7 +51,7 @@ async def test_a_status_url_on_another_origin_never_picks_the_job_to_poll(
     alice_job = await queued_job_id(harness, await harness.imagine("a blue kite"))
     alice_result = await outcome_for(harness, alice_job)
 
-    alice_record = await harness.bot.store.get(alice_job)
+    alice_record = await harness.bot.services.store.get(alice_job)
     assert alice_record is not None and alice_record.api_job_id != bob_record.api_job_id
     assert alice_result.attachments, alice_result.embeds
     assert alice_result.attachments[0].data != bob_result.attachments[0].data

@@ -24,7 +24,7 @@ from tests.conftest import (
 
 
 async def used_credits(harness: Harness, user_id: int) -> int:
-    row = await harness.bot.db.fetchone(
+    row = await harness.bot.services.db.fetchone(
         "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = ? AND kind != 'grant'",
         (user_id,),
     )
@@ -120,7 +120,7 @@ async def test_refused_submission_explains_and_refunds(
     failure = await harness.failure_for(job_id)
     assert words in failure.embeds[0]["description"]
     assert await used_credits(harness, ALICE_ID) == 0
-    assert harness.bot.pixeldojo._api_key not in str(failure.embeds)
+    assert harness.bot.services.pixeldojo._api_key not in str(failure.embeds)
 
 
 async def test_api_faults_while_polling_still_deliver(harness: Harness) -> None:
@@ -248,7 +248,7 @@ async def test_discord_refusing_the_status_message_is_not_blamed_on_permissions(
 
 async def test_status_post_forbidden_anyway_is_refunded(harness: Harness) -> None:
     """Permissions can change between the interaction and the post: refund then too."""
-    original = harness.bot.generation.reserve
+    original = harness.bot.services.generation.reserve
 
     async def reserve_then_lose_permission(request):
         job = await original(request)
@@ -260,7 +260,7 @@ async def test_status_post_forbidden_anyway_is_refunded(harness: Harness) -> Non
         )
         return job
 
-    harness.bot.generation.reserve = reserve_then_lose_permission  # type: ignore[method-assign]
+    harness.bot.services.generation.reserve = reserve_then_lose_permission  # type: ignore[method-assign]
     reply = await harness.reply(await harness.imagine("moving target"))
     assert "can't post in this channel" in (reply.content or "")
     assert "credits were not used" in (reply.content or "")

@@ -64,7 +64,9 @@ async def test_an_inline_image_is_sent_but_only_its_url_is_stored(
     result = await harness.result_for(job_id)
     assert api.submissions[-1]["init_image"] == inline
 
-    row = await harness.bot.db.fetchone("SELECT input_image_url FROM jobs WHERE id = ?", (job_id,))
+    row = await harness.bot.services.db.fetchone(
+        "SELECT input_image_url FROM jobs WHERE id = ?", (job_id,)
+    )
     assert row[0].startswith(harness.double.base_url) and "photo.png" in row[0]
 
     # A reroll reads the attachment again, so it sends the same image without storing it.
@@ -72,15 +74,15 @@ async def test_an_inline_image_is_sent_but_only_its_url_is_stored(
     reroll_id = await queued_job_id(harness, click)
     await harness.result_for(reroll_id)
     assert api.submissions[-1]["init_image"] == inline
-    rows = await harness.bot.db.fetchall("SELECT input_image_url FROM jobs")
+    rows = await harness.bot.services.db.fetchall("SELECT input_image_url FROM jobs")
     assert all(not value.startswith("data:") for (value,) in rows)
 
 
 async def test_history_and_credits_never_read_the_image_column(harness: Harness) -> None:
     job_id = await imagine_with_image(harness, png())
-    await asyncio.wait_for(harness.bot.runner.wait_finished(job_id), 10)
+    await asyncio.wait_for(harness.bot.services.runner.wait_finished(job_id), 10)
     # A row written before images were stored by URL: the whole image inline (kept as is).
-    await harness.bot.db.fetchall(
+    await harness.bot.services.db.fetchall(
         "UPDATE jobs SET input_image_url = ? WHERE id = ?",
         ("data:image/png;base64," + "A" * 1_000_000, job_id),
     )
@@ -91,12 +93,12 @@ async def test_history_and_credits_never_read_the_image_column(harness: Harness)
             reads.append(column)
         return sqlite3.SQLITE_OK
 
-    await harness.bot.db.conn.set_authorizer(watch)
+    await harness.bot.services.db.conn.set_authorizer(watch)
     try:
         history = await harness.reply(await harness.command("history", user_id=ALICE_ID))
         credits = await harness.reply(await harness.command("credits", user_id=ALICE_ID))
     finally:
-        await harness.bot.db.conn.set_authorizer(None)
+        await harness.bot.services.db.conn.set_authorizer(None)
     assert f"Job #{job_id}" in (history.embeds[0].get("description") or "")
     recent = next(f for f in credits.embeds[0]["fields"] if f["name"] == "Recent jobs")
     assert f"Job #{job_id}" in recent["value"]

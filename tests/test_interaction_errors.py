@@ -54,7 +54,7 @@ async def posted_result(harness: Harness) -> MessageRecord:
 
 
 async def remaining(harness: Harness, user_id: int = ALICE_ID) -> int | None:
-    return (await harness.bot.limits.balance(GUILD_ID, user_id, ())).remaining
+    return (await harness.bot.services.limits.balance(GUILD_ID, user_id, ())).remaining
 
 
 async def test_a_button_failing_after_its_defer_still_answers(
@@ -62,7 +62,7 @@ async def test_a_button_failing_after_its_defer_still_answers(
 ) -> None:
     result = await posted_result(harness)
     before = await remaining(harness)
-    monkeypatch.setattr(harness.bot.generation, "reserve", boom)
+    monkeypatch.setattr(harness.bot.services.generation, "reserve", boom)
     custom_id = f"pdj:reroll:{job_id_of(result)}"
     click = await harness.double.click(result.id, custom_id, user_id=ALICE_ID)
     reply = await private_reply(harness, click)  # fills the "thinking…" message
@@ -82,7 +82,7 @@ async def test_a_failing_vary_submit_is_answered(
     assert click.modal is not None
     [row] = click.modal["components"]
     text_input = row.get("component") or row["components"][0]
-    monkeypatch.setattr(harness.bot.generation, "reserve", boom)
+    monkeypatch.setattr(harness.bot.services.generation, "reserve", boom)
     submit = await harness.double.submit_modal(
         click.modal["custom_id"],
         {text_input["custom_id"]: "a paper boat at night"},
@@ -99,7 +99,7 @@ async def test_a_failing_vary_submit_is_answered(
 async def test_a_failing_mod_command_says_nothing_about_charges(
     harness: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(harness.bot.moderation, "audit_entries", boom)
+    monkeypatch.setattr(harness.bot.services.moderation, "audit_entries", boom)
     record = await harness.command("mod audit", user_id=OWNER_ID)
     reply = await private_reply(harness, record)
     assert reply.content == f"{APOLOGY} Please try again."
@@ -109,7 +109,7 @@ async def test_a_failing_mod_command_says_nothing_about_charges(
 async def test_an_error_after_the_job_started_says_it_runs(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    launch, submit = harness.bot.generation.launch, harness.bot.pixeldojo.submit
+    launch, submit = harness.bot.services.generation.launch, harness.bot.services.pixeldojo.submit
     answered = asyncio.Event()  # the job stays with the bot until the member has the reply
 
     async def launch_then_fail(*args: Any, **kwargs: Any) -> Any:
@@ -120,11 +120,11 @@ async def test_an_error_after_the_job_started_says_it_runs(
         await answered.wait()
         return await submit(*args, **kwargs)
 
-    monkeypatch.setattr(harness.bot.generation, "launch", launch_then_fail)
-    monkeypatch.setattr(harness.bot.pixeldojo, "submit", submit_after_the_reply)
+    monkeypatch.setattr(harness.bot.services.generation, "launch", launch_then_fail)
+    monkeypatch.setattr(harness.bot.services.pixeldojo, "submit", submit_after_the_reply)
     reply = await private_reply(harness, await harness.imagine("a paper boat"))
     answered.set()
-    job = (await harness.bot.store.recent_for_user(GUILD_ID, ALICE_ID, limit=1))[0]
+    job = (await harness.bot.services.store.recent_for_user(GUILD_ID, ALICE_ID, limit=1))[0]
     assert reply.content == (
         f"{APOLOGY} Job #{job.id} is still running and its status message is in the channel; "
         "you are only charged if it posts images."
@@ -139,7 +139,7 @@ async def test_an_error_that_refunded_the_job_says_so(
     before = await remaining(harness)
     monkeypatch.setattr(embeds, "status", sync_boom)  # the status message cannot be built
     reply = await private_reply(harness, await harness.imagine("a paper boat"))
-    job = (await harness.bot.store.recent_for_user(GUILD_ID, ALICE_ID, limit=1))[0]
+    job = (await harness.bot.services.store.recent_for_user(GUILD_ID, ALICE_ID, limit=1))[0]
     assert reply.content == (
         f"{APOLOGY} Job #{job.id} did not run and its credits were returned; please try again."
     )

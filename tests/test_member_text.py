@@ -72,7 +72,7 @@ def test_escaped_text_renders_as_typed_and_inert() -> None:
 async def test_prompt_is_inert_in_status_and_result(harness: Harness) -> None:
     job_id = await queued_job_id(harness, await harness.imagine(HOSTILE))
     result = await harness.result_for(job_id)
-    await harness.bot.runner.wait_finished(job_id)
+    await harness.bot.services.runner.wait_finished(job_id)
     description = result.embeds[0]["description"]
     assert rendered(description) == HOSTILE
     assert active_markup(description) == []
@@ -95,7 +95,7 @@ async def test_failure_notice_is_inert(harness: Harness) -> None:
 async def test_history_credits_and_prompt_button_are_inert(harness: Harness) -> None:
     job_id = await queued_job_id(harness, await harness.imagine(HOSTILE))
     result = await harness.result_for(job_id)
-    await harness.bot.runner.wait_finished(job_id)
+    await harness.bot.services.runner.wait_finished(job_id)
     for command in ("history", "credits"):
         reply = await harness.reply(await harness.command(command, user_id=ALICE_ID))
         embed = reply.embeds[0]

@@ -98,7 +98,7 @@ def submitted(harness: Harness, text: str) -> bool:
 
 
 async def audit_count(harness: Harness, guild_id: int = GUILD_ID) -> int:
-    row = await harness.bot.db.fetchone(
+    row = await harness.bot.services.db.fetchone(
         "SELECT COUNT(*) FROM audit_log WHERE guild_id = ?", (guild_id,)
     )
     return row[0]
@@ -451,7 +451,7 @@ async def test_log_channel_gets_a_line_for_each_action(harness: Harness) -> None
     await mod(harness, "unban", {"user": CAROL_ID})  # refused: no audit entry, no log line
     await mod(harness, "settings", {"cooldown": 5})  # logged nowhere: the channel is off
 
-    entries = await harness.bot.moderation.audit_entries(GUILD_ID, limit=100)
+    entries = await harness.bot.services.moderation.audit_entries(GUILD_ID, limit=100)
     posted = [entry for entry in reversed(entries)][1:-1]  # after configuring, before off
     assert len(posted) == 12
     messages = harness.double.channel_messages(LOG_CHANNEL_ID)
@@ -515,7 +515,7 @@ async def test_audit_shows_recent_actions(harness: Harness) -> None:
 
 
 async def test_long_lists_stay_within_discord_limits(harness: Harness) -> None:
-    service = harness.bot.moderation
+    service = harness.bot.services.moderation
     for n in range(1, 81):
         await service.set_user_allowance(
             guild_id=GUILD_ID, actor_id=OWNER_ID, user_id=10**17 + n, allowance=n

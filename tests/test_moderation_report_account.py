@@ -40,7 +40,7 @@ async def report_fields(harness: Harness, user_id: int, **where: Any) -> dict[st
 async def test_only_the_operators_guild_sees_the_account_balance(harness: Harness) -> None:
     assert (await report_fields(harness, OWNER_ID))["PixelDojo account"] == "unknown"
     await harness.result_for(await queued_job_id(harness, await harness.imagine()))
-    remaining = harness.bot.pixeldojo.last_credits_remaining
+    remaining = harness.bot.services.pixeldojo.last_credits_remaining
     assert remaining == harness.api.credits
 
     operator = await report_fields(harness, OWNER_ID)

@@ -121,10 +121,10 @@ async def test_crash_after_posting_does_not_post_twice(
         await record.wait_for_response(timeout=5)
         result = await double.wait_for_message(lambda m: bool(m.attachments), timeout=10)
         job_id = int(result.embeds[0]["footer"]["text"].split()[1].lstrip("#"))
-        job = await first.runner.wait_finished(job_id)
+        job = await first.services.runner.wait_finished(job_id)
         assert job.state is JobState.POSTED
         # The process "died" after Discord accepted the post but before SQLite recorded it.
-        async with first.db.transaction() as conn:
+        async with first.services.db.transaction() as conn:
             await conn.execute(
                 "UPDATE jobs SET state = 'completed', result_message_id = NULL WHERE id = ?",
                 (job_id,),
@@ -133,7 +133,7 @@ async def test_crash_after_posting_does_not_post_twice(
     posts_before = len(double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages"))
     second = PixelDojoBot(settings, guild_ready_timeout=0.1)
     async with run_bot_against(double, second):
-        final = await asyncio.wait_for(second.runner.wait_finished(job_id), 10)
+        final = await asyncio.wait_for(second.services.runner.wait_finished(job_id), 10)
     assert final.state is JobState.POSTED and final.result_message_id == result.id
     assert results_for(double, job_id) == [result.id]
     assert len(api.submissions) == 1

@@ -173,7 +173,7 @@ async def test_only_the_author_or_a_moderator_can_delete(harness: Harness) -> No
     by_mod = await harness.double.click(result.id, custom_id, user_id=MOD_ID)
     await harness.reply(by_mod)
     assert result.deleted
-    entries = await harness.bot.moderation.audit_entries(GUILD_ID, limit=5)
+    entries = await harness.bot.services.moderation.audit_entries(GUILD_ID, limit=5)
     deletion = next(e for e in entries if e.action == "result.deleted")
     assert deletion.actor_id == MOD_ID and deletion.target_id == job_id_of(result)
 
@@ -199,7 +199,7 @@ async def test_author_can_delete_and_buttons_survive_a_restart(
 
 async def test_reroll_goes_through_the_credit_limits(harness: Harness) -> None:
     result = await posted_result(harness, num_outputs=4)
-    await harness.bot.moderation.set_default_allowance(
+    await harness.bot.services.moderation.set_default_allowance(
         guild_id=GUILD_ID, actor_id=MOD_ID, allowance=5
     )
     click = await harness.double.click(

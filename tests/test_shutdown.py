@@ -144,8 +144,8 @@ async def test_closing_the_bot_mid_submission_delivers_the_job_after_the_restart
         result = await double.wait_for_message(
             lambda m: bool(m.attachments) and footer_has(m, f"Job #{job_id}"), 10
         )
-        final = await asyncio.wait_for(second.runner.wait_finished(job_id), 10)
-        spent = await second.db.fetchone(
+        final = await asyncio.wait_for(second.services.runner.wait_finished(job_id), 10)
+        spent = await second.services.db.fetchone(
             "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = ?", (ALICE_ID,)
         )
     assert final.state is JobState.POSTED and final.result_message_id == result.id

@@ -61,6 +61,10 @@ class DiscordPresenter:
         self._last_edit: dict[int, tuple[float, Phase]] = {}
         self._origins: dict[int, _Origin] = {}
 
+    async def aclose(self) -> None:
+        """Stop the status edit queues (pending progress edits are dropped)."""
+        await self.edits.close()
+
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
 

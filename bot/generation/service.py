@@ -112,6 +112,14 @@ class GenerationService:
         self.runner.submit(job)
         return job
 
+    async def job(self, job_id: int) -> Job | None:
+        """Job `job_id`'s record (what its result buttons act on), or None if it is gone."""
+        return await self.store.get(job_id)
+
+    async def recent_jobs(self, guild_id: int, user_id: int, *, limit: int) -> list[Job]:
+        """A member's latest jobs in a guild, newest first."""
+        return await self.store.recent_for_user(guild_id, user_id, limit=limit)
+
     async def abandon(self, job: Job, reason: str) -> None:
         """The job could not even be shown: refund it."""
         log.warning("job %d: abandoned before submission: %s", job.id, reason)

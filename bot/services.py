@@ -1,0 +1,182 @@
+"""The composition root: the one place the bot and the command line get their services from.
+
+`build_services` wires storage, the PixelDojo client (or the sandbox standing in for it), the
+capability cache, the job runner (every runner setting from `Settings`), the credit rules and
+the generation service. `Services.close` takes them down in the one order that loses nothing.
+Nothing here imports discord.py: the Discord pieces (presenter, poster, image fetcher) are
+handed in by `bot.app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from bot.config import Settings
+from bot.credits.admission import Limits
+from bot.credits.moderation import ModerationService
+from bot.credits.notices import ModeratorNotices, NoticePoster
+from bot.credits.summary import CreditSummaries
+from bot.generation.edit_input import CapabilityCache, ImageFetcher
+from bot.generation.runner import JobPresenter, JobRunner, RunnerSettings
+from bot.generation.service import GenerationService, admit_without_limits
+from bot.pixeldojo.client import PixelDojoClient
+from bot.storage import Database
+from bot.storage.jobs import JobStore
+
+if TYPE_CHECKING:
+    from bot.pixeldojo.sandbox import SandboxPixelDojo
+
+log = logging.getLogger(__name__)
+
+SANDBOX_JOB_DURATION = 3.0
+"""Seconds a sandbox job takes in the bot: long enough to see its status message."""
+
+
+def runner_settings(settings: Settings) -> RunnerSettings:
+    """The runner's settings: every one the environment sets, the defaults for the rest."""
+    return RunnerSettings(
+        poll_initial_interval=settings.poll_initial_interval,
+        poll_max_interval=settings.poll_max_interval,
+        job_timeout=settings.job_timeout,
+        max_concurrent_submits=settings.max_concurrent_submits,
+        max_concurrent_polls=settings.max_concurrent_polls,
+    )
+
+
+@runtime_checkable
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Services:
+    """Everything a running bot (or one command-line generation) uses, built once."""
+
+    settings: Settings
+    db: Database
+    pixeldojo: PixelDojoClient
+    capabilities: CapabilityCache
+    store: JobStore
+    runner: JobRunner
+    limits: Limits
+    moderation: ModerationService
+    notices: ModeratorNotices
+    credit_summaries: CreditSummaries
+    generation: GenerationService
+    presenter: JobPresenter
+    sandbox: SandboxPixelDojo | None = None
+    _closing: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+
+    async def start(self) -> None:
+        """Start the runner, which first resumes every unfinished job in the database."""
+        await self.runner.start()
+
+    async def close(self, *, before_storage: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Shut down in the one order that loses nothing: the runner (waiting up to its
+        `shutdown_grace` for submissions PixelDojo may already charge for), the presenter's
+        pending edits, the PixelDojo client, the sandbox, then `before_storage` (where the bot
+        disconnects from Discord: until then, interactions are still answered from the
+        database), then the database. Later calls wait for the first one."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(before_storage))
+        await self._closing
+
+    async def _close(self, before_storage: Callable[[], Awaitable[None]] | None) -> None:
+        await self.runner.stop()
+        if isinstance(self.presenter, _Closable):
+            await self.presenter.aclose()
+        await self.pixeldojo.aclose()
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+        if before_storage is not None:
+            await before_storage()
+        await self.db.close()
+
+
+async def build_services(
+    settings: Settings,
+    presenter: JobPresenter,
+    *,
+    fetch_image: ImageFetcher | None = None,
+    post_notice: NoticePoster | None = None,
+    member_limits: bool = True,
+    sandbox_job_duration: float = SANDBOX_JOB_DURATION,
+) -> Services:
+    """Connect the database (raises `DatabaseUnavailable`), start the sandbox if configured,
+    and wire every service; the runner is not started yet (`Services.start`).
+
+    `fetch_image` reads an input image back from Discord, `post_notice` posts to a guild's log
+    channel (both None for the command line). `member_limits=False` admits every request
+    without allowances or rules: the command line's one job for the operator.
+    """
+    db = Database(settings.database_path)
+    await db.connect()
+    sandbox = None
+    try:
+        api_base = settings.pixeldojo_api_base
+        if settings.sandbox:
+            sandbox = await _start_sandbox(sandbox_job_duration)
+            api_base = sandbox.base_url
+        client = PixelDojoClient(
+            settings.pixeldojo_api_key,
+            api_base,
+            requests_per_minute=None if sandbox else settings.pixeldojo_requests_per_minute,
+        )
+    except BaseException:
+        if sandbox is not None:
+            await sandbox.stop()
+        await db.close()
+        raise
+    capabilities = CapabilityCache(client, fetch_image=fetch_image)
+    store = JobStore(db)
+    limits = Limits(db)
+    moderation = ModerationService(db, limits)
+    notices = ModeratorNotices(moderation, post_notice)
+    runner = JobRunner(
+        store,
+        client,
+        presenter,
+        runner_settings(settings),
+        on_finished=notices.generation_finished,
+        capabilities=capabilities,
+    )
+    generation = GenerationService(
+        store,
+        runner,
+        limits.admit if member_limits else admit_without_limits,
+        notify_moderators=notices.notify,
+    )
+    return Services(
+        settings=settings,
+        db=db,
+        pixeldojo=client,
+        capabilities=capabilities,
+        store=store,
+        runner=runner,
+        limits=limits,
+        moderation=moderation,
+        notices=notices,
+        credit_summaries=CreditSummaries(limits, store),
+        generation=generation,
+        presenter=presenter,
+        sandbox=sandbox,
+    )
+
+
+async def _start_sandbox(job_duration: float) -> SandboxPixelDojo:
+    from bot.pixeldojo.sandbox import SandboxPixelDojo
+
+    sandbox = SandboxPixelDojo(
+        api_key=None,
+        job_duration=job_duration,
+        credit_cost_per_output=0,
+        render_prompt=True,
+        image_base_size=768,
+    )
+    await sandbox.start()
+    log.warning("SANDBOX MODE: images are placeholders from a built-in server; no credits spent")
+    return sandbox
