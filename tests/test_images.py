@@ -8,7 +8,8 @@ import tracemalloc
 import pytest
 from PIL import Image
 
-from bot.generation.uploads import TooManyPixels, UnusableImage, fit_for_upload, verify_image
+from bot.generation.uploads import fit_for_upload
+from bot.images import TooManyPixels, UnusableImage, verify_image
 
 
 def encoded(fmt: str, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> bytes:

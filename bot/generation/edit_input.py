@@ -34,6 +34,7 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from bot.errors import RequestRefused
+from bot.images import normalize_content_type, sniff_image_type
 from bot.pixeldojo.client import MODEL_ID, PixelDojoError
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,6 @@ _EXTENSION_TYPES: dict[str, str] = {
     ".jpe": "image/jpeg",
     ".jfif": "image/jpeg",
     ".webp": "image/webp",
-}
-_TYPE_ALIASES: dict[str, str] = {
-    "image/jpg": "image/jpeg",
-    "image/pjpeg": "image/jpeg",
-    "image/x-png": "image/png",
 }
 _TYPE_LABELS: dict[str, str] = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WebP"}
 # Format words a description may list, mapped to MIME types.
@@ -572,25 +568,6 @@ class CapabilityCache:
 # --------------------------------------------------------------------------------------------
 # Attachments
 # --------------------------------------------------------------------------------------------
-
-
-def normalize_content_type(content_type: str | None) -> str | None:
-    """``"Image/JPG; q=1"`` → ``"image/jpeg"``; None for an empty value."""
-    if not content_type:
-        return None
-    mime = content_type.split(";", 1)[0].strip().lower()
-    return _TYPE_ALIASES.get(mime, mime) or None
-
-
-def sniff_image_type(data: bytes) -> str | None:
-    """The MIME type of PNG, JPEG or WebP bytes from their signature, else None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def format_size(size: int) -> str:

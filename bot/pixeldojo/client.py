@@ -36,7 +36,7 @@ from urllib.parse import quote, unquote
 
 import httpx
 
-from bot.generation import uploads
+from bot import images
 
 log = logging.getLogger(__name__)
 
@@ -917,11 +917,11 @@ class PixelDojoClient:
                 data, _ = await self.download(url, budget=budget)
             try:
                 async with self._decoding:
-                    return data, await asyncio.to_thread(uploads.verify_image, data)
-            except uploads.TooManyPixels as exc:
+                    return data, await asyncio.to_thread(images.verify_image, data)
+            except images.TooManyPixels as exc:
                 log.warning("PixelDojo result %s refused: %s", _for_log(url), exc.detail)
                 raise ImageTooLarge(str(exc)) from None
-            except uploads.UnusableImage as exc:
+            except images.UnusableImage as exc:
                 log.warning("PixelDojo result %s is not usable: %s", _for_log(url), exc.detail)
                 raise NotAnImage(str(exc)) from None
 
