@@ -7,8 +7,8 @@ Retry policy, in short:
 
 * ``submit`` is not idempotent (a POST the server processed is charged), so it is retried only
   when the request certainly did not create a job: 429, 503 and connection failures.
-* Reads (``get_job``, ``download``, ``get_model_schema``, ``list_models``) are retried on 429,
-  5xx and transport errors with capped exponential backoff and full jitter.
+* Reads (``get_job``, ``download``, ``get_model_schema``) are retried on 429, 5xx and
+  transport errors with capped exponential backoff and full jitter.
 
 The bearer token is only ever sent to the configured API origin and never logged. Image
 downloads go only to public addresses, checked at every redirect hop, and result images are
@@ -639,7 +639,6 @@ class PixelDojoClient:
     """
 
     last_credits_remaining: int | None
-    rate_limit_remaining: int | None
 
     def __init__(
         self,
@@ -706,7 +705,6 @@ class PixelDojoClient:
             RequestBudget(requests_per_minute, clock=clock) if requests_per_minute else None
         )
         self.last_credits_remaining = None
-        self.rate_limit_remaining = None
         self._http = httpx.AsyncClient(
             # Only encodings _read_body can inflate within its cap.
             headers={
@@ -944,18 +942,6 @@ class PixelDojoClient:
             raise MalformedResponse(api_message="model schema is not a JSON object", retryable=True)
         return dict(data)
 
-    async def list_models(self) -> list[dict[str, Any]]:
-        """Return the model catalogue (``GET /models``) as a list of objects."""
-        data = await self._get_json(f"{self._base_url}/models", target="model")
-        if isinstance(data, Mapping):
-            for key in ("models", "data"):
-                if isinstance(data.get(key), list):
-                    data = data[key]
-                    break
-        if not isinstance(data, list):
-            raise MalformedResponse(api_message="model list is not a JSON array", retryable=True)
-        return [dict(item) for item in data if isinstance(item, Mapping)]
-
     # -- internals ---------------------------------------------------------------------------
 
     def _job_url(self, job_id: str) -> str:
@@ -1136,10 +1122,7 @@ class PixelDojoClient:
         if credits is not None:
             self.last_credits_remaining = credits
         remaining = _as_int(headers.get("X-RateLimit-Remaining"))
-        if remaining is None:
-            return
-        self.rate_limit_remaining = remaining
-        if remaining <= 0 and response.status_code != 429:
+        if remaining is not None and remaining <= 0 and response.status_code != 429:
             reset = parse_rate_limit_reset(headers.get("X-RateLimit-Reset"))
             if reset:
                 self._close_gate_for(reset)
