@@ -42,7 +42,7 @@ from bench.history import seed_history
 from bench.loop_lag import LoopLag
 from bot.credits.admission import Limits
 from bot.credits.moderation import ModerationService
-from bot.pixeldojo.client import ASPECT_RATIOS
+from bot.pixeldojo.models import ASPECT_RATIOS
 from bot.storage import Database
 from tests.conftest import BotProcess, footer_has, job_id_of, test_settings
 from tests.doubles.discord_double import (

@@ -68,8 +68,9 @@ from bot.generation import runner as runner_module
 from bot.generation.models import GenerationRequest, Job
 from bot.generation.runner import JobRunner, Phase, ResultImage, RunnerSettings
 from bot.generation.service import admit_without_limits
-from bot.pixeldojo.client import JobState as ApiJobState
-from bot.pixeldojo.client import PixelDojoClient, SubmittedJob
+from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.models import JobState as ApiJobState
+from bot.pixeldojo.models import SubmittedJob
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.doubles.pixeldojo import FakePixelDojo

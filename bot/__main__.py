@@ -24,7 +24,7 @@ log = logging.getLogger("bot")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from bot.pixeldojo.client import ASPECT_RATIOS
+    from bot.pixeldojo.models import ASPECT_RATIOS
 
     parser = argparse.ArgumentParser(prog="pixeldojo-bot", description=__doc__)
     sub = parser.add_subparsers(dest="command")

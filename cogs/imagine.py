@@ -17,7 +17,7 @@ from bot.generation.edit_input import (
 )
 from bot.generation.models import MAX_OUTPUTS, PROMPT_MAX_LENGTH, SEED_MAX
 from bot.generation.service import NOTHING_CHARGED
-from bot.pixeldojo.client import ASPECT_RATIOS
+from bot.pixeldojo.models import ASPECT_RATIOS
 from cogs._launch import NO_MENTIONS, build_request, launch
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.pixeldojo.client import JobState
+from bot.pixeldojo.models import JobState
 from bot.storage import Database, ledger
 from bot.storage.jobs import JobStore
 from bot.storage.migrations import MIGRATIONS

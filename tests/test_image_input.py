@@ -28,7 +28,9 @@ from bot.generation.edit_input import (
 from bot.generation.models import GenerationRequest, JobState
 from bot.generation.runner import JobRunner, RunnerSettings
 from bot.generation.service import GenerationService
-from bot.pixeldojo.client import ASPECT_RATIOS, PixelDojoClient, ServerError
+from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.errors import ServerError
+from bot.pixeldojo.models import ASPECT_RATIOS
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.doubles.pixeldojo import FakePixelDojo

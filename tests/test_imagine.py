@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from bot.pixeldojo.client import ASPECT_RATIOS
+from bot.pixeldojo.models import ASPECT_RATIOS
 from bot.pixeldojo.sandbox import image_size
 from tests.conftest import (
     ALICE_ID,

@@ -22,27 +22,24 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot.pixeldojo.client import (
+from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.errors import (
     AuthenticationError,
     BadRequest,
     ImageExpired,
     ImageTooLarge,
     InsufficientCredits,
-    JobState,
     MalformedResponse,
     NetworkError,
     NotFound,
-    PixelDojoClient,
     PixelDojoError,
     RateLimited,
-    RequestBudget,
     ServerError,
-    SubmittedJob,
     UnsafeLink,
-    parse_rate_limit_reset,
-    parse_retry_after,
 )
+from bot.pixeldojo.models import JobState, SubmittedJob
 from bot.pixeldojo.sandbox import render_placeholder_png
+from bot.pixeldojo.transport import RequestBudget, parse_rate_limit_reset, parse_retry_after
 from tests.doubles.pixeldojo import FakePixelDojo, noise_png
 
 SECRET = "sk-live-SECRET-0123456789abcdef"
@@ -584,12 +581,12 @@ async def test_poll_retries_5xx_and_drops_then_succeeds(
     fake.fault_next("500", route="poll")
     fake.fault_next("drop", route="poll")
     fake.fault_next("503", route="poll")
-    with caplog.at_level(logging.WARNING, logger="bot.pixeldojo.client"):
+    with caplog.at_level(logging.WARNING, logger="bot.pixeldojo.transport"):
         state = await client.get_job(job)
     assert state.is_completed
     assert len(sleeps.delays) == 3
     assert all(0 <= d <= cap for d, cap in zip(sleeps.delays, [0.5, 1.0, 2.0], strict=True))
-    retries = [r.getMessage() for r in caplog.records if r.name == "bot.pixeldojo.client"]
+    retries = [r.getMessage() for r in caplog.records if r.name == "bot.pixeldojo.transport"]
     assert len(retries) == 3
     assert f"GET /api/v1/jobs/{job.job_id}" in retries[0]
     assert "HTTP 500" in retries[0] and "attempt 1/4" in retries[0]

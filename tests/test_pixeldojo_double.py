@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from bot.pixeldojo.client import ASPECT_RATIOS, MODEL_ID
+from bot.pixeldojo.models import ASPECT_RATIOS, MODEL_ID
 from bot.pixeldojo.sandbox import image_size, render_placeholder_png
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.doubles.pixeldojo_rate_limit import RateLimiter

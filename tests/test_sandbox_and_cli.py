@@ -12,7 +12,7 @@ import httpx
 from PIL import Image
 
 from bot.config import Settings
-from bot.pixeldojo.client import MODEL_ID
+from bot.pixeldojo.models import MODEL_ID
 from bot.pixeldojo.sandbox import SandboxPixelDojo
 from tests.conftest import ALICE_ID, CHANNEL_ID, GUILD_ID, REPO_ROOT, settings_env
 from tests.doubles.discord_double import DiscordDouble

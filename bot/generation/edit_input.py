@@ -35,7 +35,8 @@ from typing import Any, Protocol
 
 from bot.errors import RequestRefused
 from bot.images import normalize_content_type, sniff_image_type
-from bot.pixeldojo.client import MODEL_ID, PixelDojoError
+from bot.pixeldojo.errors import PixelDojoError
+from bot.pixeldojo.models import MODEL_ID
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from bot.generation.models import (
     JobState,
 )
 from bot.generation.runner import JobRunner
-from bot.pixeldojo.client import ASPECT_RATIOS
+from bot.pixeldojo.models import ASPECT_RATIOS
 from bot.storage import Connection
 from bot.storage.jobs import Admission, AdmissionCheck, JobStore
 

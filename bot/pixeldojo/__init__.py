@@ -1,19 +1,40 @@
-"""The PixelDojo integration: client, errors and models, request schema, sandbox."""
+"""The PixelDojo integration: client, errors, models, transport, downloads, schema, sandbox."""
 
-from bot.pixeldojo.client import (
+from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.errors import (
     AuthenticationError,
-    JobState,
+    BadRequest,
+    ImageExpired,
+    ImageTooLarge,
+    InsufficientCredits,
+    MalformedResponse,
+    NetworkError,
+    NotAnImage,
     NotFound,
-    PixelDojoClient,
     PixelDojoError,
-    SubmittedJob,
+    RateLimited,
+    ServerError,
+    UnsafeLink,
 )
+from bot.pixeldojo.models import ASPECT_RATIOS, MODEL_ID, JobState, SubmittedJob
 
 __all__ = [
+    "ASPECT_RATIOS",
+    "MODEL_ID",
     "AuthenticationError",
+    "BadRequest",
+    "ImageExpired",
+    "ImageTooLarge",
+    "InsufficientCredits",
     "JobState",
+    "MalformedResponse",
+    "NetworkError",
+    "NotAnImage",
     "NotFound",
     "PixelDojoClient",
     "PixelDojoError",
+    "RateLimited",
+    "ServerError",
     "SubmittedJob",
+    "UnsafeLink",
 ]

@@ -31,7 +31,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.pixeldojo.client import ASPECT_RATIOS, MODEL_ID
+from bot.pixeldojo.models import ASPECT_RATIOS, MODEL_ID
 
 log = logging.getLogger(__name__)
 
