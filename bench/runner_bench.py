@@ -69,8 +69,7 @@ from bot.generation.models import GenerationRequest, Job
 from bot.generation.runner import JobRunner, Phase, ResultImage, RunnerSettings
 from bot.generation.service import admit_without_limits
 from bot.pixeldojo.client import PixelDojoClient
-from bot.pixeldojo.models import JobState as ApiJobState
-from bot.pixeldojo.models import SubmittedJob
+from bot.pixeldojo.models import JobStatus, SubmittedJob
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.doubles.pixeldojo import FakePixelDojo
@@ -306,7 +305,7 @@ class TimedClient(PixelDojoClient):
         self.downloading = 0
         self.downloading_max = 0
 
-    async def get_job(self, job: SubmittedJob | str) -> ApiJobState:
+    async def get_job(self, job: SubmittedJob | str) -> JobStatus:
         record = _current_poll.get()
         if record is not None:
             record.http_sent = time.monotonic()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.pixeldojo.models import JobState
+from bot.pixeldojo.models import JobStatus
 from bot.storage import Database, ledger
 from bot.storage.jobs import JobStore
 from bot.storage.migrations import MIGRATIONS
@@ -82,9 +82,9 @@ async def test_a_cheaper_charge_is_honoured(harness: Harness, api: HostilePixelD
 
 @pytest.mark.parametrize("reported", [-1, 10**20, 2.5, True, math.nan, math.inf, "x", [3]])
 def test_the_status_parser_drops_what_cannot_be_a_charge(reported: Any) -> None:
-    state = JobState.from_payload({"status": "completed", "creditCost": reported})
+    state = JobStatus.from_payload({"status": "completed", "creditCost": reported})
     assert state.credit_cost is None
-    assert JobState.from_payload({"status": "completed", "creditCost": 3.0}).credit_cost == 3
+    assert JobStatus.from_payload({"status": "completed", "creditCost": 3.0}).credit_cost == 3
 
 
 async def test_what_pixeldojo_charged_counts_against_the_cap_though_the_member_was_refunded(

@@ -37,7 +37,7 @@ from bot.pixeldojo.errors import (
     ServerError,
     UnsafeLink,
 )
-from bot.pixeldojo.models import JobState, SubmittedJob
+from bot.pixeldojo.models import JobStatus, SubmittedJob
 from bot.pixeldojo.sandbox import render_placeholder_png
 from bot.pixeldojo.transport import RequestBudget, parse_rate_limit_reset, parse_retry_after
 from tests.doubles.pixeldojo import FakePixelDojo, noise_png
@@ -73,7 +73,7 @@ async def client(fake: FakePixelDojo, sleeps: RecordingSleep) -> AsyncIterator[P
         yield pixeldojo
 
 
-async def wait_done(client: PixelDojoClient, job: SubmittedJob | str) -> JobState:
+async def wait_done(client: PixelDojoClient, job: SubmittedJob | str) -> JobStatus:
     """Poll like the bot does, without real waiting (jobs here take 0 s)."""
     for _ in range(50):
         state = await client.get_job(job)
@@ -271,7 +271,7 @@ async def test_unknown_status_is_treated_as_running(
     ],
 )
 def test_status_classification(status: str, completed: bool, failed: bool) -> None:
-    state = JobState.from_payload({"status": status}, job_id="j")
+    state = JobStatus.from_payload({"status": status}, job_id="j")
     assert (state.is_completed, state.is_failed, state.is_running) == (
         completed,
         failed,
@@ -289,7 +289,7 @@ def test_image_url_extraction_accepts_every_known_shape() -> None:
         "creditCost": "1",
         "expiresAt": "2025-01-23T12:00:00Z",
     }
-    state = JobState.from_payload(payload, base_url="https://api.test/api/v1/jobs/j")
+    state = JobStatus.from_payload(payload, base_url="https://api.test/api/v1/jobs/j")
     assert state.image_urls == (
         "https://a/1.png",
         "https://a/2.png",
@@ -300,10 +300,10 @@ def test_image_url_extraction_accepts_every_known_shape() -> None:
     assert state.credit_cost == 1
     assert state.expires_at == datetime(2025, 1, 23, 12, tzinfo=UTC)
     # Completed without any URL is returned as is; the caller decides.
-    bare = JobState.from_payload({"status": "completed"}, job_id="j")
+    bare = JobStatus.from_payload({"status": "completed"}, job_id="j")
     assert bare.is_completed and bare.image_urls == ()
     with pytest.raises(MalformedResponse):
-        JobState.from_payload({"output": {}}, job_id="j")
+        JobStatus.from_payload({"output": {}}, job_id="j")
 
 
 async def test_catalogue_endpoints(client: PixelDojoClient) -> None:

@@ -50,7 +50,7 @@ class StallingPixelDojo:
             job_id=job_id, status_url="", credit_cost=1, credits_remaining=None, expires_at=None
         )
 
-    async def get_job(self, job: str) -> pixeldojo.JobState:
+    async def get_job(self, job: str) -> pixeldojo.JobStatus:
         job_id = str(job).rstrip("/").rsplit("/", 1)[-1]
         self.polls[job_id] += 1
         if job_id in self.stall:
@@ -59,7 +59,7 @@ class StallingPixelDojo:
                 await asyncio.Event().wait()  # a body that never arrives
             finally:
                 self.abandoned[job_id] += 1
-        return pixeldojo.JobState(
+        return pixeldojo.JobStatus(
             job_id=job_id,
             status="completed",
             image_urls=(f"https://images.invalid/{job_id}.png",),

@@ -494,7 +494,7 @@ class JobRunner:
         try:
             try:
                 async with asyncio.timeout(limit):
-                    state: pixeldojo.JobState | Exception = await self.client.get_job(
+                    state: pixeldojo.JobStatus | Exception = await self.client.get_job(
                         job.api_job_id or ""
                     )
             except TimeoutError as exc:
@@ -521,7 +521,7 @@ class JobRunner:
     async def _after_poll(
         self,
         job: Job,
-        state: pixeldojo.JobState | Exception,
+        state: pixeldojo.JobStatus | Exception,
         elapsed: float,
         answered_at: float | None,
         *,

@@ -16,7 +16,7 @@ from bot.pixeldojo.errors import (
     ServerError,
     UnsafeLink,
 )
-from bot.pixeldojo.models import ASPECT_RATIOS, MODEL_ID, JobState, SubmittedJob
+from bot.pixeldojo.models import ASPECT_RATIOS, MODEL_ID, JobStatus, SubmittedJob
 
 __all__ = [
     "ASPECT_RATIOS",
@@ -26,7 +26,7 @@ __all__ = [
     "ImageExpired",
     "ImageTooLarge",
     "InsufficientCredits",
-    "JobState",
+    "JobStatus",
     "MalformedResponse",
     "NetworkError",
     "NotAnImage",

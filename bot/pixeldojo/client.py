@@ -34,7 +34,7 @@ from bot.pixeldojo.downloads import (
     resolve,
 )
 from bot.pixeldojo.errors import MalformedResponse
-from bot.pixeldojo.models import ASPECT_RATIOS, MODEL_ID, JobState, SubmittedJob, as_int, job_url
+from bot.pixeldojo.models import ASPECT_RATIOS, MODEL_ID, JobStatus, SubmittedJob, as_int, job_url
 from bot.pixeldojo.transport import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_JSON_BYTES,
@@ -234,7 +234,7 @@ class PixelDojoClient:
         log.info("PixelDojo accepted job %s (cost %s)", job.job_id, job.credit_cost)
         return job
 
-    async def get_job(self, job: SubmittedJob | str) -> JobState:
+    async def get_job(self, job: SubmittedJob | str) -> JobStatus:
         """Poll a job (``GET {base_url}/jobs/{job_id}``) by :class:`SubmittedJob` or job id.
 
         The job id is the ``jobId`` PixelDojo returned at submit. A URL is accepted only in the
@@ -250,7 +250,7 @@ class PixelDojoClient:
             target="job",
             consume=self._transport.read_json,
         )
-        state = JobState.from_payload(data, job_id=job_id, base_url=url)
+        state = JobStatus.from_payload(data, job_id=job_id, base_url=url)
         if state.error:
             state = replace(state, error=self._transport.scrub(state.error))
         return state

@@ -76,11 +76,12 @@ class SubmittedJob:
 
 
 @dataclass(frozen=True)
-class JobState:
-    """One poll of a job.
+class JobStatus:
+    """One poll of a job: what PixelDojo says about it (not the bot's own job state, which is
+    ``bot.generation.models.JobState``).
 
-    ``status`` is the raw status, lower-cased. A completed state may carry no image URL (the API
-    misbehaving); it is returned as is and the caller decides how to treat it.
+    ``status`` is the raw status, lower-cased. A completed status may carry no image URL (the
+    API misbehaving); it is returned as is and the caller decides how to treat it.
     """
 
     job_id: str
