@@ -20,10 +20,10 @@ from bot.credits.admission import Limits
 from bot.credits.moderation import ModerationService
 from bot.credits.notices import ModeratorNotices, NoticePoster
 from bot.credits.summary import CreditSummaries
-from bot.generation.edit_input import CapabilityCache, ImageFetcher
 from bot.generation.runner import JobPresenter, JobRunner, RunnerSettings
 from bot.generation.service import GenerationService, admit_without_limits
 from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.schema import CapabilityCache, ImageFetcher
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 

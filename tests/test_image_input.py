@@ -11,26 +11,28 @@ from typing import Any
 import pytest
 
 from bot.errors import RequestRefused
-from bot.generation import edit_input
 from bot.generation.edit_input import (
-    DEFAULT_MAX_IMAGE_BYTES,
     EDITING_UNAVAILABLE,
-    CapabilityCache,
-    ImageTransport,
-    ModelCapabilities,
-    discover_capabilities,
     encode_input_image,
     image_option_description,
-    parse_capabilities,
     submission_extra,
     validate_input_image,
 )
 from bot.generation.models import GenerationRequest, JobState
 from bot.generation.runner import JobRunner, RunnerSettings
 from bot.generation.service import GenerationService
+from bot.pixeldojo import schema as schema_module
 from bot.pixeldojo.client import PixelDojoClient
 from bot.pixeldojo.errors import ServerError
 from bot.pixeldojo.models import ASPECT_RATIOS
+from bot.pixeldojo.schema import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    CapabilityCache,
+    ImageTransport,
+    ModelCapabilities,
+    discover_capabilities,
+    parse_capabilities,
+)
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.doubles.pixeldojo import FakePixelDojo
@@ -88,7 +90,7 @@ async def test_discovers_the_fakes_image_field_and_options() -> None:
 
 async def test_schema_without_image_field_disables_editing(caplog) -> None:
     async with FakePixelDojo() as fake, client_for(fake) as client:
-        with caplog.at_level(logging.WARNING, logger="bot.generation.service.edit_input"):
+        with caplog.at_level(logging.WARNING, logger="bot.pixeldojo.schema"):
             caps = await discover_capabilities(client)
     # webhook_url is a "uri" string too, but it is not an image: no guessing.
     assert caps.image_field is None and not caps.supports_image_input
@@ -101,7 +103,7 @@ async def test_schema_without_image_field_disables_editing(caplog) -> None:
 async def test_schema_endpoint_failure_still_lets_the_bot_start(fault: str, caplog) -> None:
     async with FakePixelDojo(image_field="image_url") as fake, client_for(fake) as client:
         fake.fault_next(fault, n=5)  # every attempt of the client's retries
-        with caplog.at_level(logging.WARNING, logger="bot.generation.service.edit_input"):
+        with caplog.at_level(logging.WARNING, logger="bot.pixeldojo.schema"):
             caps = await discover_capabilities(client)
     assert caps.image_field is None and caps.error
     assert "image editing is unavailable" in caplog.text
@@ -123,7 +125,7 @@ async def test_unexpected_parse_error_is_contained(monkeypatch) -> None:
     def explode(*args: Any, **kwargs: Any) -> ModelCapabilities:
         raise TypeError("boom")
 
-    monkeypatch.setattr(edit_input, "parse_capabilities", explode)
+    monkeypatch.setattr(schema_module, "parse_capabilities", explode)
     caps = await discover_capabilities(SchemaStub(schema_with()))
     assert caps.image_field is None and "boom" in (caps.error or "")
 

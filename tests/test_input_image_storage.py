@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.generation.edit_input import CapabilityCache, InputImageUnreadable, submission_extra
+from bot.generation.edit_input import InputImageUnreadable, submission_extra
+from bot.pixeldojo.schema import CapabilityCache
 from tests.conftest import ALICE_ID, BOB_ID, CHANNEL_ID, GUILD_ID, Harness, queued_job_id
 from tests.doubles.pixeldojo import FakePixelDojo
 

@@ -44,7 +44,7 @@ class GenerationRequest:
     parent_job_id: int | None = None
     role_ids: tuple[int, ...] = ()
     input_image_url: str | None = None
-    """URL of the attachment for Kontext to edit (see `bot.image_input`); None: generate."""
+    """URL of the attachment Kontext edits (see `bot.generation.edit_input`); None: generate."""
 
 
 @dataclass(frozen=True)

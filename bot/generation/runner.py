@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 from bot import pixeldojo
 from bot.generation import edit_input
 from bot.generation.models import Job, JobState
+from bot.pixeldojo.schema import CapabilityCache
 from bot.storage.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class JobRunner:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         on_finished: Callable[[Job], Awaitable[None]] | None = None,
-        capabilities: edit_input.CapabilityCache | None = None,
+        capabilities: CapabilityCache | None = None,
     ) -> None:
         self.store = store
         self.capabilities = capabilities
