@@ -20,6 +20,8 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 _FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+IMAGE_MIME_TYPES: tuple[str, ...] = tuple(_FORMATS.values())
+"""The types :func:`verify_image` accepts: PNG, JPEG and WebP, in that order."""
 _TYPE_ALIASES: dict[str, str] = {
     "image/jpg": "image/jpeg",
     "image/pjpeg": "image/jpeg",

@@ -24,7 +24,6 @@ from bot.generation.service import GenerationService
 from bot.pixeldojo import schema as schema_module
 from bot.pixeldojo.client import PixelDojoClient
 from bot.pixeldojo.errors import ServerError
-from bot.pixeldojo.models import ASPECT_RATIOS
 from bot.pixeldojo.schema import (
     DEFAULT_MAX_IMAGE_BYTES,
     CapabilityCache,
@@ -83,8 +82,6 @@ async def test_discovers_the_fakes_image_field_and_options() -> None:
     assert caps.supports_image_input and caps.error is None
     assert caps.accepted_mime_types == ("image/png", "image/jpeg", "image/webp")
     assert caps.image_size_limit == DEFAULT_MAX_IMAGE_BYTES
-    assert caps.aspect_ratios == ASPECT_RATIOS
-    assert (caps.num_outputs_min, caps.num_outputs_max) == (1, 4)
     assert caps.discovered_at == 123.0
 
 
@@ -94,7 +91,7 @@ async def test_schema_without_image_field_disables_editing(caplog) -> None:
             caps = await discover_capabilities(client)
     # webhook_url is a "uri" string too, but it is not an image: no guessing.
     assert caps.image_field is None and not caps.supports_image_input
-    assert caps.error is None and caps.aspect_ratios == ASPECT_RATIOS
+    assert caps.error is None
     assert "no input-image property" in caplog.text
     assert image_option_description(caps).startswith("Editing is unavailable")
 
@@ -187,14 +184,11 @@ def test_stated_types_and_size_limit_are_used() -> None:
                 "format": "uri",
                 "description": "Image to edit: JPEG or PNG, maximum 5 MB.",
             },
-            num_outputs={"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 3},
         )
     )
     assert caps.image_mime_types == ("image/jpeg", "image/png")
     assert caps.accepted_mime_types == ("image/png", "image/jpeg")
     assert caps.max_image_bytes == caps.image_size_limit == 5_000_000
-    assert (caps.num_outputs_min, caps.num_outputs_max) == (1, 2)
-    assert caps.aspect_ratios is None
     explicit = parse_capabilities(
         schema_with(
             input_image={

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,81 +18,35 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bot.images import normalize_content_type
+from bot.images import IMAGE_MIME_TYPES, normalize_content_type
 from bot.pixeldojo.errors import PixelDojoError
 from bot.pixeldojo.models import MODEL_ID
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
-SUPPORTED_MIME_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
 
-# Property names that carry the image to edit, most likely first.
-IMAGE_FIELD_NAMES: tuple[str, ...] = (
-    "image_url",
-    "input_image",
-    "image",
-    "image_prompt",
-    "init_image",
-    "reference_image",
-    "input_image_url",
-    "image_uri",
-    "input_image_uri",
-    "init_image_url",
-    "reference_image_url",
-    "source_image",
-    "source_image_url",
-    "image_input",
+# Property names that carry the image to edit, most likely first: the first one the schema has
+# wins. Any other image property is found only if it says it takes a URL, data URI or base64.
+IMAGE_FIELD_NAMES: tuple[str, ...] = ("image_url", "input_image", "image")
+# The documented body fields (webhook_url is a "uri" string too): never the image to edit.
+_NOT_IMAGE_INPUT = frozenset(
+    {"prompt", "model", "aspect_ratio", "num_outputs", "seed", "webhook_url"}
 )
-# Documented body fields and names that are images but not the one to edit.
-_NOT_IMAGE_INPUT = frozenset({"prompt", "model", "aspect_ratio", "num_outputs", "seed"})
-_NOT_IMAGE_INPUT_PARTS = ("webhook", "callback", "mask", "output", "negative")
 # Format words a description may list, mapped to MIME types.
 _FORMAT_WORDS: dict[str, str] = {
     "png": "image/png",
     "jpg": "image/jpeg",
     "jpeg": "image/jpeg",
     "webp": "image/webp",
-    "gif": "image/gif",
-    "bmp": "image/bmp",
-    "tiff": "image/tiff",
-    "heic": "image/heic",
-    "avif": "image/avif",
 }
-_URI_FORMATS = frozenset({"uri", "url", "iri", "uri-reference", "iri-reference"})
-_DATA_URI_FORMATS = frozenset({"data-url", "data-uri", "dataurl", "datauri"})
-_MIME_KEYS = (
-    "contentMediaType",
-    "x-mime-types",
-    "x-content-types",
-    "mimeTypes",
-    "acceptedMimeTypes",
-    "accept",
-    "x-accept",
-)
-_SIZE_KEYS = (
-    "maxSize",
-    "maxBytes",
-    "maxFileSize",
-    "maxFileSizeBytes",
-    "x-max-size",
-    "x-max-bytes",
-    "x-max-file-size",
-)
-_UNITS: dict[str, int] = {
-    "b": 1,
-    "byte": 1,
-    "bytes": 1,
-    "kb": 1000,
-    "kib": 1024,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
+_URI_FORMAT = "uri"
+_DATA_URI_FORMAT = "data-url"
+_SIZE_KEY = "x-max-bytes"
+_UNITS: dict[str, int] = {"kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+# A limit stated in the description ("maximum 5 MB").
 _SIZE_IN_TEXT = re.compile(
-    r"(?:max(?:imum)?|up to|limit(?:ed)?|at most|no (?:more|larger) than|under|less than|<=?|≤)"
-    r"[^0-9]{0,24}(\d+(?:\.\d+)?)\s*(kib|kb|mib|mb|gib|gb|bytes|byte|b)\b"
+    r"(?:max(?:imum)?|up to|at most)[^0-9]{0,24}(\d+(?:\.\d+)?)\s*(kib|kb|mib|mb)\b"
 )
 _DATA_URI_IN_TEXT = re.compile(r"data[\s_-]*ur[il]s?\b|data:")
 _URL_IN_TEXT = re.compile(r"\b(?:https?|urls?|uris?|links?)\b")
@@ -109,7 +62,7 @@ class ImageTransport(StrEnum):
 
 @dataclass(frozen=True)
 class ModelCapabilities:
-    """What one model's request schema says about input images and a few other options.
+    """What one model's request schema says about input images.
 
     ``image_mime_types`` and ``max_image_bytes`` are what the schema states (None: not stated);
     ``error`` is set when the schema could not be read, in which case editing is unavailable.
@@ -120,9 +73,6 @@ class ModelCapabilities:
     image_transport: ImageTransport | None = None
     image_mime_types: tuple[str, ...] | None = None
     max_image_bytes: int | None = None
-    aspect_ratios: tuple[str, ...] | None = None
-    num_outputs_min: int | None = None
-    num_outputs_max: int | None = None
     discovered_at: float = 0.0
     error: str | None = None
 
@@ -140,8 +90,8 @@ class ModelCapabilities:
     def accepted_mime_types(self) -> tuple[str, ...]:
         """PNG, JPEG and WebP, narrowed to the schema's list of types when it has one."""
         if self.image_mime_types is None:
-            return SUPPORTED_MIME_TYPES
-        return tuple(t for t in SUPPORTED_MIME_TYPES if t in self.image_mime_types)
+            return IMAGE_MIME_TYPES
+        return tuple(t for t in IMAGE_MIME_TYPES if t in self.image_mime_types)
 
     @property
     def image_size_limit(self) -> int:
@@ -229,36 +179,27 @@ def parse_capabilities(
         prop = _string_view(properties[field]) or {}
         transport = _transport(field, prop)
         mime_types = _mime_types(prop)
-        max_bytes = _max_bytes(prop, transport)
-    ratios = _aspect_ratios(properties.get("aspect_ratio"))
-    low, high = _integer_bounds(properties.get("num_outputs"))
+        max_bytes = _max_bytes(prop)
     return ModelCapabilities(
         model=model,
         image_field=field,
         image_transport=transport,
         image_mime_types=mime_types,
         max_image_bytes=max_bytes,
-        aspect_ratios=ratios,
-        num_outputs_min=low,
-        num_outputs_max=high,
         discovered_at=now,
     )
 
 
 def _top_level_properties(schema: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """The body's properties, including those spread over ``allOf`` parts."""
-    merged: dict[str, Mapping[str, Any]] = {}
-    parts: list[Any] = [schema]
-    all_of = schema.get("allOf")
-    if isinstance(all_of, list):
-        parts.extend(all_of)
-    for part in parts:
-        props = part.get("properties") if isinstance(part, Mapping) else None
-        if isinstance(props, Mapping):
-            for name, prop in props.items():
-                if isinstance(name, str) and isinstance(prop, Mapping):
-                    merged.setdefault(name, prop)
-    return merged
+    """The body's properties (those that are objects, under string names)."""
+    props = schema.get("properties")
+    if not isinstance(props, Mapping):
+        return {}
+    return {
+        name: prop
+        for name, prop in props.items()
+        if isinstance(name, str) and isinstance(prop, Mapping)
+    }
 
 
 def _types(prop: Mapping[str, Any]) -> set[str]:
@@ -299,26 +240,7 @@ def _text(prop: Mapping[str, Any]) -> str:
 
 def _mentions_image(name: str, text: str) -> bool:
     words = set(re.split(r"[^a-z0-9]+", name.lower())) | set(re.findall(r"[a-z]+", text))
-    return bool(words & {"image", "images", "img", "photo", "picture"})
-
-
-def _looks_like_input(prop: Mapping[str, Any]) -> bool:
-    fmt = str(prop.get("format", "")).lower()
-    text = _text(prop)
-    return (
-        fmt in _URI_FORMATS
-        or fmt in _DATA_URI_FORMATS
-        or "contentEncoding" in prop
-        or str(prop.get("contentMediaType", "")).lower().startswith("image/")
-        or _URL_IN_TEXT.search(text) is not None
-        or "base64" in text
-        or _DATA_URI_IN_TEXT.search(text) is not None
-    )
-
-
-def _excluded(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in _NOT_IMAGE_INPUT or any(p in lowered for p in _NOT_IMAGE_INPUT_PARTS)
+    return bool(words & {"image", "images", "photo"})
 
 
 def _find_image_field(properties: Mapping[str, Mapping[str, Any]]) -> str | None:
@@ -331,20 +253,22 @@ def _find_image_field(properties: Mapping[str, Mapping[str, Any]]) -> str | None
     candidates: list[str] = []
     for name, prop in properties.items():
         view = _string_view(prop)
-        if view is None or _excluded(name):
+        if view is None or name in _NOT_IMAGE_INPUT:
             continue
-        if _mentions_image(name, _text(view)) and _looks_like_input(view):
+        if _mentions_image(name, _text(view)) and _stated_transport(view) is not None:
             candidates.append(name)
     if len(candidates) > 1:
         log.info("several possible input-image properties %s; using %r", candidates, candidates[0])
     return candidates[0] if candidates else None
 
 
-def _transport(name: str, prop: Mapping[str, Any]) -> ImageTransport:
+def _stated_transport(prop: Mapping[str, Any]) -> ImageTransport | None:
+    """How the property says it takes an image (format, contentEncoding, or its description),
+    or None when it does not say."""
     text = _text(prop)
     fmt = str(prop.get("format", "")).lower()
     encoding = str(prop.get("contentEncoding", "")).lower()
-    data_uri = fmt in _DATA_URI_FORMATS or _DATA_URI_IN_TEXT.search(text) is not None
+    data_uri = fmt == _DATA_URI_FORMAT or _DATA_URI_IN_TEXT.search(text) is not None
     says_base64 = encoding == "base64" or "base64" in text
     says_url = _URL_IN_TEXT.search(_DATA_URI_IN_TEXT.sub(" ", text)) is not None
     if encoding == "base64":
@@ -354,26 +278,28 @@ def _transport(name: str, prop: Mapping[str, Any]) -> ImageTransport:
     if data_uri:
         return ImageTransport.DATA_URI
     if says_base64:  # base64 inside a "uri" string can only be a data URI
-        return ImageTransport.DATA_URI if fmt in _URI_FORMATS else ImageTransport.BASE64
-    if fmt not in _URI_FORMATS and not name.lower().endswith(("url", "uri")):
+        return ImageTransport.DATA_URI if fmt == _URI_FORMAT else ImageTransport.BASE64
+    if fmt == _URI_FORMAT:
+        return ImageTransport.URL
+    return None
+
+
+def _transport(name: str, prop: Mapping[str, Any]) -> ImageTransport:
+    stated = _stated_transport(prop)
+    if stated is not None:
+        return stated
+    if not name.lower().endswith(("url", "uri")):
         log.info("input-image property %r does not say how it takes images; sending a URL", name)
     return ImageTransport.URL
 
 
-def _as_strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, list | tuple):
-        return [item.strip() for item in value if isinstance(item, str) and item.strip()]
-    return []
-
-
 def _mime_types(prop: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """MIME types the schema states for the image, or None when it states none (or any)."""
-    stated: list[str] = []
-    for key in _MIME_KEYS:
-        stated.extend(_as_strings(prop.get(key)))
-    if not stated:
+    """MIME types the schema states for the image (its ``contentMediaType``, else formats its
+    description names), or None when it states none (or any)."""
+    declared = prop.get("contentMediaType")
+    if isinstance(declared, str):
+        stated = [declared]
+    else:
         words = re.findall(r"[a-z]+", _text(prop))
         stated = [_FORMAT_WORDS[w] for w in words if w in _FORMAT_WORDS]
     types = []
@@ -386,59 +312,15 @@ def _mime_types(prop: Mapping[str, Any]) -> tuple[str, ...] | None:
     return tuple(types) or None
 
 
-def _parse_size(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
-        return int(value)
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value.lower())
-        if match and match.group(2) in ("", *_UNITS):
-            size = int(float(match.group(1)) * _UNITS.get(match.group(2), 1))
-            return size if size > 0 else None
-    return None
-
-
-def _max_bytes(prop: Mapping[str, Any], transport: ImageTransport) -> int | None:
+def _max_bytes(prop: Mapping[str, Any]) -> int | None:
     """The largest image the schema allows, in bytes, if it says (the smallest stated limit)."""
-    limits = [size for key in _SIZE_KEYS if (size := _parse_size(prop.get(key))) is not None]
-    for number, unit in _SIZE_IN_TEXT.findall(_text(prop)):
-        limits.append(int(float(number) * _UNITS[unit]))
-    max_length = prop.get("maxLength")
-    if transport is not ImageTransport.URL and isinstance(max_length, int) and max_length > 0:
-        # Inline images grow by a third in base64 (plus a short "data:...;base64," prefix).
-        overhead = 40 if transport is ImageTransport.DATA_URI else 0
-        limits.append(max(0, max_length - overhead) * 3 // 4)
+    text = _text(prop)
+    limits = [int(float(number) * _UNITS[unit]) for number, unit in _SIZE_IN_TEXT.findall(text)]
+    stated = prop.get(_SIZE_KEY)
+    if isinstance(stated, int) and not isinstance(stated, bool):
+        limits.append(stated)
     limits = [limit for limit in limits if limit > 0]
     return min(limits) if limits else None
-
-
-def _aspect_ratios(prop: Mapping[str, Any] | None) -> tuple[str, ...] | None:
-    if prop is None:
-        return None
-    options: list[Any] = []
-    for source in (prop, *[b for b in prop.get("anyOf", []) or [] if isinstance(b, Mapping)]):
-        enum = source.get("enum")
-        if isinstance(enum, list):
-            options.extend(enum)
-    ratios = tuple(dict.fromkeys(o for o in options if isinstance(o, str)))
-    return ratios or None
-
-
-def _integer_bounds(prop: Mapping[str, Any] | None) -> tuple[int | None, int | None]:
-    if prop is None:
-        return None, None
-
-    def bound(key: str, exclusive: str, step: int) -> int | None:
-        value = prop.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return math.ceil(value) if step > 0 else math.floor(value)
-        value = prop.get(exclusive)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return math.floor(value) + 1 if step > 0 else math.ceil(value) - 1
-        return None
-
-    return bound("minimum", "exclusiveMinimum", 1), bound("maximum", "exclusiveMaximum", -1)
 
 
 # --------------------------------------------------------------------------------------------
