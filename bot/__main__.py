@@ -68,6 +68,7 @@ def run_bot(settings: Settings) -> int:
     import discord
 
     from bot.app import PixelDojoBot, point_discord_at
+    from bot.pixeldojo.webhooks import WebhookUnavailable
     from bot.storage import DatabaseUnavailable
 
     point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
@@ -84,6 +85,9 @@ def run_bot(settings: Settings) -> int:
         return 2
     except DatabaseUnavailable as exc:
         print(f"pixeldojo-bot: cannot open DATABASE_PATH={exc.path}: {exc.cause}", file=sys.stderr)
+        return 2
+    except WebhookUnavailable as exc:
+        print(f"pixeldojo-bot: cannot listen for webhooks on {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -103,7 +103,8 @@ async def generate_once(
     presenter = FilePresenter(out_dir)
     services = await build_services(
         # A throwaway database: the bot's jobs and credit ledger are not the command line's.
-        replace(settings, database_path=Path(":memory:")),
+        # No webhooks either: the bot may be running and listening on WEBHOOK_PORT.
+        replace(settings, database_path=Path(":memory:"), pixeldojo_webhook_url=None),
         presenter,
         member_limits=False,
         sandbox_job_duration=0.0,

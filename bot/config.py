@@ -38,6 +38,11 @@ class Settings:
     max_concurrent_submits: int = 4
     max_concurrent_polls: int = 8
     pixeldojo_requests_per_minute: float | None = None
+    pixeldojo_webhook_url: str | None = None
+    """The public base URL PixelDojo calls back on (webhooks); None: webhooks off, poll only."""
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = 8080
+    webhook_fallback_poll: float = 30.0
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -92,6 +97,23 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number") from None
     if value <= 0:
         raise ConfigError(f"{name} must be greater than zero")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ConfigError(f"{name} must be a port number from 0 to 65535")
+    return int(raw)
+
+
+def _webhook_base(env: Mapping[str, str]) -> str | None:
+    """The public base URL callbacks are sent to; each job's path is appended to it."""
+    value = _url(env, "PIXELDOJO_WEBHOOK_URL", None, ("https", "http"))
+    if value is not None and (urlsplit(value).query or urlsplit(value).fragment):
+        raise ConfigError("PIXELDOJO_WEBHOOK_URL must be a base URL, without ? or #")
     return value
 
 
@@ -181,4 +203,8 @@ def load_settings(
             if _get(env, "PIXELDOJO_REQUESTS_PER_MINUTE")
             else None
         ),
+        pixeldojo_webhook_url=_webhook_base(env),
+        webhook_host=_get(env, "WEBHOOK_HOST") or "127.0.0.1",
+        webhook_port=_port(env, "WEBHOOK_PORT", 8080),
+        webhook_fallback_poll=_positive_float(env, "WEBHOOK_FALLBACK_POLL", 30.0),
     )

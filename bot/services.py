@@ -24,6 +24,7 @@ from bot.generation.runner import JobPresenter, JobRunner, RunnerSettings
 from bot.generation.service import GenerationService, admit_without_limits
 from bot.pixeldojo.client import PixelDojoClient
 from bot.pixeldojo.schema import CapabilityCache, ImageFetcher
+from bot.pixeldojo.webhooks import WebhookReceiver, WebhookTokens
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 
@@ -44,6 +45,8 @@ def runner_settings(settings: Settings) -> RunnerSettings:
         job_timeout=settings.job_timeout,
         max_concurrent_submits=settings.max_concurrent_submits,
         max_concurrent_polls=settings.max_concurrent_polls,
+        webhooks=settings.pixeldojo_webhook_url is not None,
+        webhook_fallback_poll=settings.webhook_fallback_poll,
     )
 
 
@@ -69,23 +72,30 @@ class Services:
     generation: GenerationService
     presenter: JobPresenter
     sandbox: SandboxPixelDojo | None = None
+    webhooks: WebhookReceiver | None = None
+    """PixelDojo's callbacks (`PIXELDOJO_WEBHOOK_URL`); None when the bot only polls."""
     _closing: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
-        """Start the runner, which first resumes every unfinished job in the database."""
+        """Start the runner, which first resumes every unfinished job in the database, then
+        the webhook receiver (if on), so every callback finds the job it is about."""
         await self.runner.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
 
     async def close(self, *, before_storage: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Shut down in the one order that loses nothing: the runner (waiting up to its
-        `shutdown_grace` for submissions PixelDojo may already charge for), the presenter's
-        pending edits, the PixelDojo client, the sandbox, then `before_storage` (where the bot
-        disconnects from Discord: until then, interactions are still answered from the
-        database), then the database. Later calls wait for the first one."""
+        """Shut down in the one order that loses nothing: the webhook receiver, the runner
+        (waiting up to its `shutdown_grace` for submissions PixelDojo may already charge for),
+        the presenter's pending edits, the PixelDojo client, the sandbox, then `before_storage`
+        (where the bot disconnects from Discord: until then, interactions are still answered
+        from the database), then the database. Later calls wait for the first one."""
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close(before_storage))
         await self._closing
 
     async def _close(self, before_storage: Callable[[], Awaitable[None]] | None) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.stop()  # first: a callback now would find no runner
         await self.runner.stop()
         if isinstance(self.presenter, _Closable):
             await self.presenter.aclose()
@@ -144,6 +154,9 @@ async def build_services(
         on_finished=notices.generation_finished,
         capabilities=capabilities,
     )
+    webhooks = None
+    if settings.pixeldojo_webhook_url is not None:
+        webhooks = await _webhook_receiver(settings, db, runner, store)
     generation = GenerationService(
         store,
         runner,
@@ -164,6 +177,28 @@ async def build_services(
         generation=generation,
         presenter=presenter,
         sandbox=sandbox,
+        webhooks=webhooks,
+    )
+
+
+async def _webhook_receiver(
+    settings: Settings, db: Database, runner: JobRunner, store: JobStore
+) -> WebhookReceiver:
+    """Give every submission a `webhook_url` and build the receiver its callbacks reach."""
+    assert settings.pixeldojo_webhook_url is not None
+    tokens = await WebhookTokens.load(db, settings.pixeldojo_webhook_url)
+    runner.webhook_url_for = lambda job: tokens.url_for(job.id)
+
+    async def was_submitted(job_id: int) -> bool:
+        job = await store.get(job_id)
+        return job is not None and job.api_job_id is not None
+
+    return WebhookReceiver(
+        tokens,
+        poll_now=runner.poll_now,
+        was_submitted=was_submitted,
+        host=settings.webhook_host,
+        port=settings.webhook_port,
     )
 
 

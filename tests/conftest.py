@@ -105,7 +105,11 @@ def test_settings(double: DiscordDouble, api: FakePixelDojo, database: Path) -> 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The same settings as environment variables, for a `python -m bot` process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "PIXELDOJO_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DISCORD_", "PIXELDOJO_", "WEBHOOK_"))
+    }
     env.update(
         DISCORD_TOKEN=settings.discord_token,
         PIXELDOJO_API_KEY=settings.pixeldojo_api_key,
@@ -120,6 +124,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
         LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
     )
+    if settings.pixeldojo_webhook_url:
+        env.update(
+            PIXELDOJO_WEBHOOK_URL=settings.pixeldojo_webhook_url,
+            WEBHOOK_HOST=settings.webhook_host,
+            WEBHOOK_PORT=str(settings.webhook_port),
+            WEBHOOK_FALLBACK_POLL=str(settings.webhook_fallback_poll),
+        )
     return env
 
 

@@ -42,6 +42,10 @@ def test_defaults() -> None:
             {"DISCORD_GATEWAY_URL": "http://x"},
             "DISCORD_GATEWAY_URL must be a URL starting with wss://",
         ),
+        ({"PIXELDOJO_WEBHOOK_URL": "bot.example.com"}, "PIXELDOJO_WEBHOOK_URL must be a URL"),
+        ({"PIXELDOJO_WEBHOOK_URL": "https://x/?a=1"}, "PIXELDOJO_WEBHOOK_URL must be a base"),
+        ({"WEBHOOK_PORT": "80000"}, "WEBHOOK_PORT must be a port number"),
+        ({"WEBHOOK_FALLBACK_POLL": "0"}, "WEBHOOK_FALLBACK_POLL must be greater than zero"),
     ],
 )
 def test_bad_settings_name_the_setting(changes: dict[str, str], named: str) -> None:
@@ -49,6 +53,15 @@ def test_bad_settings_name_the_setting(changes: dict[str, str], named: str) -> N
         load_settings({**GOOD, **changes})
     assert named in str(caught.value)
     assert TOKEN not in str(caught.value)
+
+
+def test_webhooks_are_off_unless_a_public_url_is_set() -> None:
+    assert load_settings(GOOD).pixeldojo_webhook_url is None
+    settings = load_settings(
+        {**GOOD, "PIXELDOJO_WEBHOOK_URL": "https://bot.example.com/", "WEBHOOK_PORT": "9000"}
+    )
+    assert settings.pixeldojo_webhook_url == "https://bot.example.com"
+    assert (settings.webhook_host, settings.webhook_port) == ("127.0.0.1", 9000)
 
 
 def test_sandbox_needs_no_api_key() -> None:

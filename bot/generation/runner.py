@@ -118,6 +118,10 @@ class RunnerSettings:
     shutdown_grace: float = 8.0
     """How long `stop()` waits for submissions already sent to PixelDojo to be answered and
     recorded (under Docker's default 10 s between SIGTERM and SIGKILL)."""
+    webhooks: bool = False
+    """PixelDojo calls back when a job ends (`poll_now`): polls are only a sparse safety net."""
+    webhook_fallback_poll: float = 30.0
+    """With webhooks: the least time before a job's first safety-net poll; later ones back off."""
 
 
 class JobRunner:
@@ -134,6 +138,7 @@ class JobRunner:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         on_finished: Callable[[Job], Awaitable[None]] | None = None,
         capabilities: CapabilityCache | None = None,
+        webhook_url_for: Callable[[Job], str | None] | None = None,
     ) -> None:
         self.store = store
         self.capabilities = capabilities
@@ -144,6 +149,13 @@ class JobRunner:
         self.clock = clock
         self._sleep = sleep
         self._due: list[tuple[float, int]] = []
+        # The due time of each job's one live heap entry; `poll_now` moves it, leaving the old
+        # entry stale (skipped), so a job is never polled twice at once.
+        self._next_due: dict[int, float] = {}
+        # Webhook hints for jobs whose poll or submission was in flight: owed a poll as soon
+        # as they are next scheduled.
+        self._hinted: set[int] = set()
+        self.webhook_url_for = webhook_url_for
         # Jobs being polled, kept in memory so a poll costs no database round trip.
         self._polling: dict[int, Job] = {}
         self._polls: dict[int, int] = {}
@@ -213,6 +225,8 @@ class JobRunner:
         self._submits.clear()
         self._committed.clear()
         self._due.clear()
+        self._next_due.clear()
+        self._hinted.clear()
         self._polling.clear()
 
     async def wait_finished(self, job_id: int) -> Job:
@@ -335,6 +349,36 @@ class JobRunner:
             # Every path handles its own errors; this is the last resort, so nothing is silent.
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
+    # Webhooks ---------------------------------------------------------------------------
+
+    def _webhook_field(self, job: Job) -> dict[str, str]:
+        url = self.webhook_url_for(job) if self.webhook_url_for is not None else None
+        return {"webhook_url": url} if url else {}
+
+    def poll_now(self, job_id: int) -> bool:
+        """PixelDojo says the job ended (a webhook): check it now instead of when it is due.
+
+        Only a hint: the one status request this makes decides what is posted. Repeated hints
+        before that check answers cost nothing more. Returns whether the runner is waiting on
+        the job (submitting or polling it).
+        """
+        job = self._polling.get(job_id)
+        if job is not None and job_id in self._next_due:
+            if self._next_due[job_id] > asyncio.get_running_loop().time():
+                self._schedule(job, delay=0)
+            return True
+        if job is not None or job_id in self._submits:
+            # A poll or the submission is in flight and may have been answered before the job
+            # ended: the next scheduling polls at once (unless that poll finds it finished).
+            self._hinted.add(job_id)
+            return True
+        return False
+
+    def next_poll_in(self, job_id: int) -> float | None:
+        """Seconds until the job's next status check; None unless one is waiting to be made."""
+        due = self._next_due.get(job_id)
+        return None if due is None else due - asyncio.get_running_loop().time()
+
     async def _store(self, job: Job, what: str, write: Callable[[], Awaitable[T]]) -> T:
         """Run a store call until the database takes it, backing off (capped, jittered).
 
@@ -367,6 +411,7 @@ class JobRunner:
             await self.presenter.show_status(job, Phase.QUEUED, 0.0)
             # An edit sends its input image in the field the model's schema names.
             extra = await edit_input.submission_extra(self.capabilities, job.input_image_url)
+            extra = {**(extra or {}), **self._webhook_field(job)}
             async with self._submit_slots:
                 # From here on, stopping waits for this task: PixelDojo may charge for it.
                 self._committed.add(job.id)
@@ -417,6 +462,8 @@ class JobRunner:
         ±10% jitter keeps jobs submitted in the same burst from being polled in lockstep.
         """
         s = self.settings
+        if s.webhooks:
+            return self._safety_net_interval(elapsed)
         typical = self.durations.typical()
         if typical is None:
             # Nothing learned yet: about once a second (twice the dense interval) for 20 s.
@@ -430,10 +477,23 @@ class JobRunner:
             base = min(s.poll_max_interval, base * (1 + (elapsed - dense_until) / 20))
         return base * random.uniform(0.9, 1.1)
 
+    def _safety_net_interval(self, elapsed: float) -> float:
+        """With webhooks on, polls only catch a missed callback: the first well after the
+        typical duration (three times it, at least `webhook_fallback_poll`), then each about
+        twice as far into the job as the last, at most 4 × that first interval apart."""
+        first = max(self.settings.webhook_fallback_poll, 3 * (self.durations.typical() or 0.0))
+        base = first - elapsed if elapsed < first else min(4 * first, max(first, elapsed))
+        return max(self.settings.poll_initial_interval, base) * random.uniform(0.9, 1.1)
+
     def _schedule(self, job: Job, delay: float) -> None:
         loop = asyncio.get_running_loop()
+        if job.id in self._hinted:
+            self._hinted.discard(job.id)
+            delay = 0
         self._polling[job.id] = job
-        heapq.heappush(self._due, (loop.time() + delay, job.id))
+        due = loop.time() + delay
+        self._next_due[job.id] = due
+        heapq.heappush(self._due, (due, job.id))
         self._wake.set()
 
     def _poll_again(self, job: Job, delay: float) -> None:
@@ -444,6 +504,8 @@ class JobRunner:
     def _stop_polling(self, job_id: int) -> int:
         """Forget a job that left SUBMITTED; returns how many times it was polled."""
         self._polling.pop(job_id, None)
+        self._next_due.pop(job_id, None)
+        self._hinted.discard(job_id)
         return self._polls.pop(job_id, 0)
 
     async def _schedule_loop(self) -> None:
@@ -455,11 +517,12 @@ class JobRunner:
                 # Take a poll slot before starting the poll: due jobs are polled in due order
                 # and at most `max_concurrent_polls` poll tasks exist at once.
                 await self._poll_slots.acquire()
-                _, job_id = heapq.heappop(self._due)
+                due, job_id = heapq.heappop(self._due)
                 job = self._polling.get(job_id)
-                if job is None:
-                    self._poll_slots.release()
+                if job is None or self._next_due.get(job_id) != due:
+                    self._poll_slots.release()  # finished, or moved by `poll_now`
                     continue
+                del self._next_due[job_id]
                 self._spawn(self._poll(job), f"poll-{job_id}")
                 now = loop.time()  # waiting for a slot took time: more polls may be due
             timeout = self._due[0][0] - now if self._due else None

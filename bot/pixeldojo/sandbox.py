@@ -4,9 +4,11 @@ With ``PIXELDOJO_SANDBOX=1`` the bot and the CLI start it and talk to it instead
 spending no real credits. It implements the documented surface of the API (submit, poll, model
 catalogue and schema), validating requests as strictly as the real one, plus a ``/files`` host
 serving PNG placeholders, and forgets a job and its images ``job_ttl`` after submission so a
-long-running sandbox does not grow. It records nothing and injects no faults: the test suite's
-double (``tests/doubles/pixeldojo.py``) subclasses it for that, through the hooks below (the
-middleware chain, job creation, running status, output, status URL, file response, drawing).
+long-running sandbox does not grow. A job submitted with a ``webhook_url`` is POSTed its final
+job-status body there when it ends, as PixelDojo does. It records nothing and injects no
+faults: the test suite's double (``tests/doubles/pixeldojo.py``) subclasses it for that, through
+the hooks below (the middleware chain, job creation, running status, output, status URL, file
+response, drawing, webhooks).
 
 Everything runs on the caller's event loop; it is not thread-safe.
 """
@@ -27,6 +29,7 @@ from io import BytesIO
 from typing import Any, Literal, Self
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from PIL import Image, ImageDraw, ImageFont
@@ -255,6 +258,10 @@ class SandboxPixelDojo:
         self._images: dict[str, tuple[str, int]] = {}
         self._renders: dict[str, asyncio.Future[bytes]] = {}
         self._runner: web.AppRunner | None = None
+        self._webhook_session: aiohttp.ClientSession | None = None
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
+        # Set (and replaced) whenever jobs' completion times move, so callbacks re-check.
+        self._completion_moved = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -286,6 +293,12 @@ class SandboxPixelDojo:
         if self._runner is None:
             return
         runner, self._runner = self._runner, None
+        for task in self._webhook_tasks:
+            task.cancel()
+        await asyncio.gather(*self._webhook_tasks, return_exceptions=True)
+        if self._webhook_session is not None:
+            await self._webhook_session.close()
+            self._webhook_session = None
         await runner.cleanup()
 
     async def __aenter__(self) -> Self:
@@ -483,6 +496,49 @@ class SandboxPixelDojo:
             prompt=job.prompt if self.render_prompt else None,
         )
 
+    def completion_moved(self) -> None:
+        """Call after changing jobs' ``complete_at``: their webhooks are then sent on time."""
+        moved, self._completion_moved = self._completion_moved, asyncio.Event()
+        moved.set()
+
+    def _finished_body(self, job: SandboxJob) -> dict[str, Any]:
+        """The job-status body of a job that has ended (what a poll then answers)."""
+        body: dict[str, Any] = {"jobId": job.job_id}
+        if job.outcome == "fail":
+            body.update(status="failed", error=job.error)
+        else:
+            body["status"] = "completed"
+            body.update(self._output(job))
+        body.update(creditCost=job.credit_cost, expiresAt=_iso(job.expires_at))
+        return body
+
+    async def _call_back_when_done(self, job: SandboxJob, url: str) -> None:
+        while (remaining := job.complete_at - time.monotonic()) > 0:
+            moved = self._completion_moved
+            try:
+                await asyncio.wait_for(moved.wait(), timeout=remaining)
+            except TimeoutError:
+                pass
+        await self._send_webhook(job, url)
+
+    async def _send_webhook(self, job: SandboxJob, url: str) -> None:
+        """Deliver one callback (a hook: the test double drops, repeats or records them)."""
+        await self.post_webhook(url, self._finished_body(job))
+
+    async def post_webhook(self, url: str, body: Any) -> int:
+        """POST ``body`` (JSON, or raw bytes) to ``url``; the status, or 0 if unreachable."""
+        if self._webhook_session is None:
+            self._webhook_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        try:
+            async with self._webhook_session.post(
+                url, data=data, headers={"Content-Type": "application/json"}
+            ) as response:
+                return response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("sandbox webhook for a job could not be delivered: %s", type(exc).__name__)
+            return 0
+
     # -- handlers ----------------------------------------------------------------------------
 
     async def _handle_submit(self, request: web.Request) -> web.Response:
@@ -520,6 +576,10 @@ class SandboxPixelDojo:
         self._by_expiry.append(job)
         for index, name in enumerate(job.image_names):
             self._images[name] = (job.job_id, index)
+        if isinstance(body.get("webhook_url"), str):
+            task = asyncio.create_task(self._call_back_when_done(job, body["webhook_url"]))
+            self._webhook_tasks.add(task)
+            task.add_done_callback(self._webhook_tasks.discard)
         return json_response(
             {
                 "jobId": job.job_id,
@@ -543,16 +603,12 @@ class SandboxPixelDojo:
         if running is not None:
             job.status = running
             body["status"] = job.status
-        elif job.outcome == "fail":
-            job.status = "failed"
-            body.update(status="failed", error=job.error)
-        else:
-            job.status = "completed"
-            body["status"] = "completed"
-            body.update(self._output(job))
-        if job.status in ("completed", "failed") and job.completed_seen_at is None:
+            body.update(creditCost=job.credit_cost, expiresAt=_iso(job.expires_at))
+            return json_response(body)
+        body = self._finished_body(job)
+        job.status = body["status"]
+        if job.completed_seen_at is None:
             job.completed_seen_at = now
-        body.update(creditCost=job.credit_cost, expiresAt=_iso(job.expires_at))
         return json_response(body)
 
     async def _handle_models(self, request: web.Request) -> web.Response:

@@ -5,7 +5,8 @@ run against the same validation, job lifecycle and placeholders the sandbox ship
 only a test needs: every request recorded (``submissions``, ``request_log``), programmatic faults
 (rate limits, server errors, malformed bodies, hung, trickling, redirected or dropped
 connections), failed jobs, scripted statuses, job ids and durations, expired, oversized,
-replaced or extra images, and API variations (output shape, status URL, an input-image field).
+replaced or extra images, API variations (output shape, status URL, an input-image field), and
+webhook callbacks recorded (``webhook_calls``), dropped or sent twice.
 
 Everything runs on the caller's event loop; the controls are not thread-safe.
 """
@@ -93,6 +94,16 @@ class FakeJob(SandboxJob):
     status_sequence: tuple[str, ...] = ()
     min_image_bytes: int | None = None
     images_expired: bool = False
+
+
+@dataclass(frozen=True)
+class WebhookCall:
+    """One callback the double made (or dropped) when a job ended; ``status`` 0: not sent or
+    unreachable."""
+
+    job_id: str
+    status: int
+    dropped: bool = False
 
 
 class _DroppedResponse(web.Response):
@@ -198,6 +209,11 @@ class FakePixelDojo(SandboxPixelDojo):
         self._replacement: tuple[bytes, str] | None = None
         self._extra_urls = 0
         self._closing = asyncio.Event()
+        self._request_logged = asyncio.Event()
+        self.webhook_calls: list[WebhookCall] = []
+        self._webhook_recorded = asyncio.Event()
+        self._drop_webhooks = 0
+        self._repeat_webhooks = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -266,6 +282,56 @@ class FakePixelDojo(SandboxPixelDojo):
         now = time.monotonic()
         for job in self.jobs.values():
             job.complete_at = min(job.complete_at, now)
+        self.completion_moved()
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    def drop_webhooks(self, n: int = 1) -> None:
+        """The next ``n`` callbacks are never sent (recorded as dropped), as if lost."""
+        self._drop_webhooks = n
+
+    def repeat_webhooks(self, n: int = 1) -> None:
+        """The next ``n`` callbacks are each sent twice, one after the other."""
+        self._repeat_webhooks = n
+
+    async def wait_for_webhooks(self, count: int, timeout: float = 10) -> list[WebhookCall]:
+        """Wait until ``count`` callbacks were made or dropped; returns them all."""
+        async with asyncio.timeout(timeout):
+            while len(self.webhook_calls) < count:
+                recorded = self._webhook_recorded
+                await recorded.wait()
+        return list(self.webhook_calls)
+
+    async def wait_for_requests(
+        self, method: str, path_prefix: str, count: int, timeout: float = 10
+    ) -> None:
+        """Wait until ``count`` requests ``method path_prefix…`` were answered (logged)."""
+
+        def seen() -> int:
+            return sum(m == method and p.startswith(path_prefix) for m, p, _, _ in self.request_log)
+
+        async with asyncio.timeout(timeout):
+            while seen() < count:
+                logged = self._request_logged
+                await logged.wait()
+
+    def _record_webhook(self, call: WebhookCall) -> None:
+        self.webhook_calls.append(call)
+        recorded, self._webhook_recorded = self._webhook_recorded, asyncio.Event()
+        recorded.set()
+
+    async def _send_webhook(self, job: SandboxJob, url: str) -> None:
+        if self._drop_webhooks > 0:
+            self._drop_webhooks -= 1
+            self._record_webhook(WebhookCall(job.job_id, 0, dropped=True))
+            return
+        times = 1
+        if self._repeat_webhooks > 0:
+            self._repeat_webhooks -= 1
+            times = 2
+        for _ in range(times):
+            status = await self.post_webhook(url, self._finished_body(job))
+            self._record_webhook(WebhookCall(job.job_id, status))
 
     def set_status_sequence(self, statuses: Iterable[str] | None) -> None:
         """Statuses new jobs report on successive polls before they may complete."""
@@ -396,6 +462,8 @@ class FakePixelDojo(SandboxPixelDojo):
             raise
         finally:
             self.request_log.append((request.method, request.path, status, time.monotonic()))
+            logged, self._request_logged = self._request_logged, asyncio.Event()
+            logged.set()
 
     @web.middleware
     async def _inject_faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -1,0 +1,290 @@
+"""Webhooks: PixelDojo calls the bot back when a job ends, and the bot checks before it posts.
+
+The bot runs with `PIXELDOJO_WEBHOOK_URL` pointing at a loopback reverse proxy in front of its
+receiver, against the PixelDojo double under the documented 60 requests/min limit. Jobs are
+held "generating" until the test finishes them, so every step is ordered by events.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.app import PixelDojoBot
+from bot.config import Settings
+from bot.generation.models import JobState
+from bot.pixeldojo.webhooks import MAX_BODY_BYTES, WebhookTokens
+from bot.storage import Database
+from tests.conftest import CHANNEL_ID, Harness, footer_has, queued_job_id, title_of
+from tests.doubles.discord_double import DiscordDouble, run_bot_against
+from tests.doubles.pixeldojo import FakePixelDojo, WebhookCall
+from tests.doubles.pixeldojo_rate_limit import RateLimiter
+from tests.doubles.reverse_proxy import ReverseProxy
+from tests.test_restart import run_until_exit
+
+HELD = 24 * 3600.0
+"""A job duration no test waits out: jobs end when the test calls `finish_jobs`."""
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakePixelDojo]:
+    limiter = RateLimiter(limit=60, window=60, exempt=lambda r: r.path.startswith("/files/"))
+    async with FakePixelDojo(job_duration=HELD, middlewares=[limiter.middleware]) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[ReverseProxy]:
+    async with ReverseProxy() as running:
+        yield running
+
+
+BotStarter = Callable[..., AbstractAsyncContextManager[Harness]]
+
+
+@pytest.fixture
+def webhook_bot(
+    double: DiscordDouble, api: FakePixelDojo, settings: Settings, proxy: ReverseProxy
+) -> BotStarter:
+    """`async with webhook_bot(**setting_changes) as harness`: the bot with webhooks on."""
+
+    @asynccontextmanager
+    async def start(**changes: Any) -> AsyncIterator[Harness]:
+        changed = replace(settings, pixeldojo_webhook_url=proxy.base_url, webhook_port=0, **changes)
+        bot = PixelDojoBot(changed, guild_ready_timeout=0.1)
+        async with run_bot_against(double, bot):
+            receiver = bot.services.webhooks
+            assert receiver is not None
+            proxy.target_port = lambda: receiver.port
+            await double.wait_for_commands()
+            yield Harness(bot, double, api)
+
+    return start
+
+
+def api_calls(api: FakePixelDojo) -> list[str]:
+    """Submits and polls, in order (the capability check at start-up and downloads aside)."""
+    return [
+        "submit" if path.endswith("/run") else "poll"
+        for method, path, _, _ in api.request_log
+        if path.endswith("/run") or path.startswith("/api/v1/jobs/")
+    ]
+
+
+async def generating(harness: Harness, prompt: str = "a lighthouse at dawn") -> int:
+    """Run `/imagine` and wait until the member sees it generating (PixelDojo took it)."""
+    job_id = await queued_job_id(harness, await harness.imagine(prompt))
+    await harness.double.wait_for_message(
+        lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨")
+    )
+    return job_id
+
+
+def webhook_url(api: FakePixelDojo) -> str:
+    url = api.submissions[-1]["webhook_url"]
+    assert isinstance(url, str)
+    return url
+
+
+def receiver_url(harness: Harness, url: str) -> str:
+    """`url` (as sent to PixelDojo) addressed to the receiver directly, past the proxy."""
+    receiver = harness.bot.services.webhooks
+    assert receiver is not None
+    path = url.split("/pixeldojo/", 1)[1]
+    return f"http://127.0.0.1:{receiver.port}/pixeldojo/{path}"
+
+
+async def post(url: str, body: bytes | dict[str, Any], *, chunked: bool = False) -> int:
+    data: Any = body if isinstance(body, bytes) else aiohttp.JsonPayload(body)
+    if chunked:
+
+        async def chunks() -> AsyncIterator[bytes]:
+            assert isinstance(body, bytes)
+            for start in range(0, len(body), 8192):
+                yield body[start : start + 8192]
+
+        data = chunks()
+    async with aiohttp.ClientSession() as session, session.post(url, data=data) as response:
+        return response.status
+
+
+def results_of(double: DiscordDouble, job_id: int) -> list[int]:
+    return [
+        m.id
+        for m in double.channel_messages(CHANNEL_ID)
+        if m.attachments and footer_has(m, f"Job #{job_id}")
+    ]
+
+
+async def test_the_callback_posts_the_result_after_one_verification_poll(
+    webhook_bot: BotStarter, api: FakePixelDojo, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with webhook_bot() as harness:
+        job_id = await generating(harness)
+        url = webhook_url(api)
+        assert url.startswith(harness_base(harness) + f"/pixeldojo/webhook/{job_id}/")
+        assert api_calls(api) == ["submit"]
+        api.finish_jobs()  # PixelDojo finishes and calls back
+
+        result = await harness.result_for(job_id)
+        job = await harness.bot.services.runner.wait_finished(job_id)
+        calls = await api.wait_for_webhooks(1)
+    assert job.state is JobState.POSTED
+    assert job.polls == 1
+    assert calls == [WebhookCall(next(iter(api.jobs)), 200)]
+    # No scheduled poll before the callback: the submit, the one check it caused, done.
+    assert api_calls(api) == ["submit", "poll"]
+    assert results_of(harness.double, job_id) == [result.id]
+    assert "called back" in caplog.text
+    assert url.rsplit("/", 1)[1] not in caplog.text, "the token was logged"
+
+
+def harness_base(harness: Harness) -> str:
+    base = harness.bot.settings.pixeldojo_webhook_url
+    assert base is not None
+    return base
+
+
+async def test_a_wrong_token_or_unknown_job_is_404_and_polls_nothing(
+    webhook_bot: BotStarter, api: FakePixelDojo
+) -> None:
+    async with webhook_bot() as harness:
+        runner = harness.bot.services.runner
+        job_id = await generating(harness)
+        url = receiver_url(harness, webhook_url(api))
+        due = runner.next_poll_in(job_id)
+        assert due is not None and due > 5  # the safety net is far off
+        good_token = url.rsplit("/", 1)[1]
+        forged = url[: -len(good_token)] + ("0" if good_token[0] != "0" else "1") + good_token[1:]
+        body = {"jobId": "x", "status": "completed"}
+
+        assert await post(forged, body) == 404
+        assert await post(url.rsplit("/", 1)[0] + "/not-a-token", body) == 404
+        # Another job id with this job's token, and an id the bot never had.
+        assert await post(url.replace(f"/{job_id}/", f"/{job_id + 1}/"), body) == 404
+        tokens = harness.bot.services.webhooks.tokens  # type: ignore[union-attr]
+        assert await post(receiver_url(harness, tokens.url_for(999)), body) == 404
+
+        # The runner's next check did not move, and nothing was asked of PixelDojo.
+        after = runner.next_poll_in(job_id)
+        assert after is not None and after > 5
+        assert api_calls(api) == ["submit"]
+
+
+async def test_an_oversized_callback_is_413(webhook_bot: BotStarter, api: FakePixelDojo) -> None:
+    async with webhook_bot() as harness:
+        runner = harness.bot.services.runner
+        job_id = await generating(harness)
+        url = receiver_url(harness, webhook_url(api))
+        huge = b" " * (MAX_BODY_BYTES + 1)
+
+        assert await post(url, huge) == 413
+        assert await post(url, huge, chunked=True) == 413
+
+        after = runner.next_poll_in(job_id)
+        assert after is not None and after > 5
+        assert api_calls(api) == ["submit"]
+
+
+async def test_a_repeated_callback_posts_once(webhook_bot: BotStarter, api: FakePixelDojo) -> None:
+    async with webhook_bot() as harness:
+        job_id = await generating(harness)
+        api.repeat_webhooks(1)
+        api.finish_jobs()
+
+        await harness.result_for(job_id)
+        calls = await api.wait_for_webhooks(2)
+        # Once more, long after the job was posted: still accepted, still nothing done.
+        assert await post(webhook_url(api), {"status": "completed"}) == 200
+        job = await harness.bot.services.runner.wait_finished(job_id)
+    assert [call.status for call in calls] == [200, 200]
+    assert job.polls == 1
+    assert api_calls(api) == ["submit", "poll"]
+    assert len(results_of(harness.double, job_id)) == 1
+
+
+async def test_a_lost_callback_still_ends_in_a_post(
+    webhook_bot: BotStarter, api: FakePixelDojo
+) -> None:
+    # A short safety net, so the test need not wait the default 30 s for it.
+    async with webhook_bot(webhook_fallback_poll=0.2) as harness:
+        job_id = await generating(harness)
+        api.drop_webhooks(1)
+        api.finish_jobs()
+
+        result = await harness.result_for(job_id)
+        job = await harness.bot.services.runner.wait_finished(job_id)
+        calls = await api.wait_for_webhooks(1)
+    assert calls == [WebhookCall(next(iter(api.jobs)), 0, dropped=True)]
+    assert job.state is JobState.POSTED
+    assert results_of(harness.double, job_id) == [result.id]
+
+
+async def test_a_forged_completion_is_checked_and_not_trusted(
+    webhook_bot: BotStarter, api: FakePixelDojo
+) -> None:
+    async with webhook_bot() as harness:
+        job_id = await generating(harness)
+        url = webhook_url(api)  # leaked: the token is right, the body is a lie
+        forged = {
+            "jobId": next(iter(api.jobs)),
+            "status": "completed",
+            "output": {"images": ["http://127.0.0.1:9/evil.png"]},
+            "creditCost": 0,
+        }
+        assert await post(url, forged) == 200
+        # The bot asks PixelDojo, which says the job is still running: nothing is posted.
+        await api.wait_for_requests("GET", "/api/v1/jobs/", 1)
+        assert api_calls(api) == ["submit", "poll"]
+
+        api.finish_jobs()  # now it really ends, and PixelDojo calls back
+        result = await harness.result_for(job_id)
+        job = await harness.bot.services.runner.wait_finished(job_id)
+    assert job.state is JobState.POSTED
+    assert job.credits_charged == 1  # PixelDojo's creditCost, not the forged 0
+    assert api_calls(api) == ["submit", "poll", "poll"]
+    assert results_of(harness.double, job_id) == [result.id]
+    # The posted image is PixelDojo's own file.
+    png = api._draw(next(iter(api.jobs.values())), 0)
+    assert result.attachments[0].data == png
+
+
+async def test_tokens_survive_a_restart_and_differ_per_database(tmp_path: Path) -> None:
+    urls = []
+    for name in ("one", "one", "two"):
+        db = Database(tmp_path / f"{name}.sqlite3")
+        await db.connect()
+        try:
+            urls.append((await WebhookTokens.load(db, "https://bot.example.com")).url_for(7))
+        finally:
+            await db.close()
+    assert urls[0] == urls[1] != urls[2]
+    assert urls[0].startswith("https://bot.example.com/pixeldojo/webhook/7/")
+
+
+async def test_a_port_in_use_exits_with_one_line(
+    double: DiscordDouble, settings: Settings, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        changed = replace(
+            settings, pixeldojo_webhook_url="https://bot.example.com", webhook_port=port
+        )
+        code, err = await run_until_exit(changed, tmp_path)
+    assert code == 2
+    problems = [line for line in err.splitlines() if line.startswith("pixeldojo-bot:")]
+    assert problems == [
+        "pixeldojo-bot: cannot listen for webhooks on "
+        f"WEBHOOK_HOST:WEBHOOK_PORT=127.0.0.1:{port}: Address already in use"
+    ], err
