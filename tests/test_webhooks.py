@@ -288,3 +288,22 @@ async def test_a_port_in_use_exits_with_one_line(
         "pixeldojo-bot: cannot listen for webhooks on "
         f"WEBHOOK_HOST:WEBHOOK_PORT=127.0.0.1:{port}: Address already in use"
     ], err
+
+
+async def test_a_callback_after_a_restart_still_posts(
+    webhook_bot: BotStarter, api: FakePixelDojo
+) -> None:
+    async with webhook_bot() as harness:
+        job_id = await generating(harness)
+    # Restarted (same database): the job resumes with one poll (still running), and the
+    # callback PixelDojo makes later carries the token issued before the restart.
+    async with webhook_bot() as harness:
+        await api.wait_for_requests("GET", "/api/v1/jobs/", 1)
+        api.finish_jobs()
+        result = await harness.result_for(job_id)
+        job = await harness.bot.services.runner.wait_finished(job_id)
+        calls = await api.wait_for_webhooks(1)
+    assert calls[0].status == 200
+    assert job.state is JobState.POSTED
+    assert api_calls(api) == ["submit", "poll", "poll"]
+    assert results_of(harness.double, job_id) == [result.id]
