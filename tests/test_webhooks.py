@@ -7,6 +7,7 @@ held "generating" until the test finishes them, so every step is ordered by even
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -307,3 +308,25 @@ async def test_a_callback_after_a_restart_still_posts(
     assert job.state is JobState.POSTED
     assert api_calls(api) == ["submit", "poll", "poll"]
     assert results_of(harness.double, job_id) == [result.id]
+
+
+async def test_a_flood_of_callbacks_checks_a_job_at_most_three_times(
+    webhook_bot: BotStarter, api: FakePixelDojo
+) -> None:
+    async with webhook_bot() as harness:
+        runner = harness.bot.services.runner
+        job_id = await generating(harness)
+        url = webhook_url(api)  # leaked: every call is valid, and the job is still running
+        for polls in (1, 2, 3):
+            assert await post(url, {"status": "completed"}) == 200
+            await api.wait_for_requests("GET", "/api/v1/jobs/", polls)
+        for _ in range(5):
+            assert await post(url, {"status": "completed"}) == 200
+
+        # Once the third check's answer is handled, the job waits for its sparse schedule.
+        # (The runner has no event for that: wait on its state, with a timeout.)
+        async with asyncio.timeout(5):
+            while (due := runner.next_poll_in(job_id)) is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        assert due > 5
+        assert api_calls(api) == ["submit", "poll", "poll", "poll"]

@@ -37,6 +37,9 @@ _TRANSIENT_STORE_ERRORS = (sqlite3.OperationalError, OSError)
 """What SQLite raises while another process holds the write lock, the disk is full or read-only,
 or I/O fails: conditions an operator can clear, so the write is worth trying again."""
 
+WEBHOOK_HINTS_PER_JOB = 3
+"""Callbacks that may each make a job be checked at once; later ones wait for the schedule."""
+
 SHUTTING_DOWN = (
     "The bot is restarting, so this job was not sent to PixelDojo. "
     "Your credits are back; please try again in a minute."
@@ -155,6 +158,7 @@ class JobRunner:
         # Webhook hints for jobs whose poll or submission was in flight: owed a poll as soon
         # as they are next scheduled.
         self._hinted: set[int] = set()
+        self._hints: dict[int, int] = {}
         self.webhook_url_for = webhook_url_for
         # Jobs being polled, kept in memory so a poll costs no database round trip.
         self._polling: dict[int, Job] = {}
@@ -227,6 +231,7 @@ class JobRunner:
         self._due.clear()
         self._next_due.clear()
         self._hinted.clear()
+        self._hints.clear()
         self._polling.clear()
 
     async def wait_finished(self, job_id: int) -> Job:
@@ -359,20 +364,26 @@ class JobRunner:
         """PixelDojo says the job ended (a webhook): check it now instead of when it is due.
 
         Only a hint: the one status request this makes decides what is posted. Repeated hints
-        before that check answers cost nothing more. Returns whether the runner is waiting on
-        the job (submitting or polling it).
+        before that check answers cost nothing more, and at most `WEBHOOK_HINTS_PER_JOB` move
+        a job's check. Returns whether the runner is waiting on the job (submitting or
+        polling it).
         """
         job = self._polling.get(job_id)
-        if job is not None and job_id in self._next_due:
-            if self._next_due[job_id] > asyncio.get_running_loop().time():
-                self._schedule(job, delay=0)
-            return True
-        if job is not None or job_id in self._submits:
+        if job is None and job_id not in self._submits:
+            return False
+        due = self._next_due.get(job_id)
+        if job_id in self._hinted or (due is not None and due <= asyncio.get_running_loop().time()):
+            return True  # a check is owed already
+        if self._hints.get(job_id, 0) >= WEBHOOK_HINTS_PER_JOB:
+            return True  # a flood (a leaked URL) must not spend the budget: polling still runs
+        self._hints[job_id] = self._hints.get(job_id, 0) + 1
+        if job is not None and due is not None:
+            self._schedule(job, delay=0)
+        else:
             # A poll or the submission is in flight and may have been answered before the job
             # ended: the next scheduling polls at once (unless that poll finds it finished).
             self._hinted.add(job_id)
-            return True
-        return False
+        return True
 
     def next_poll_in(self, job_id: int) -> float | None:
         """Seconds until the job's next status check; None unless one is waiting to be made."""
@@ -506,6 +517,7 @@ class JobRunner:
         self._polling.pop(job_id, None)
         self._next_due.pop(job_id, None)
         self._hinted.discard(job_id)
+        self._hints.pop(job_id, None)
         return self._polls.pop(job_id, 0)
 
     async def _schedule_loop(self) -> None:
