@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 
 from bot.app import PixelDojoBot
 from bot.config import Settings
 from bot.generation.models import JobState
-from bot.pixeldojo.webhooks import MAX_BODY_BYTES, WebhookTokens
+from bot.pixeldojo.models import MODEL_ID
+from bot.pixeldojo.sandbox import SandboxPixelDojo
+from bot.pixeldojo.webhooks import MAX_BODY_BYTES, WebhookReceiver, WebhookTokens
 from bot.storage import Database
 from tests.conftest import CHANNEL_ID, Harness, footer_has, queued_job_id, title_of
 from tests.doubles.discord_double import DiscordDouble, run_bot_against
@@ -30,6 +33,7 @@ from tests.doubles.pixeldojo import FakePixelDojo, WebhookCall
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
 from tests.doubles.reverse_proxy import ReverseProxy
 from tests.test_restart import run_until_exit
+from tests.test_sandbox_and_cli import run_cli
 
 HELD = 24 * 3600.0
 """A job duration no test waits out: jobs end when the test calls `finish_jobs`."""
@@ -330,3 +334,53 @@ async def test_a_flood_of_callbacks_checks_a_job_at_most_three_times(
                 await asyncio.sleep(0.005)
         assert due > 5
         assert api_calls(api) == ["submit", "poll", "poll", "poll"]
+
+
+async def test_the_command_line_never_uses_webhooks(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # the running bot's receiver, say
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PIXELDOJO_SANDBOX": "1",
+            "POLL_INITIAL_INTERVAL": "0.2",
+            "PIXELDOJO_WEBHOOK_URL": "https://bot.example.com",
+            "WEBHOOK_PORT": str(taken.getsockname()[1]),
+        }
+        code, out, err = await run_cli(env, "hello", "--out", "o", cwd=tmp_path)
+    assert code == 0, err
+    assert len(out.split()) == 1
+
+
+async def test_the_sandbox_calls_back_with_the_job_status_body() -> None:
+    called: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def poll_now(job_id: int) -> bool:
+        called.set_result(job_id)
+        return True
+
+    tokens = WebhookTokens(b"secret", "")
+    receiver = WebhookReceiver(tokens, poll_now=poll_now, was_submitted=_never, port=0)
+    await receiver.start()
+    tokens.public_base = f"http://127.0.0.1:{receiver.port}"
+    try:
+        async with SandboxPixelDojo(job_duration=0.0) as sandbox:
+            async with httpx.AsyncClient() as http:
+                submitted = await http.post(
+                    f"{sandbox.base_url}/models/{MODEL_ID}/run",
+                    json={"prompt": "a kite", "webhook_url": tokens.url_for(41)},
+                    headers={"Authorization": "Bearer any"},
+                )
+                assert submitted.status_code == 202
+                assert await asyncio.wait_for(called, 10) == 41
+                job_id = submitted.json()["jobId"]
+                polled = await http.get(
+                    f"{sandbox.base_url}/jobs/{job_id}", headers={"Authorization": "Bearer any"}
+                )
+        assert polled.json()["status"] == "completed"
+    finally:
+        await receiver.stop()
+
+
+async def _never(job_id: int) -> bool:
+    return False
