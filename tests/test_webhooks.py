@@ -384,3 +384,20 @@ async def test_the_sandbox_calls_back_with_the_job_status_body() -> None:
 
 async def _never(job_id: int) -> bool:
     return False
+
+
+async def test_a_callback_racing_the_submission_is_not_lost(
+    webhook_bot: BotStarter, api: FakePixelDojo
+) -> None:
+    # An instant job: PixelDojo may call back before the bot has recorded its answer to the
+    # submit. Either way the job is checked once, at once, and posted.
+    api.set_duration(0.0)
+    async with webhook_bot() as harness:
+        job_id = await queued_job_id(harness, await harness.imagine("a quick sketch"))
+        result = await harness.result_for(job_id)
+        job = await harness.bot.services.runner.wait_finished(job_id)
+        calls = await api.wait_for_webhooks(1)
+    assert calls[0].status == 200
+    assert job.polls == 1
+    assert api_calls(api) == ["submit", "poll"]
+    assert results_of(harness.double, job_id) == [result.id]
