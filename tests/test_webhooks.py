@@ -23,16 +23,22 @@ import pytest
 from bot.app import PixelDojoBot
 from bot.config import Settings
 from bot.generation.models import JobState
+from bot.generation.runner import JobRunner, RunnerSettings
+from bot.generation.service import GenerationService
+from bot.pixeldojo.client import PixelDojoClient
 from bot.pixeldojo.models import MODEL_ID
 from bot.pixeldojo.sandbox import SandboxPixelDojo
 from bot.pixeldojo.webhooks import MAX_BODY_BYTES, WebhookReceiver, WebhookTokens
 from bot.storage import Database
+from bot.storage.jobs import JobStore
 from tests.conftest import CHANNEL_ID, Harness, footer_has, queued_job_id, title_of
 from tests.doubles.discord_double import DiscordDouble, run_bot_against
 from tests.doubles.pixeldojo import FakePixelDojo, WebhookCall
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
 from tests.doubles.reverse_proxy import ReverseProxy
 from tests.test_restart import run_until_exit
+from tests.test_runner import RecordingPresenter
+from tests.test_runner import request as runner_request
 from tests.test_sandbox_and_cli import run_cli
 
 HELD = 24 * 3600.0
@@ -401,3 +407,72 @@ async def test_a_callback_racing_the_submission_is_not_lost(
     assert job.polls == 1
     assert api_calls(api) == ["submit", "poll"]
     assert results_of(harness.double, job_id) == [result.id]
+
+
+class GatedClient(PixelDojoClient):
+    """Counts status checks per PixelDojo job; the second check of `gated` waits for `gate`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: dict[str, int] = {}
+        self.gated: str | None = None
+        self.gate = asyncio.Event()
+        self._called = asyncio.Event()
+
+    async def get_job(self, job: Any, **kwargs: Any) -> Any:
+        job_id = str(job)
+        self.calls[job_id] = self.calls.get(job_id, 0) + 1
+        called, self._called = self._called, asyncio.Event()
+        called.set()
+        if job_id == self.gated and self.calls[job_id] == 2:
+            await self.gate.wait()
+        return await super().get_job(job, **kwargs)
+
+    async def wait_for_call(self, job_id: str, count: int) -> None:
+        async with asyncio.timeout(10):
+            while self.calls.get(job_id, 0) < count:
+                called = self._called
+                await called.wait()
+
+
+async def test_a_moved_check_is_never_made_twice(api: FakePixelDojo, tmp_path: Path) -> None:
+    """poll_now leaves the job's old heap entry behind; it must not become a second poll of
+    the same job (two checks of one job in flight could post its result twice)."""
+    db = Database(tmp_path / "bot.sqlite3")
+    await db.connect()
+    client = GatedClient("test-key", api.base_url)
+    presenter = RecordingPresenter()
+    store = JobStore(db)
+    settings = RunnerSettings(
+        poll_initial_interval=0.02, poll_max_interval=0.05, webhooks=True, webhook_fallback_poll=0.2
+    )
+    runner = JobRunner(store, client, presenter, settings)
+    service = GenerationService(store, runner)
+    await runner.start()
+    try:
+        first = await service.reserve(runner_request(prompt="one"))
+        await service.launch(first, status_message_id=99)
+        await asyncio.wait_for(presenter.generating.wait(), 10)  # submitted and scheduled
+        api_job = (await store.get(first.id)).api_job_id  # type: ignore[union-attr]
+        assert api_job is not None
+        client.gated = api_job
+        assert runner.poll_now(first.id)  # moved to now: its old entry stays in the heap
+        await client.wait_for_call(api_job, 2)  # the check (still running), then the next one
+        # A second job, due after both of the first job's entries: when it is polled, the
+        # scheduler has passed them, and the first job's second check is still in flight.
+        second = await service.reserve(runner_request(prompt="two"))
+        await service.launch(second, status_message_id=98)
+        async with asyncio.timeout(10):
+            while True:
+                presenter.generating.clear()  # before reading: a later submit sets it again
+                other = (await store.get(second.id)).api_job_id  # type: ignore[union-attr]
+                if other is not None:
+                    break
+                await presenter.generating.wait()
+        await client.wait_for_call(other, 1)
+        assert client.calls[api_job] == 2, "the first job was checked twice at once"
+    finally:
+        client.gate.set()
+        await runner.stop()
+        await client.aclose()
+        await db.close()
