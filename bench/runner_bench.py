@@ -383,7 +383,9 @@ class NullPresenter:
         self.all_posted = asyncio.Event()
         self.expected = 0
 
-    async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
+    async def show_status(
+        self, job: Job, phase: Phase, elapsed: float, queue: object = None
+    ) -> None:
         self.status_calls += 1
 
     async def show_failure(self, job: Job, reason: str) -> None:

@@ -16,7 +16,7 @@ from bot.discord_ui.errors import ReportingCommandTree
 from bot.discord_ui.moderator_log import log_channel_poster
 from bot.discord_ui.presenter import DiscordPresenter
 from bot.services import Services, build_services
-from cogs import results
+from cogs import queued, results
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,12 @@ class PixelDojoBot(commands.Bot):
         # The result buttons and the Vary form belong to the bot, not to an extension: every
         # result is posted with them, and old results keep working, whatever is loaded.
         self.presenter = DiscordPresenter(
-            self, edit_interval=settings.status_edit_interval, view_factory=results.result_view
+            self,
+            edit_interval=settings.status_edit_interval,
+            view_factory=results.result_view,
+            queued_view_factory=queued.queued_view,
         )
-        self.add_dynamic_items(results.JobButton)
+        self.add_dynamic_items(results.JobButton, queued.CancelButton)
         self.add_listener(results.answer_vary_form, "on_interaction")
         self.services = await build_services(
             settings,

@@ -12,7 +12,7 @@ from pathlib import Path
 from bot.config import Settings
 from bot.errors import RequestRefused
 from bot.generation.models import GenerationRequest, Job
-from bot.generation.runner import Phase, ResultImage
+from bot.generation.runner import Phase, QueuePosition, ResultImage
 from bot.generation.service import validate
 from bot.generation.uploads import image_extension
 from bot.services import build_services
@@ -59,8 +59,11 @@ class FilePresenter:
         self.saved: list[Path] = []
         self.failure: str | None = None
 
-    async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
-        print(f"job {job.id}: {phase.value} ({elapsed:.0f} s)", file=sys.stderr)
+    async def show_status(
+        self, job: Job, phase: Phase, elapsed: float, queue: QueuePosition | None = None
+    ) -> None:
+        where = f", number {queue.position} in line" if queue else ""
+        print(f"job {job.id}: {phase.value} ({elapsed:.0f} s{where})", file=sys.stderr)
 
     async def show_failure(self, job: Job, reason: str) -> None:
         self.failure = reason

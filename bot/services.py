@@ -153,6 +153,7 @@ async def build_services(
         runner_settings(settings),
         on_finished=notices.generation_finished,
         capabilities=capabilities,
+        member_concurrency=_member_concurrency(limits) if member_limits else None,
     )
     webhooks = None
     if settings.pixeldojo_webhook_url is not None:
@@ -200,6 +201,15 @@ async def _webhook_receiver(
         host=settings.webhook_host,
         port=settings.webhook_port,
     )
+
+
+def _member_concurrency(limits: Limits) -> Callable[[int], Awaitable[int]]:
+    """Each guild's `max_concurrent`, read when the queue dispatches."""
+
+    async def of(guild_id: int) -> int:
+        return (await limits.settings(guild_id)).max_concurrent
+
+    return of
 
 
 async def _start_sandbox(job_duration: float) -> SandboxPixelDojo:

@@ -91,8 +91,11 @@ async def launch(
         try:
             if not isinstance(channel, discord.abc.Messageable):
                 raise RequestRefused("I can't post in this kind of channel.")
+            view = bot.presenter.queued_view(job)
             status = await channel.send(
-                embed=embeds.status(job, Phase.QUEUED, 0.0), allowed_mentions=NO_MENTIONS
+                embed=embeds.status(job, Phase.QUEUED, 0.0),
+                allowed_mentions=NO_MENTIONS,
+                **({"view": view} if view is not None else {}),
             )
         except (discord.HTTPException, RequestRefused) as exc:
             if isinstance(exc, RequestRefused):

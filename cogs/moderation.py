@@ -25,6 +25,7 @@ from bot.credits.moderation import (
     COOLDOWN_MAX,
     GRANT_MAX,
     MAX_CONCURRENT_MAX,
+    MAX_QUEUED_MAX,
     REASON_MAX_LENGTH,
     SPEND_CAP_MAX,
     AuditEntry,
@@ -471,6 +472,7 @@ class Moderation(commands.Cog):
     @mod.command(name="settings", description="Change per-member limits, the spend cap and roles")
     @app_commands.describe(
         concurrency="Generations one member may run at once",
+        queue="Prompts one member may have waiting beyond those running",
         cooldown="Seconds between a member's generations (0 = none)",
         max_outputs="Most images per request",
         spend_cap="Credits the whole server may spend per period",
@@ -484,6 +486,7 @@ class Moderation(commands.Cog):
         self,
         interaction: discord.Interaction,
         concurrency: app_commands.Range[int, 1, MAX_CONCURRENT_MAX] | None = None,
+        queue: app_commands.Range[int, 1, MAX_QUEUED_MAX] | None = None,
         cooldown: app_commands.Range[int, 0, COOLDOWN_MAX] | None = None,
         max_outputs: app_commands.Range[int, 1, MAX_OUTPUTS] | None = None,
         spend_cap: app_commands.Range[int, 1, SPEND_CAP_MAX] | None = None,
@@ -519,6 +522,8 @@ class Moderation(commands.Cog):
             actions.append(partial(service.set_log_channel, **ids, channel_id=log_channel.id))
         if concurrency is not None:
             actions.append(partial(service.set_max_concurrent, **ids, value=concurrency))
+        if queue is not None:
+            actions.append(partial(service.set_max_queued, **ids, value=queue))
         if cooldown is not None:
             actions.append(partial(service.set_cooldown, **ids, seconds=cooldown))
         if max_outputs is not None:

@@ -52,7 +52,7 @@ ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"pdj:(?P<action>[a-z]+):(?P<job_id>[0-9]+)",
+    template=r"pdj:(?P<action>reroll|vary|info|delete):(?P<job_id>[0-9]+)",
 ):
     """A result button. The action and the job id are parsed back out of the custom id."""
 

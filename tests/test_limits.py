@@ -232,11 +232,15 @@ async def test_200_concurrent_requests_at_the_allowance_never_over_spend(env: Se
     assert tuple(row) == (7, 7)
 
 
-async def test_200_concurrent_requests_at_the_concurrency_limit(env: ServiceEnv) -> None:
-    await env.settings(default_allowance=None, max_concurrent=2)
+async def test_200_concurrent_requests_at_the_queue_cap(env: ServiceEnv) -> None:
+    # 2 may run and 5 may wait: the rest are refused, atomically, however the burst interleaves.
+    await env.settings(default_allowance=None, max_concurrent=2, max_queued=5)
     admitted, errors = await _burst(env)
-    assert admitted == 2
-    assert all("allows 2 at a time" in e for e in errors)
+    assert admitted == 7
+    assert len(errors) == 193 and set(errors) == {
+        "You already have 5 prompts waiting; this server allows 5. "
+        "Cancel one or wait for one to start."
+    }
 
 
 async def test_200_concurrent_requests_against_the_spend_cap(env: ServiceEnv) -> None:

@@ -401,18 +401,25 @@ async def test_invisible_and_look_alike_characters_do_not_slip_past(harness: Har
 
 async def test_concurrency_cooldown_and_outputs(harness: Harness) -> None:
     harness.api.set_duration(3600)  # "slow one" runs until released below
-    reply = await mod(harness, "settings", {"concurrency": 1, "max_outputs": 1})
+    reply = await mod(harness, "settings", {"concurrency": 1, "queue": 1, "max_outputs": 1})
     assert reply.splitlines() == [
         "✅ You set the limit to 1 generation at a time per member.",
+        "✅ You set the limit to 1 waiting prompt per member.",
         "✅ You set the most images per request to 1.",
     ]
     record = await harness.imagine("slow one")
     job_id = await queued_job_id(harness, record)
+    waiting = await queued_job_id(harness, await harness.imagine("patient"))  # waits its turn
     refusal = await imagine(harness, "impatient")
-    assert refusal.startswith("You already have 1 generation running, and this server allows 1")
+    assert refusal == (
+        "You already have 1 prompt waiting; this server allows 1. "
+        "Cancel one or wait for one to start."
+    )
     assert (await imagine(harness, "someone else's", user_id=BOB_ID)).startswith("Job #")
+    harness.api.set_duration(0.05)  # "patient" is sent once "slow one" made room
     harness.api.finish_jobs()
     await harness.result_for(job_id)
+    await harness.result_for(waiting)
 
     assert await mod(harness, "settings", {"cooldown": 60}) == (
         "✅ You set the cooldown between a member's generations to 1 minute."

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from bot.generation.models import GenerationRequest, Job, JobState
-from bot.generation.runner import DeliveryError, JobRunner, Phase, ResultImage, RunnerSettings
+from bot.generation.runner import (
+    DeliveryError,
+    JobRunner,
+    Phase,
+    QueuePosition,
+    ResultImage,
+    RunnerSettings,
+)
 from bot.generation.service import GenerationService
 from bot.pixeldojo.client import PixelDojoClient
 from bot.storage import Database
@@ -33,7 +40,9 @@ class RecordingPresenter:
     def ended(self, job_id: int) -> asyncio.Event:
         return self._ended.setdefault(job_id, asyncio.Event())
 
-    async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
+    async def show_status(
+        self, job: Job, phase: Phase, elapsed: float, queue: QueuePosition | None = None
+    ) -> None:
         self.statuses.append((job.id, phase))
         if phase is Phase.GENERATING:
             self.generating.set()

@@ -1,5 +1,6 @@
 """Stopping (SIGTERM, SIGINT) never turns a charged job into a refund: submissions already sent
-to PixelDojo are waited for (a bounded time) and recorded, and no new work is taken meanwhile."""
+to PixelDojo are waited for (a bounded time) and recorded, no new work is taken meanwhile, and
+jobs still waiting in the queue stay there for the next start."""
 
 from __future__ import annotations
 
@@ -80,9 +81,8 @@ async def test_stop_waits_for_a_sent_submission_and_sends_nothing_new(
         queued = await service.launch(await service.reserve(request(prompt="queued")), 99)
 
         stopping = asyncio.create_task(runner.stop())
-        # The job waiting for a submit slot is never sent: the member is told and refunded.
-        await asyncio.wait_for(presenter.ended(queued.id).wait(), 5)
-        assert "restarting" in presenter.failures[queued.id]
+        await asyncio.sleep(0)  # one loop turn, no clock: stop() runs up to its first wait
+        assert not runner.accepting
         with pytest.raises(RequestRefused, match="restarting"):
             await service.reserve(request(prompt="too late"))
         assert not stopping.done()  # still waiting for PixelDojo's answer
@@ -93,15 +93,23 @@ async def test_stop_waits_for_a_sent_submission_and_sends_nothing_new(
         assert recorded is not None and recorded.state is JobState.SUBMITTED
         assert recorded.api_job_id in api.jobs
         assert [s["prompt"] for s in api.submissions] == ["sent"]
+        # The job waiting for a submit slot was not sent: it stays queued, credits held.
+        waiting = await store.get(queued.id)
+        assert waiting is not None and waiting.state is JobState.QUEUED
+        assert queued.id not in presenter.failures
 
-        # The next life delivers the job PixelDojo charged for instead of refunding it.
+        # The next life delivers the job PixelDojo charged for instead of refunding it, and
+        # sends the one that was waiting.
         again = RecordingPresenter()
         second = JobRunner(store, client, again, ONE_AT_A_TIME)
         await second.start()
         await asyncio.wait_for(second.wait_finished(sent.id), 5)
+        await asyncio.wait_for(second.wait_finished(queued.id), 5)
         await second.stop()
     assert sent.id in again.results and sent.id not in again.failures
-    assert await credits_used(db) == 1
+    assert queued.id in again.results
+    assert [s["prompt"] for s in api.submissions] == ["sent", "queued"]
+    assert await credits_used(db) == 2
 
 
 async def test_stop_gives_up_on_a_submission_that_never_answers(

@@ -104,7 +104,7 @@ class Limits:
         await self._check_terms(conn, request)
         cost = credits_for(request)
         self._check_outputs(settings, request)
-        await self._check_concurrency(conn, settings, request)
+        await self._check_queue(conn, settings, request)
         await self._check_cooldown(conn, settings, request, now)
         start = period_start(settings.period, settings.reset_hour, now)
         resets_at = next_reset(settings.period, settings.reset_hour, now)
@@ -207,15 +207,18 @@ class Limits:
             )
 
     @staticmethod
-    async def _check_concurrency(
+    async def _check_queue(
         conn: Connection, settings: GuildSettings, request: GenerationRequest
     ) -> None:
+        """The only queue refusal: too many prompts waiting. A member's jobs beyond the
+        `max_concurrent` that may run are the ones waiting, whatever the dispatcher is doing
+        at this instant, so the cap does not depend on how fast jobs start."""
         active = await jobs.count_active(conn, request.guild_id, request.user_id)
-        if active >= settings.max_concurrent:
+        waiting = active - settings.max_concurrent
+        if waiting >= settings.max_queued:
             raise RequestRefused(
-                f"You already have {_plural(active, 'generation')} running, and this server "
-                f"allows {settings.max_concurrent} at a time. "
-                "Try again when one of them has finished."
+                f"You already have {_plural(waiting, 'prompt')} waiting; this server allows "
+                f"{settings.max_queued}. Cancel one or wait for one to start."
             )
 
     @staticmethod

@@ -9,7 +9,7 @@ import discord
 
 from bot.credits.admission import Balance
 from bot.generation.models import Job, JobState
-from bot.generation.runner import Phase
+from bot.generation.runner import Phase, QueuePosition
 from bot.safe_text import escape_member_text
 
 if TYPE_CHECKING:
@@ -49,16 +49,48 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def status(job: Job, phase: Phase, elapsed: float) -> discord.Embed:
-    """The message that moves while a job runs."""
+def status(
+    job: Job, phase: Phase, elapsed: float, queue: QueuePosition | None = None
+) -> discord.Embed:
+    """The message that moves while a job runs; while it waits, its place in the queue."""
     title = _PHASE_TITLES[phase]
     if phase is Phase.GENERATING:
         title += f" · {elapsed:.0f} s"
     embed = discord.Embed(title=title, description=_member(job.prompt, 300), colour=BRAND)
+    if phase is Phase.QUEUED and queue is not None:
+        embed.add_field(name="Position", value=queue_position_text(queue), inline=False)
     embed.add_field(name="Aspect ratio", value=job.aspect_ratio)
     embed.add_field(name="Images", value=str(job.num_outputs))
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
     embed.set_footer(text=f"{job_marker(job)} · {MODEL_NAME}")
+    return embed
+
+
+def queue_position_text(queue: QueuePosition) -> str:
+    """Like "3rd in line · ready about <t:…:R>" (the estimate once durations are known)."""
+    text = f"{_ordinal(queue.position)} in line"
+    if queue.eta is not None:
+        text += f" · ready about <t:{int(queue.eta)}:R>"
+    return text
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def cancelled(job: Job) -> discord.Embed:
+    """A queued job's status message once it was cancelled (never sent, fully refunded)."""
+    held = job.credits_reserved
+    refund = f"{_plural(held, 'credit')} {'was' if held == 1 else 'were'} refunded."
+    embed = discord.Embed(
+        title="🚫 Cancelled",
+        description=f"This prompt was cancelled before it started. {refund}",
+        colour=FAILURE,
+    )
+    embed.add_field(name="Prompt", value=_member(job.prompt, 1000), inline=False)
+    embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
+    embed.set_footer(text=job_marker(job))
     return embed
 
 
@@ -107,6 +139,7 @@ def job_details(job: Job) -> discord.Embed:
 
 
 _STATE_ICONS = {
+    JobState.QUEUED: "⏳",
     JobState.RESERVED: "⏳",
     JobState.SUBMITTED: "🎨",
     JobState.COMPLETED: "📥",
@@ -231,6 +264,7 @@ def mod_rules(
         inline=False,
     )
     embed.add_field(name="Generations at once", value=f"{settings.max_concurrent} per member")
+    embed.add_field(name="Waiting prompts", value=f"up to {settings.max_queued} per member")
     embed.add_field(name="Cooldown", value=f"{cooldown} s" if cooldown else "off")
     embed.add_field(name="Images per request", value=f"up to {settings.max_outputs}")
     embed.add_field(

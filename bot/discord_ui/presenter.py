@@ -22,7 +22,7 @@ import discord
 from bot.discord_ui import embeds
 from bot.discord_ui.status_edits import StatusEditQueue
 from bot.generation.models import Job
-from bot.generation.runner import DeliveryError, Phase, ResultImage
+from bot.generation.runner import DeliveryError, Phase, QueuePosition, ResultImage
 from bot.generation.uploads import fit_for_upload_async
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,13 @@ class DiscordPresenter:
         *,
         edit_interval: float = 3.0,
         view_factory: Callable[[Job], discord.ui.View | None] | None = None,
+        queued_view_factory: Callable[[Job], discord.ui.View | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.edit_interval = edit_interval
         self.view_factory = view_factory
+        self.queued_view_factory = queued_view_factory
         self.clock = clock
         self.edits = StatusEditQueue(clock=clock)
         self._last_edit: dict[int, tuple[float, Phase]] = {}
@@ -72,22 +74,48 @@ class DiscordPresenter:
         guild = self.client.get_guild(job.guild_id) if job.guild_id else None
         return guild.filesize_limit if guild is not None else DEFAULT_FILESIZE_LIMIT
 
-    async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
+    def queued_view(self, job: Job) -> discord.ui.View | None:
+        """The buttons on a waiting job's status message (Cancel), if any."""
+        return self.queued_view_factory(job) if self.queued_view_factory else None
+
+    async def show_status(
+        self, job: Job, phase: Phase, elapsed: float, queue: QueuePosition | None = None
+    ) -> None:
         """Queue a progress edit: at most one per `edit_interval` per job unless the phase
-        changed, and never waited on, so a slow or rate-limited Discord never delays a job."""
+        changed or the job moved in the queue, and never waited on, so a slow or
+        rate-limited Discord never delays a job. Edits are coalesced per message and sent
+        within the channel's budget (`StatusEditQueue`), however often the queue moves."""
         if job.status_message_id is None:
             return
         now = self.clock()
         last = self._last_edit.get(job.id)
-        if last is not None and last[1] == phase and now - last[0] < self.edit_interval:
+        recent = last is not None and last[1] == phase and now - last[0] < self.edit_interval
+        if recent and queue is None:
             return
         self._last_edit[job.id] = (now, phase)
         message = self._channel(job).get_partial_message(job.status_message_id)
-        embed = embeds.status(job, phase, elapsed)
+        embed = embeds.status(job, phase, elapsed, queue)
+        # Cancel only while waiting: the first edit after the job starts removes the button.
+        view = self.queued_view(job) if phase is Phase.QUEUED else None
         self.edits.tick(
             job.channel_id,
             job.status_message_id,
-            lambda: message.edit(embed=embed, allowed_mentions=NO_MENTIONS),
+            lambda: message.edit(embed=embed, view=view, allowed_mentions=NO_MENTIONS),
+        )
+
+    async def show_cancelled(self, job: Job) -> None:
+        """Say on the status message that the queued job was cancelled and refunded (an edit
+        that lands after any progress edit still waiting)."""
+        self._last_edit.pop(job.id, None)
+        self._origins.pop(job.id, None)
+        embed = embeds.cancelled(job)
+        if job.status_message_id is None:
+            return
+        message = self._channel(job).get_partial_message(job.status_message_id)
+        await self.edits.final(
+            job.channel_id,
+            job.status_message_id,
+            lambda: message.edit(embed=embed, view=None, allowed_mentions=NO_MENTIONS),
         )
 
     def remember_interaction(self, job_id: int, interaction: discord.Interaction) -> None:
@@ -123,7 +151,7 @@ class DiscordPresenter:
                 await self.edits.final(
                     job.channel_id,
                     job.status_message_id,
-                    lambda: message.edit(embed=embed, allowed_mentions=NO_MENTIONS),
+                    lambda: message.edit(embed=embed, view=None, allowed_mentions=NO_MENTIONS),
                 )
                 return
             except discord.NotFound:

@@ -16,7 +16,8 @@ CREDITS_PER_OUTPUT = 1
 class JobState(StrEnum):
     """Where a job is. Only `POSTED` and `FAILED` are final."""
 
-    RESERVED = "reserved"  # credits held, not yet accepted by PixelDojo
+    QUEUED = "queued"  # credits held, waiting for its turn (survives restarts, in order)
+    RESERVED = "reserved"  # being sent to PixelDojo, not yet accepted by it
     SUBMITTED = "submitted"  # PixelDojo accepted it; the runner polls it
     COMPLETED = "completed"  # PixelDojo finished; images being downloaded and posted
     POSTED = "posted"
@@ -27,7 +28,7 @@ class JobState(StrEnum):
         return self in (JobState.POSTED, JobState.FAILED)
 
 
-ACTIVE_STATES = (JobState.RESERVED, JobState.SUBMITTED, JobState.COMPLETED)
+ACTIVE_STATES = (JobState.QUEUED, JobState.RESERVED, JobState.SUBMITTED, JobState.COMPLETED)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""The job runner: submits jobs, polls them all from one scheduler, and delivers their results.
+"""The job runner: starts queued jobs fairly, polls them all from one scheduler, and delivers
+their results.
+
+Admitted jobs wait in SQLite (QUEUED) and in a `FairQueue`; one dispatcher task, woken by
+events (a job queued, a slot freed, a cancel, the end of a rate-limit pause), starts the next
+one whenever its member is below their guild's concurrency and a submit slot is free.
 
 One scheduler task keeps a heap of due times rather than one sleeping task per job, so a
 thousand jobs in flight cost a heap entry each. Every transition is written to SQLite
@@ -14,7 +19,7 @@ import random
 import sqlite3
 import statistics
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +28,7 @@ from typing import Protocol, TypeVar
 from bot import pixeldojo
 from bot.generation import edit_input
 from bot.generation.models import Job, JobState
+from bot.generation.queue import FairQueue, Slot, seconds_until_start
 from bot.pixeldojo.schema import CapabilityCache
 from bot.storage.jobs import JobStore
 
@@ -40,10 +46,15 @@ or I/O fails: conditions an operator can clear, so the write is worth trying aga
 WEBHOOK_HINTS_PER_JOB = 3
 """Callbacks that may each make a job be checked at once; later ones wait for the schedule."""
 
-SHUTTING_DOWN = (
-    "The bot is restarting, so this job was not sent to PixelDojo. "
-    "Your credits are back; please try again in a minute."
-)
+RATE_LIMIT_PAUSE = 5.0
+"""Seconds dispatch pauses after a 429 that gave no hint of when to try again."""
+RATE_LIMIT_PAUSE_CAP = 120.0
+"""The longest pause a 429's hint may impose (the hint is the server's and not trusted)."""
+_START_RATE_WINDOW = 20
+"""How many recent job starts the queue's ETA measures the current throughput over."""
+
+Member = tuple[int, int]
+"""(guild id, user id): whose turn it is, in the fair queue."""
 
 
 class Phase(StrEnum):
@@ -71,12 +82,26 @@ class DeliveryError(Exception):
         self.permanent = permanent
 
 
+@dataclass(frozen=True)
+class QueuePosition:
+    """Where a waiting job is in the queue, for its status message."""
+
+    position: int
+    """1 for the next job to start. (Only a change of position is shown, so the message
+    carries no total that every newcomer would make stale.)"""
+    eta: float | None
+    """Unix time the result is expected, or None until durations have been learned."""
+
+
 class JobPresenter(Protocol):
     """How the runner shows jobs to people. The Discord implementation lives outside `bot.runner`
     so the runner never depends on discord.py."""
 
-    async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
-        """Update the job's status message (implementations throttle these)."""
+    async def show_status(
+        self, job: Job, phase: Phase, elapsed: float, queue: QueuePosition | None = None
+    ) -> None:
+        """Update the job's status message (implementations throttle these). `queue` is given
+        for a waiting job whenever its position changes."""
 
     async def show_failure(self, job: Job, reason: str) -> None:
         """Tell the member the job failed and that its credits came back."""
@@ -128,7 +153,7 @@ class RunnerSettings:
 
 
 class JobRunner:
-    """Drives every job from RESERVED to POSTED or FAILED."""
+    """Drives every job from QUEUED to POSTED or FAILED."""
 
     def __init__(
         self,
@@ -142,7 +167,11 @@ class JobRunner:
         on_finished: Callable[[Job], Awaitable[None]] | None = None,
         capabilities: CapabilityCache | None = None,
         webhook_url_for: Callable[[Job], str | None] | None = None,
+        member_concurrency: Callable[[int], Awaitable[int]] | None = None,
     ) -> None:
+        """`member_concurrency(guild_id)` is how many jobs one member of that guild may have
+        running at once (read at each dispatch, so a moderator's change applies at once);
+        None: no per-member limit, only `max_concurrent_submits`."""
         self.store = store
         self.capabilities = capabilities
         self.on_finished = on_finished
@@ -164,7 +193,17 @@ class JobRunner:
         self._polling: dict[int, Job] = {}
         self._polls: dict[int, int] = {}
         self._wake = asyncio.Event()
-        self._submit_slots = asyncio.Semaphore(self.settings.max_concurrent_submits)
+        self.member_concurrency = member_concurrency
+        self._queue: FairQueue[Member, Job] = FairQueue()
+        self._running: Counter[Member] = Counter()
+        self._counted: dict[int, Member] = {}
+        self._limits: dict[int, int] = {}
+        self._sending = 0
+        self._paused_until = 0.0
+        self._starts: deque[float] = deque(maxlen=_START_RATE_WINDOW)
+        self._shown: dict[int, int] = {}
+        self._dispatch_wake = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
         self._poll_slots = asyncio.Semaphore(self.settings.max_concurrent_polls)
         self._tasks: set[asyncio.Task[None]] = set()
         # Submission tasks by job id; `_committed` ones may have reached PixelDojo (or are
@@ -188,8 +227,14 @@ class JobRunner:
         """Jobs the scheduler is tracking (waiting for their next poll or being polled)."""
         return len(self._polling)
 
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for their turn."""
+        return len(self._queue)
+
     async def start(self) -> None:
-        """Resume every unfinished job, then start the poll scheduler."""
+        """Resume every unfinished job (queued ones in their original order), then start the
+        poll scheduler and the dispatcher."""
         if self._scheduler is not None:
             return
         self._accepting = True
@@ -199,6 +244,7 @@ class JobRunner:
         for job in await self.store.active():
             log.info("job %d: resuming in state %s", job.id, job.state)
             self._resume(job)
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
 
     async def stop(self) -> None:
         """Stop taking new work, wait up to `shutdown_grace` for submissions already sent to
@@ -210,7 +256,7 @@ class JobRunner:
             # cancelled once only, so none is interrupted again while rolling back.
             cancelled: set[asyncio.Task[None]] = set()
             submitting = {task for _, task in self._submits.values()}
-            for task in (self._scheduler, *self._tasks):
+            for task in (self._scheduler, self._dispatcher, *self._tasks):
                 if task is not None and task not in submitting:
                     task.cancel()
                     cancelled.add(task)
@@ -219,13 +265,21 @@ class JobRunner:
                 await self._drain_submissions(cancelled)
             finally:
                 self._stopping = False
-            tasks = [t for t in (self._scheduler, *self._tasks) if t is not None]
+            tasks = [t for t in (self._scheduler, self._dispatcher, *self._tasks) if t]
             for task in tasks:
                 if task not in cancelled:
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._scheduler = None
+            self._dispatcher = None
         self._tasks.clear()
+        # Queued jobs stay QUEUED in the database: the next `start()` queues them again.
+        self._queue = FairQueue()
+        self._running.clear()
+        self._counted.clear()
+        self._shown.clear()
+        self._sending = 0
+        self._paused_until = 0.0
         self._submits.clear()
         self._committed.clear()
         self._due.clear()
@@ -249,6 +303,7 @@ class JobRunner:
 
     async def _finish(self, job: Job) -> None:
         """A job reached POSTED or FAILED: run the hook (the audit trail), then wake waiters."""
+        self._release(job.id)
         if self.on_finished is not None:
             try:
                 await self.on_finished(job)
@@ -263,8 +318,8 @@ class JobRunner:
 
         A submission in flight is not cancelled: PixelDojo may accept (and charge for) it, and
         only its answer says which PixelDojo job to poll, so it gets `shutdown_grace` to be
-        answered and recorded. Jobs still waiting for a submit slot are never sent; they fail
-        now, refunded, saying why.
+        answered and recorded. A job whose turn came but whose request was not sent yet
+        stays queued (in the database) for the next start.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_grace
@@ -277,8 +332,6 @@ class JobRunner:
             task.cancel()
             cancelled.add(task)
         await asyncio.gather(*(task for _, task in unsent), return_exceptions=True)
-        for job, _ in unsent:
-            self._track_submission(job, self._fail(job, SHUTTING_DOWN), committed=True)
         if self._submits:
             log.info(
                 "stopping: waiting up to %.0f s for %d submission(s) to PixelDojo",
@@ -301,17 +354,29 @@ class JobRunner:
                 cancelled.add(task)
 
     def submit(self, job: Job) -> None:
-        """Send a freshly reserved job to PixelDojo in the background.
+        """Queue a freshly admitted (QUEUED) job; the dispatcher starts it in its turn.
 
-        While stopping, the job is not sent but failed (refunded) with a message saying why;
-        once stopped, it stays reserved and the next `start()` refunds it.
+        Once stopping, the job is left queued in the database: the next `start()` sends it.
         """
-        if self._accepting:
-            self._track_submission(job, self._submit(job))
-        elif self._stopping:
-            self._track_submission(job, self._fail(job, SHUTTING_DOWN), committed=True)
-        else:
-            log.warning("job %d: not sent to PixelDojo: the runner is stopped", job.id)
+        if not self._accepting:
+            log.info("job %d: queued while the runner is stopped; sent after the restart", job.id)
+            return
+        if job.id not in self._queue and job.id not in self._submits:
+            self._queue.push((job.guild_id, job.user_id), job.id, job)
+        self._dispatch_wake.set()
+
+    async def cancel(self, job_id: int, reason: str) -> Job | None:
+        """Cancel a job still waiting for its turn: out of the queue and refunded at once, in
+        one transaction. None if it has already started (PixelDojo cannot cancel) or ended."""
+        job = await self.store.cancel_queued(job_id, reason)
+        if job is None:
+            return None
+        log.info("job %d: cancelled while queued", job_id)
+        self._queue.remove(job_id)
+        self._shown.pop(job_id, None)
+        self._dispatch_wake.set()
+        await self._finish(job)
+        return job
 
     def _track_submission(self, job: Job, coro: object, *, committed: bool = False) -> None:
         task = self._spawn(coro, f"submit-{job.id}")
@@ -327,7 +392,17 @@ class JobRunner:
         task.add_done_callback(forget)
 
     def _resume(self, job: Job) -> None:
-        if job.state is JobState.RESERVED:
+        if job.state is JobState.QUEUED and job.status_message_id is not None:
+            # `active()` is oldest first, so the queue is rebuilt in its original order.
+            self._queue.push((job.guild_id, job.user_id), job.id, job)
+        elif job.state is JobState.QUEUED:
+            # Reserved, but the process died before the job was shown and handed over: the
+            # member was never told it exists, so refund it (as `failure_note` promises).
+            self._spawn(
+                self._fail(job, "The bot restarted before this job started. Please try again."),
+                f"fail-{job.id}",
+            )
+        elif job.state is JobState.RESERVED:
             # A crash between reserving and PixelDojo's reply: whether PixelDojo got the request
             # is unknowable (there is no lookup by our id), so refund rather than risk a double.
             self._spawn(
@@ -337,10 +412,26 @@ class JobRunner:
                 f"fail-{job.id}",
             )
         elif job.state is JobState.SUBMITTED:
+            self._count(job)
             self._polls[job.id] = job.polls
             self._schedule(job, delay=0)
         elif job.state is JobState.COMPLETED:
+            self._count(job)
             self._spawn(self._deliver(job), f"deliver-{job.id}")
+
+    def _count(self, job: Job) -> None:
+        """The job counts against its member's concurrency until it ends (`_release`)."""
+        member = (job.guild_id, job.user_id)
+        if self._counted.setdefault(job.id, member) is member:
+            self._running[member] += 1
+
+    def _release(self, job_id: int) -> None:
+        member = self._counted.pop(job_id, None)
+        if member is not None:
+            self._running[member] -= 1
+            if self._running[member] <= 0:
+                del self._running[member]
+            self._dispatch_wake.set()
 
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
@@ -415,24 +506,123 @@ class JobRunner:
                 )
                 await self._sleep(delay)
 
-    # Submission -------------------------------------------------------------------------
+    # Dispatch and submission ------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        """Start every job whose turn it is, then sleep until something changes: a job queued
+        or cancelled, a slot freed, or the end of a rate-limit pause. Never polls the DB."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._dispatch_wake.clear()
+            timeout: float | None = None
+            if self._queue:
+                paused_for = self._paused_until - loop.time()
+                if paused_for > 0:
+                    timeout = paused_for
+                else:
+                    await self._dispatch_ready()
+            await self._publish_positions()
+            if self._dispatch_wake.is_set():
+                continue  # something changed while this round awaited
+            try:
+                await asyncio.wait_for(self._dispatch_wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _dispatch_ready(self) -> None:
+        for guild_id in {guild_id for guild_id, _ in self._queue.members()}:
+            self._limits[guild_id] = await self._member_limit(guild_id)
+
+        def ready(member: Member) -> bool:
+            limit = self._limits.get(member[0])
+            return limit is not None and self._running[member] < limit
+
+        while self._accepting and self._sending < self.settings.max_concurrent_submits:
+            slot = self._queue.pop(ready)
+            if slot is None:
+                return
+            self._start(slot)
+
+    async def _member_limit(self, guild_id: int) -> int:
+        if self.member_concurrency is None:
+            return self.settings.max_concurrent_submits
+        try:
+            return max(1, await self.member_concurrency(guild_id))
+        except Exception:
+            # The database is busy or failing: the last figure known, else one at a time.
+            log.exception("guild %d: could not read the concurrency limit", guild_id)
+            return self._limits.get(guild_id, 1)
+
+    def _start(self, slot: Slot[Member, Job]) -> None:
+        job = slot.item
+        self._sending += 1
+        self._count(job)
+        self._shown.pop(job.id, None)
+        self._track_submission(job, self._submit(job))
+
+    async def _publish_positions(self) -> None:
+        """Show each waiting job whose place changed where it is now, and when to expect it."""
+        order = self._queue.order()
+        if not order:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        typical = self.durations.typical()
+        paused_for = max(0.0, self._paused_until - now)
+        starts = [t for t in self._starts if t > now - 600]
+        rate = (len(starts) - 1) / (now - starts[0]) if len(starts) >= 2 else None
+        ahead: Counter[Member] = Counter()
+        for position, slot in enumerate(order, start=1):
+            own_ahead = ahead[slot.member]
+            ahead[slot.member] += 1
+            if self._shown.get(slot.job_id) == position:
+                continue
+            self._shown[slot.job_id] = position
+            eta = None
+            if typical is not None:
+                start_in = paused_for + seconds_until_start(
+                    position=position,
+                    ahead_of_own=own_ahead,
+                    own_running=self._running[slot.member],
+                    own_limit=self._limits.get(slot.member[0], 1),
+                    typical=typical,
+                    starts_per_second=rate,
+                )
+                eta = self.clock() + start_in + typical
+            where = QueuePosition(position=position, eta=eta)
+            try:
+                await self.presenter.show_status(slot.item, Phase.QUEUED, 0.0, queue=where)
+            except Exception:
+                log.exception("job %d: could not show its place in the queue", slot.job_id)
 
     async def _submit(self, job: Job) -> None:
+        """Send a job whose turn came. RESERVED is written just before the request: a crash
+        from then on refunds it on restart (whether PixelDojo got it is unknowable)."""
         try:
-            await self.presenter.show_status(job, Phase.QUEUED, 0.0)
             # An edit sends its input image in the field the model's schema names.
             extra = await edit_input.submission_extra(self.capabilities, job.input_image_url)
             extra = {**(extra or {}), **self._webhook_field(job)}
-            async with self._submit_slots:
-                # From here on, stopping waits for this task: PixelDojo may charge for it.
-                self._committed.add(job.id)
-                submitted = await self.client.submit(
-                    prompt=job.prompt,
-                    aspect_ratio=job.aspect_ratio,
-                    num_outputs=job.num_outputs,
-                    seed=job.seed,
-                    extra=extra or None,
-                )
+            # From here on, stopping waits for this task: PixelDojo may charge for it.
+            self._committed.add(job.id)
+            sending = await self._store(
+                job, "start the job", lambda: self.store.mark_sending(job.id)
+            )
+            if sending is None:
+                log.info("job %d: cancelled before its turn came", job.id)
+                self._release(job.id)
+                return
+            job = sending
+            submitted = await self.client.submit(
+                prompt=job.prompt,
+                aspect_ratio=job.aspect_ratio,
+                num_outputs=job.num_outputs,
+                seed=job.seed,
+                extra=extra or None,
+            )
+        except pixeldojo.RateLimited as exc:
+            # A 429 created no job: back to the front of the queue, never a failure.
+            await self._requeue(job, exc.retry_after)
+            return
         except pixeldojo.PixelDojoError as exc:
             self._committed.add(job.id)  # the failure is shown with its own reason
             log.warning("job %d: PixelDojo refused the submission: %s", job.id, exc.message)
@@ -443,6 +633,10 @@ class JobRunner:
             log.exception("job %d: unexpected error while submitting", job.id)
             await self._fail(job, "Something went wrong while submitting this job.")
             return
+        finally:
+            self._sending -= 1
+            self._dispatch_wake.set()
+        self._starts.append(asyncio.get_running_loop().time())
         # Logged before it is recorded: if the database never takes it, the log still says
         # which PixelDojo job was paid for.
         log.info("job %d: submitted as PixelDojo job %s", job.id, submitted.job_id)
@@ -460,6 +654,19 @@ class JobRunner:
         # The status moves at once, even when the first poll is a few seconds away.
         await self.presenter.show_status(job, Phase.GENERATING, 0.0)
         self._schedule(job, delay=self._interval(0.0))
+
+    async def _requeue(self, job: Job, retry_after: float | None) -> None:
+        """PixelDojo answered 429: pause dispatch until its hint and put the job back first."""
+        pause = RATE_LIMIT_PAUSE if retry_after is None else retry_after
+        pause = min(RATE_LIMIT_PAUSE_CAP, max(0.0, pause))
+        loop = asyncio.get_running_loop()
+        self._paused_until = max(self._paused_until, loop.time() + pause)
+        log.info("job %d: PixelDojo is rate limiting; queued again for %.1f s", job.id, pause)
+        queued = await self._store(job, "queue the job again", lambda: self.store.requeue(job.id))
+        self._committed.discard(job.id)
+        self._release(job.id)
+        if queued is not None and self._accepting:
+            self._queue.push_front((job.guild_id, job.user_id), job.id, queued)
 
     # Polling ----------------------------------------------------------------------------
 
@@ -715,6 +922,7 @@ class JobRunner:
         current = await self._store(job, "read the job", lambda: self.store.get(job.id))
         if current is None or current.state.is_final:
             self._stop_polling(job.id)
+            self._release(job.id)
             return  # already ended (and shown); never refund or announce twice
         job = await self._store(
             job, "record the failure", lambda: self.store.mark_failed(job.id, reason, polls=polls)

@@ -112,6 +112,12 @@ class GenerationService:
         self.runner.submit(job)
         return job
 
+    async def cancel(self, job_id: int, *, by_moderator: bool = False) -> Job | None:
+        """Cancel a job still waiting in the queue (refunded at once); None if it has started
+        or ended."""
+        who = "a moderator" if by_moderator else "its author"
+        return await self.runner.cancel(job_id, f"Cancelled by {who} before it started.")
+
     async def job(self, job_id: int) -> Job | None:
         """Job `job_id`'s record (what its result buttons act on), or None if it is gone."""
         return await self.store.get(job_id)

@@ -26,6 +26,8 @@ class GuildSettings:
     default_allowance: int | None = 10
     spend_cap: int | None = None
     max_concurrent: int = 2
+    max_queued: int = 5
+    """Prompts a member may have waiting beyond `max_concurrent` running."""
     cooldown_seconds: int = 0
     max_outputs: int = 4
     moderator_role_id: int | None = None

@@ -45,7 +45,7 @@ AdmissionCheck = Callable[[Connection, GenerationRequest, float], Awaitable[Admi
 
 
 async def count_active(conn: aiosqlite.Connection, guild_id: int, user_id: int) -> int:
-    """The member's jobs that are reserved, running or being posted."""
+    """The member's unfinished jobs: waiting in the queue, being sent, running or being posted."""
     rows = await conn.execute_fetchall(
         f"""
         SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?
@@ -100,7 +100,7 @@ class JobStore:
                     request.num_outputs,
                     request.seed,
                     request.parent_job_id,
-                    JobState.RESERVED.value,
+                    JobState.QUEUED.value,
                     admission.credits,
                     now,
                     request.input_image_url,
@@ -155,6 +155,46 @@ class JobStore:
 
     async def set_status_message(self, job_id: int, message_id: int) -> Job:
         return await self._update(job_id, status_message_id=message_id)
+
+    async def mark_sending(self, job_id: int) -> Job | None:
+        """A queued job's turn came: RESERVED from now until PixelDojo answers. None if it is
+        no longer queued (cancelled meanwhile), so it must not be sent."""
+        return await self._move(job_id, (JobState.QUEUED,), JobState.RESERVED)
+
+    async def requeue(self, job_id: int) -> Job | None:
+        """PixelDojo certainly did not take the job (it answered 429): QUEUED again. None if
+        it has ended meanwhile."""
+        return await self._move(job_id, (JobState.RESERVED, JobState.QUEUED), JobState.QUEUED)
+
+    async def cancel_queued(self, job_id: int, reason: str) -> Job | None:
+        """Cancel a job still waiting in the queue, refunding it in the same transaction.
+        None if it is not queued (it has started or ended): nothing changes then."""
+        started = tuple(state.value for state in JobState if state is not JobState.QUEUED)
+        async with self.db.transaction() as conn:
+            now = self.clock()
+            await ledger.refund_job(conn, job_id, note=reason[:200], now=now, unless=started)
+            rows = await conn.execute_fetchall(
+                f"""
+                UPDATE jobs SET state = ?, error = ?, credits_charged = 0, finished_at = ?
+                WHERE id = ? AND state = ?
+                RETURNING {_COLUMNS}
+                """,
+                (JobState.FAILED.value, reason, now, job_id, JobState.QUEUED.value),
+            )
+            return Job.from_row(next(iter(rows))) if rows else None
+
+    async def _move(
+        self, job_id: int, sources: tuple[JobState, ...], target: JobState
+    ) -> Job | None:
+        """One conditional `UPDATE … RETURNING`: the state changes only from `sources`."""
+        placeholders = ", ".join("?" for _ in sources)
+        async with self.db.read() as conn:
+            rows = await conn.execute_fetchall(
+                f"UPDATE jobs SET state = ? WHERE id = ? AND state IN ({placeholders}) "
+                f"RETURNING {_COLUMNS}",
+                (target.value, job_id, *(source.value for source in sources)),
+            )
+        return Job.from_row(next(iter(rows))) if rows else None
 
     async def mark_submitted(
         self, job_id: int, *, api_job_id: str, status_url: str, expires_at: float | None

@@ -206,4 +206,8 @@ MIGRATIONS: list[list[str]] = [
         WHERE state = 'failed' AND completed_at IS NOT NULL
         """,
     ],
+    # 6: the queue. A member may have `max_queued` prompts waiting beyond those running (NULL:
+    # the default, like every guild setting); waiting jobs are in state 'queued', which needs no
+    # schema change.
+    ["ALTER TABLE guild_settings ADD COLUMN max_queued INTEGER"],
 ]

@@ -5,7 +5,12 @@ from bot.credits.moderation.activity import AUDIT_PAGE_MAX
 from bot.credits.moderation.allowances import ALLOWANCE_MAX, GRANT_MAX
 from bot.credits.moderation.bans import BAN_MAX_SECONDS, BAN_MIN_SECONDS
 from bot.credits.moderation.service import ModerationService
-from bot.credits.moderation.settings import COOLDOWN_MAX, MAX_CONCURRENT_MAX, SPEND_CAP_MAX
+from bot.credits.moderation.settings import (
+    COOLDOWN_MAX,
+    MAX_CONCURRENT_MAX,
+    MAX_QUEUED_MAX,
+    SPEND_CAP_MAX,
+)
 from bot.credits.report import UsageReport
 from bot.storage.audit import AuditEntry
 from bot.storage.rules import Ban, BlockedTerm
@@ -18,6 +23,7 @@ __all__ = [
     "COOLDOWN_MAX",
     "GRANT_MAX",
     "MAX_CONCURRENT_MAX",
+    "MAX_QUEUED_MAX",
     "REASON_MAX_LENGTH",
     "SPEND_CAP_MAX",
     "AuditEntry",

@@ -19,6 +19,7 @@ from bot.storage.audit import AuditEntry
 from bot.storage.guild_settings import GuildSettings
 
 MAX_CONCURRENT_MAX = 10
+MAX_QUEUED_MAX = 50
 COOLDOWN_MAX = 86_400
 SPEND_CAP_MAX = 10_000_000
 
@@ -48,6 +49,17 @@ class SettingActions(ModerationBase):
             "max_concurrent",
             value,
             f"set the limit to {plural(value, 'generation')} at a time per member",
+        )
+
+    async def set_max_queued(self, *, guild_id: int, actor_id: int, value: int) -> AuditEntry:
+        """How many prompts one member may have waiting beyond those running."""
+        check_range(value, 1, MAX_QUEUED_MAX, "The number of waiting prompts")
+        return await self._set(
+            guild_id,
+            actor_id,
+            "max_queued",
+            value,
+            f"set the limit to {plural(value, 'waiting prompt')} per member",
         )
 
     async def set_cooldown(self, *, guild_id: int, actor_id: int, seconds: int) -> AuditEntry:
