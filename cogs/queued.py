@@ -82,6 +82,14 @@ class CancelButton(
             return
         log.info("job %d: cancelled by user %d", job.id, interaction.user.id)
         await bot.presenter.show_cancelled(cancelled)
+        if not is_author:  # a moderator action: audited and announced like the others
+            entry = await services.moderation.record_cancel(
+                guild_id=job.guild_id,
+                actor_id=interaction.user.id,
+                job_id=job.id,
+                author_id=job.user_id,
+            )
+            await services.notices.moderator_action(entry)
         held = cancelled.credits_reserved
         await interaction.followup.send(
             f"Cancelled job #{job.id}; {held} credit{'' if held == 1 else 's'} "

@@ -23,6 +23,7 @@ from tests.conftest import (
     BOB_ID,
     CAROL_ID,
     CHANNEL_ID,
+    GUILD_ID,
     MOD_ID,
     OTHER_CHANNEL_ID,
     Harness,
@@ -204,6 +205,28 @@ async def test_cancel_refunds_a_queued_job_at_once_and_it_never_reaches_pixeldoj
         await harness.result_for(job_id)
     assert "changed my mind" not in prompts_sent(harness.api)
     assert await credits_used(harness, ALICE_ID) == 2
+
+
+async def test_a_moderator_may_cancel_a_members_queued_prompt_and_it_is_audited(
+    harness: Harness,
+) -> None:
+    harness.api.set_duration(3600)
+    running = [job_of(await ask(harness, f"running {i}")) for i in (1, 2)]
+    waiting = job_of(await ask(harness, "off topic"))
+    status = await shows_position(harness, waiting, "1st in line")
+    click = await harness.double.click(status.id, f"pdj:cancel:{waiting}", user_id=MOD_ID)
+    reply = await harness.reply(click)
+    assert reply.ephemeral and reply.content == f"Cancelled job #{waiting}; 1 credit is back."
+    entries = await harness.bot.services.moderation.audit_entries(GUILD_ID, limit=5)
+    cancel = next(e for e in entries if e.action == "job.cancelled")
+    assert (cancel.actor_id, cancel.target_id) == (MOD_ID, waiting)
+    job = await harness.bot.services.generation.job(waiting)
+    assert job is not None and job.error == "Cancelled by a moderator before it started."
+    harness.api.set_duration(0.05)
+    harness.api.finish_jobs()
+    for job_id in running:
+        await harness.result_for(job_id)
+    assert "off topic" not in prompts_sent(harness.api)
 
 
 async def test_a_started_job_cannot_be_cancelled(harness: Harness) -> None:

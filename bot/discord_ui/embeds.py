@@ -176,7 +176,7 @@ def credits(balance: Balance, recent: list[Job]) -> discord.Embed:
     if balance.resets_at is not None:
         embed.add_field(name="Resets", value=f"<t:{int(balance.resets_at)}:R>")
     if balance.active_jobs:
-        embed.add_field(name="Running now", value=str(balance.active_jobs))
+        embed.add_field(name="Running or waiting", value=str(balance.active_jobs))
     if recent:
         embed.add_field(
             name="Recent jobs",

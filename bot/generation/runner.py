@@ -515,13 +515,18 @@ class JobRunner:
         while True:
             self._dispatch_wake.clear()
             timeout: float | None = None
-            if self._queue:
-                paused_for = self._paused_until - loop.time()
-                if paused_for > 0:
-                    timeout = paused_for
-                else:
-                    await self._dispatch_ready()
-            await self._publish_positions()
+            try:
+                if self._queue:
+                    paused_for = self._paused_until - loop.time()
+                    if paused_for > 0:
+                        timeout = paused_for
+                    else:
+                        await self._dispatch_ready()
+                await self._publish_positions()
+            except Exception:
+                # The queue must not stop for good: try again at the next event, or soon.
+                log.exception("the dispatcher failed; trying again")
+                timeout = self.settings.poll_max_interval
             if self._dispatch_wake.is_set():
                 continue  # something changed while this round awaited
             try:

@@ -46,6 +46,21 @@ class ActivityRecords(ModerationBase):
                 f"ran generation #{job_id}: {outcome}, {plural(credits, 'credit')}",
             )
 
+    async def record_cancel(
+        self, *, guild_id: int, actor_id: int, job_id: int, author_id: int
+    ) -> AuditEntry:
+        """Audit a moderator cancelling another member's queued prompt."""
+        async with self.db.transaction() as conn:
+            return await self._audit(
+                conn,
+                guild_id,
+                actor_id,
+                "job.cancelled",
+                job_id,
+                {"job_id": job_id, "author_id": author_id},
+                f"cancelled <@{author_id}>'s queued generation #{job_id}",
+            )
+
     async def record_result_deletion(
         self, *, guild_id: int, actor_id: int, job_id: int, author_id: int
     ) -> AuditEntry:
