@@ -26,6 +26,7 @@ from tests.conftest import (
     GUILD_ID,
     MOD_ID,
     OTHER_CHANNEL_ID,
+    BotProcess,
     Harness,
     footer_has,
     title_of,
@@ -33,6 +34,7 @@ from tests.conftest import (
 from tests.doubles.discord_double import DiscordDouble, MessageRecord, run_bot_against
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
+from tests.test_restart import final_job_state
 
 
 async def ask(
@@ -292,6 +294,46 @@ async def test_a_restart_mid_queue_resumes_it_in_order(
     assert [p for p in sent[4:] if p.startswith("alice")] == ["alice 3", "alice 4"]
     assert sorted(sent[4:]) == ["alice 3", "alice 4", "bob 3"]
     assert len(sent) == 7
+
+
+async def test_killed_mid_queue_resumes_the_queue_after_the_crash(
+    double: DiscordDouble, api: FakePixelDojo, settings: Settings, bot_process: BotProcess
+) -> None:
+    api.set_duration(3600)
+    bot_process.start()
+    await double.wait_until_ready(timeout=20, min_identifies=1)
+    await double.wait_for_commands(timeout=20)
+    job_ids = []
+    for i in (1, 2, 3):
+        record = await double.slash(
+            "imagine",
+            {"prompt": f"crash {i}"},
+            user_id=ALICE_ID,
+            guild_id=GUILD_ID,
+            channel_id=CHANNEL_ID,
+        )
+        await record.wait_for_response(timeout=5)
+        if not record.followups:
+            await double.wait_for(lambda _e, r=record: bool(r.followups), 10)
+        job_ids.append(job_of(record.followups[0].content or ""))
+    for job_id in job_ids[:2]:
+        await double.wait_for_message(
+            lambda m, j=job_id: footer_has(m, f"Job #{j}") and title_of(m).startswith("🎨")
+        )
+    await double.wait_for_message(
+        lambda m: footer_has(m, f"Job #{job_ids[2]}") and position_of(m) is not None
+    )
+    await asyncio.to_thread(bot_process.kill)  # SIGKILL with one job waiting in line
+    assert (await first_states(settings, job_ids))[job_ids[2]] is JobState.QUEUED
+
+    api.set_duration(0.05)
+    api.finish_jobs()
+    bot_process.start()
+    await double.wait_until_ready(timeout=20, min_identifies=2)
+    for job_id in job_ids:
+        state, message_id = await final_job_state(settings, job_id)
+        assert state is JobState.POSTED and message_id is not None
+    assert prompts_sent(api) == ["crash 1", "crash 2", "crash 3"]
 
 
 async def first_states(settings: Settings, job_ids: list[int]) -> dict[int, JobState]:
