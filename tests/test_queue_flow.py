@@ -11,12 +11,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 from aiohttp import web
 
 from bot.app import PixelDojoBot
 from bot.config import Settings
-from bot.generation.models import JobState
+from bot.generation.models import GenerationRequest, JobState
+from bot.generation.service import admit_without_limits
+from bot.storage import Database
+from bot.storage.jobs import JobStore
 from tests import conftest
 from tests.conftest import (
     ALICE_ID,
@@ -337,8 +341,6 @@ async def test_killed_mid_queue_resumes_the_queue_after_the_crash(
 
 
 async def first_states(settings: Settings, job_ids: list[int]) -> dict[int, JobState]:
-    import aiosqlite
-
     async with aiosqlite.connect(settings.database_path) as conn:
         rows = await conn.execute_fetchall(
             f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' for _ in job_ids)})", job_ids
@@ -424,3 +426,29 @@ async def test_under_the_real_limit_nobody_fails_and_everyone_is_posted(
     assert failures == []
     assert limiter.stats.total_refused >= 1
     assert limiter.stats.allowed["POST /api/v1/models/{model}/run"] == 3
+
+
+async def test_a_queued_edit_keeps_its_input_image_across_a_restart(tmp_path: Path) -> None:
+    db = Database(tmp_path / "bot.sqlite3")
+    await db.connect()
+    try:
+        store = JobStore(db)
+        url = "https://cdn.discordapp.com/attachments/1/2/cat.png"
+        request = GenerationRequest(
+            guild_id=1,
+            channel_id=2,
+            user_id=3,
+            prompt="make it blue",
+            aspect_ratio="1:1",
+            input_image_url=url,
+        )
+        queued, _ = await store.create_admitted(request, admit_without_limits)
+        started, _ = await store.create_admitted(request, admit_without_limits)
+        await store.mark_sending(started.id)
+        resumed = {job.id: job for job in await store.active()}
+        # A restart sends the queued edit with its image; one already sent never needs it.
+        assert resumed[queued.id].state is JobState.QUEUED
+        assert resumed[queued.id].input_image_url == url
+        assert resumed[started.id].input_image_url is None
+    finally:
+        await db.close()

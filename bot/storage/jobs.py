@@ -124,12 +124,13 @@ class JobStore:
             return await self._get_or_none(conn, job_id)
 
     async def active(self) -> list[Job]:
-        """Every job not yet posted or failed, oldest first (what a restart must resume), without
-        its input image: nothing resumed is submitted again."""
+        """Every job not yet posted or failed, oldest first (what a restart must resume). Only
+        queued jobs carry their input image: they are still to be sent; the others never are."""
         placeholders = ",".join("?" for _ in ACTIVE_STATES)
+        image = "CASE WHEN state = ? THEN input_image_url END AS input_image_url"
         rows = await self.db.fetchall(
-            f"SELECT {_LISTED} FROM jobs WHERE state IN ({placeholders}) ORDER BY id",
-            [s.value for s in ACTIVE_STATES],
+            f"SELECT {_LISTED}, {image} FROM jobs WHERE state IN ({placeholders}) ORDER BY id",
+            [JobState.QUEUED.value, *(s.value for s in ACTIVE_STATES)],
         )
         return [Job.from_row(row) for row in rows]
 
