@@ -50,8 +50,9 @@ async def test_spend_cap_warns_at_80_percent_then_pauses(harness: Harness) -> No
     assert "(80%)" in warning.content
     await harness.result_for(first)
 
-    await queued_job_id(harness, await harness.imagine("two", user_id=BOB_ID))
+    second = await queued_job_id(harness, await harness.imagine("two", user_id=BOB_ID))
     await log_line(harness, "Image generation is paused")
+    await harness.result_for(second)  # sent by the queue in its own time
 
     refused = await harness.reply(await harness.imagine("three"))
     assert refused.ephemeral
