@@ -91,12 +91,12 @@ async def launch(
         try:
             if not isinstance(channel, discord.abc.Messageable):
                 raise RequestRefused("I can't post in this kind of channel.")
-            view = bot.presenter.queued_view(job)
-            status = await channel.send(
-                embed=embeds.status(job, Phase.QUEUED, 0.0),
-                allowed_mentions=NO_MENTIONS,
-                **({"view": view} if view is not None else {}),
-            )
+            embed = embeds.status(job, Phase.QUEUED, 0.0)
+            view = bot.presenter.queued_view(job)  # Cancel, while it waits
+            if view is None:
+                status = await channel.send(embed=embed, allowed_mentions=NO_MENTIONS)
+            else:
+                status = await channel.send(embed=embed, view=view, allowed_mentions=NO_MENTIONS)
         except (discord.HTTPException, RequestRefused) as exc:
             if isinstance(exc, RequestRefused):
                 reason = str(exc)
