@@ -17,8 +17,10 @@ from aiohttp import web
 
 from bot.app import PixelDojoBot
 from bot.config import Settings
-from bot.generation.models import GenerationRequest, JobState
-from bot.generation.service import admit_without_limits
+from bot.generation.models import GenerationRequest, Job, JobState
+from bot.generation.runner import JobRunner, Phase, QueuePosition, RunnerSettings
+from bot.generation.service import GenerationService, admit_without_limits
+from bot.pixeldojo import PixelDojoClient
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests import conftest
@@ -39,6 +41,7 @@ from tests.doubles.discord_double import DiscordDouble, MessageRecord, run_bot_a
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
 from tests.test_restart import final_job_state
+from tests.test_runner import RecordingPresenter
 
 
 async def ask(
@@ -452,3 +455,68 @@ async def test_a_queued_edit_keeps_its_input_image_across_a_restart(tmp_path: Pa
         assert resumed[started.id].input_image_url is None
     finally:
         await db.close()
+
+
+class PositionsPresenter(RecordingPresenter):
+    """Records every place in line the runner shows, and signals each one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.places: dict[int, QueuePosition] = {}
+        self.moved = asyncio.Event()
+
+    async def show_status(
+        self, job: Job, phase: Phase, elapsed: float, queue: QueuePosition | None = None
+    ) -> None:
+        await super().show_status(job, phase, elapsed, queue)
+        if queue is not None:
+            self.places[job.id] = queue
+            self.moved.set()
+
+
+async def test_the_eta_counts_the_members_own_jobs_ahead(tmp_path: Path) -> None:
+    db = Database(tmp_path / "bot.sqlite3")
+    await db.connect()
+    presenter = PositionsPresenter()
+    now = 1_900_000_000.0
+
+    async def two_at_once(guild_id: int) -> int:
+        return 2
+
+    async with FakePixelDojo(job_duration=3600) as api:
+        client = PixelDojoClient("test-key", api.base_url)
+        runner = JobRunner(
+            JobStore(db),
+            client,
+            presenter,
+            RunnerSettings(poll_initial_interval=0.02, poll_max_interval=0.05, job_timeout=60),
+            clock=lambda: now,
+            member_concurrency=two_at_once,
+        )
+        for _ in range(3):
+            runner.durations.add(8.0)
+        await runner.start()
+        service = GenerationService(JobStore(db), runner)
+        try:
+            jobs = []
+            for i in range(5):
+                job = await service.reserve(request_for(f"p{i}"))
+                jobs.append(await service.launch(job, status_message_id=100 + i))
+            while len(presenter.places) < 3:
+                presenter.moved.clear()
+                await asyncio.wait_for(presenter.moved.wait(), 5)
+        finally:
+            await runner.stop()
+            await client.aclose()
+            await db.close()
+    waiting = [presenter.places[job.id] for job in jobs[2:]]
+    assert [w.position for w in waiting] == [1, 2, 3]
+    # Two of hers run (8 s each): the next two start when they end, the last a round later;
+    # each result comes about 8 s after its start.
+    assert [w.eta for w in waiting] == [now + 16, now + 16, now + 24]
+
+
+def request_for(prompt: str) -> GenerationRequest:
+    return GenerationRequest(
+        guild_id=1, channel_id=2, user_id=3, prompt=prompt, aspect_ratio="1:1", num_outputs=1
+    )
