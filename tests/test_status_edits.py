@@ -89,3 +89,28 @@ async def test_tick_never_waits_for_discord() -> None:
     queue.tick(1, 10, hang)  # returns at once even though the edit never finishes
     slow.set()
     await queue.close()
+
+
+async def test_an_urgent_tick_goes_before_waiting_ticks() -> None:
+    # A job that starts says so before the queue's many place-in-line edits are sent.
+    queue, rec = StatusEditQueue(rate=50, burst=1), Recorder()
+    for message_id in (1, 2, 3):
+        queue.tick(5, message_id, rec.edit(message_id, "2nd in line"))
+    queue.tick(5, 4, rec.edit(4, "generating"), urgent=True)
+    await rec.wait_for(lambda: len(rec.sent) == 4)
+    assert [message_id for message_id, _, _ in rec.sent] == [4, 1, 2, 3]
+    await queue.close()
+
+
+async def test_an_urgent_tick_never_goes_before_a_final() -> None:
+    queue, rec = StatusEditQueue(rate=0.01, burst=1), Recorder()
+    queue.tick(5, 1, rec.edit(1, "first"))
+    await rec.wait_for(lambda: len(rec.sent) == 1)  # the budget is spent now
+    final = asyncio.ensure_future(queue.final(5, 9, rec.edit(9, "failed")))
+    await rec.wait_for(lambda: len(rec.sent) == 2)  # a final skips the budget
+    await final
+    queue.tick(5, 2, rec.edit(2, "2nd in line"))
+    queue.tick(5, 3, rec.edit(3, "generating"), urgent=True)
+    await queue.final(5, 8, rec.edit(8, "failed too"))
+    assert [message_id for message_id, _, _ in rec.sent] == [1, 9, 8]
+    await queue.close()

@@ -92,6 +92,8 @@ class DiscordPresenter:
         recent = last is not None and last[1] == phase and now - last[0] < self.edit_interval
         if recent and queue is None:
             return
+        # A job that starts (or finishes) says so before the queue's place-in-line updates.
+        urgent = phase is not Phase.QUEUED and (last is None or last[1] != phase)
         self._last_edit[job.id] = (now, phase)
         message = self._channel(job).get_partial_message(job.status_message_id)
         embed = embeds.status(job, phase, elapsed, queue)
@@ -101,6 +103,7 @@ class DiscordPresenter:
             job.channel_id,
             job.status_message_id,
             lambda: message.edit(embed=embed, view=view, allowed_mentions=NO_MENTIONS),
+            urgent=urgent,
         )
 
     async def show_cancelled(self, job: Job) -> None:

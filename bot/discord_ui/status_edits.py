@@ -53,13 +53,22 @@ class StatusEditQueue:
         self.clock = clock
         self._channels: dict[int, _Channel] = {}
 
-    def tick(self, channel_id: int, message_id: int, send: EditFunc) -> None:
-        """Queue a progress edit; it replaces any edit of that message still waiting."""
+    def tick(
+        self, channel_id: int, message_id: int, send: EditFunc, *, urgent: bool = False
+    ) -> None:
+        """Queue a progress edit; it replaces any edit of that message still waiting.
+
+        An `urgent` one (a job changing phase) goes before the other waiting progress edits
+        (a queue's place-in-line updates), still behind finals and within the budget."""
         channel = self._channel(channel_id)
         previous = channel.pending.get(message_id)
         if previous is not None and previous.final:
             return  # never replace a failure notice with progress
         channel.pending[message_id] = _Pending(send, final=False)
+        if urgent:
+            channel.pending.move_to_end(message_id, last=False)
+            for key in [key for key, item in channel.pending.items() if item.final]:
+                channel.pending.move_to_end(key, last=False)
         channel.wake.set()
 
     async def final(self, channel_id: int, message_id: int, send: EditFunc) -> None:
