@@ -89,13 +89,10 @@ async def test_a_file_that_is_not_an_image_is_never_posted(
     assert attachments_for(harness, job_id) == []
 
 
-async def test_a_result_redirecting_to_a_private_host_is_refused_at_every_hop(
-    harness: Harness,
-) -> None:
+async def test_a_result_redirecting_to_a_private_host_is_refused(harness: Harness) -> None:
+    # Another loopback origin: refused although the fake serves it. (Later hops are checked
+    # the same way: tests/test_pixeldojo_client.py::test_downloads_never_reach_a_private_address.)
     api = harness.api
-    # The first hop stays on PixelDojo's own (configured, so trusted) origin; the second
-    # leads to another loopback host, which must be refused although the fake serves it.
-    api.fault_next("redirect", route="download", location=f"{api.origin}/files/hop.png")
     api.fault_next(
         "redirect", route="download", location=f"http://localhost:{api.port}/files/final.png"
     )
@@ -105,7 +102,20 @@ async def test_a_result_redirecting_to_a_private_host_is_refused_at_every_hop(
     assert await used_credits(harness, ALICE_ID) == 0
     assert attachments_for(harness, job_id) == []
     fetched = [path for method, path, *_ in api.request_log if path.startswith("/files/")]
-    assert len(fetched) == 2 and fetched[1] == "/files/hop.png"
+    assert len(fetched) == 1
+
+
+async def test_a_result_redirecting_to_the_api_is_refused(harness: Harness) -> None:
+    # Followed, the hop would be an API request (key and all) that no request budget counted.
+    api = harness.api
+    api.fault_next("redirect", route="download", location=f"{api.base_url}/jobs/anything")
+    job_id = await queued_job_id(harness, await harness.imagine("a lighthouse"))
+    failure = await outcome_for(harness, job_id)
+    assert "image link redirects somewhere unusable" in failure.embeds[0]["description"]
+    assert "1 credit was refunded" in failure.embeds[0]["description"]
+    assert await used_credits(harness, ALICE_ID) == 0
+    assert attachments_for(harness, job_id) == []
+    assert not any(path.endswith("/jobs/anything") for _, path, *_ in api.request_log)
 
 
 async def test_a_job_listing_more_images_than_asked_posts_only_those_paid_for(

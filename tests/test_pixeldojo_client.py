@@ -1074,6 +1074,28 @@ async def test_api_origin_and_trusted_origins_are_not_checked(sleeps: RecordingS
     assert len(web.seen) == 2
 
 
+@pytest.mark.parametrize(
+    "start",
+    ["https://temp.pixeldojo.example/a.png", "https://pixeldojo.test/files/a.png"],
+)
+async def test_a_redirect_never_lands_on_the_api_origin(sleeps: RecordingSleep, start: str) -> None:
+    # A result host (or the API's own file route) bounces the download to an API path: followed,
+    # that hop would carry the bearer key and be an API request no budget counted.
+    web = Hops(
+        {
+            "temp.pixeldojo.example/a.png": "https://pixeldojo.test/api/v1/jobs/job_1",
+            "pixeldojo.test/files/a.png": "/api/v1/jobs/job_1",
+            "pixeldojo.test/api/v1/jobs/job_1": render_placeholder_png("1:1", seed_key="api"),
+        }
+    )
+    async with mock_client(web, sleeps, resolve=fake_dns) as client:
+        with pytest.raises(MalformedResponse) as caught:
+            await client.download(start)
+    assert "redirects somewhere unusable" in caught.value.message
+    # The API path was never requested, so neither the key nor a budget slot went to it.
+    assert [r.url.path for r in web.seen] == [httpx.URL(start).path]
+
+
 async def test_redirects_are_followed_only_so_far(sleeps: RecordingSleep) -> None:
     web = Hops({"temp.pixeldojo.example/a.png": "/a.png"})
     async with mock_client(web, sleeps, resolve=fake_dns) as client:

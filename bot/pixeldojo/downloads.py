@@ -128,8 +128,9 @@ class ResultDownloader:
         Redirects are followed by hand, at most :data:`MAX_REDIRECTS`, and every hop outside
         the trusted origins must resolve to public addresses only (:class:`UnsafeLink`); the
         connection then goes to the address that was checked. The Authorization header is sent
-        only to the API origin. Raises :class:`ImageExpired` when the link is gone and
-        :class:`ImageTooLarge` past ``max_bytes`` or past what is left of ``budget``.
+        only with a first request to the API origin; a redirect that lands on the API origin is
+        refused (:class:`MalformedResponse`). Raises :class:`ImageExpired` when the link is gone
+        and :class:`ImageTooLarge` past ``max_bytes`` or past what is left of ``budget``.
         """
         unusable = MalformedResponse("PixelDojo returned an image link the bot cannot use.")
         try:
@@ -211,8 +212,13 @@ class ResultDownloader:
             raise failed.exceptions[0] from None
         return [task.result() for task in tasks]
 
-    def _image_request(self, url: httpx.URL, address: str | None = None) -> httpx.Request:
-        """A GET for ``url``; with ``address``, connected to that IP under the URL's name."""
+    def _image_request(
+        self, url: httpx.URL, address: str | None = None, *, redirected: bool = False
+    ) -> httpx.Request:
+        """A GET for ``url``; with ``address``, connected to that IP under the URL's name.
+
+        The key goes only to the API origin, and never on a redirect hop (as browsers do once
+        a chain has left the origin)."""
         if address is None:
             request = self._http.build_request("GET", url, headers={"Accept": "image/*"})
         else:
@@ -222,18 +228,25 @@ class ResultDownloader:
                 headers={"Accept": "image/*", "Host": url.netloc.decode("ascii")},
                 extensions={"sni_hostname": url.raw_host.decode("ascii")},
             )
-        if origin(url) != self._api_origin:
+        if redirected or origin(url) != self._api_origin:
             del request.headers["Authorization"]
         return request
 
     async def _send_following_redirects(self, request: httpx.Request) -> httpx.Response:
         unusable = MalformedResponse("PixelDojo's image link redirects somewhere unusable.")
         url = request.url
-        for _ in range(MAX_REDIRECTS + 1):
+        for hop in range(MAX_REDIRECTS + 1):
+            if hop and origin(url) == self._api_origin:
+                # Result images never redirect to the API itself. Followed, such a hop would be
+                # an API request the budget never counted (that was decided from the first
+                # URL), aimed at whatever API path a hostile result host chose.
+                log.warning("PixelDojo image link redirects to the API origin; not followed")
+                raise unusable
             address = await self._checked_address(url)
             try:
+                request = self._image_request(url, address, redirected=hop > 0)
                 # httpx parses Location even when not following it, and may raise doing so.
-                response = await self._http.send(self._image_request(url, address), stream=True)
+                response = await self._http.send(request, stream=True)
             except httpx.InvalidURL:
                 raise unusable from None
             location = response.headers.get("Location") if response.is_redirect else None
