@@ -33,6 +33,7 @@ from bot.credits.moderation import (
     ModerationService,
 )
 from bot.discord_ui import embeds
+from bot.discord_ui.errors import set_failure_note
 from bot.discord_ui.members import can_moderate, role_ids_of
 from bot.generation.models import MAX_OUTPUTS
 
@@ -143,10 +144,12 @@ class Moderation(commands.Cog):
         """Run moderator actions in order, log each one, and report them to the moderator,
         each followed by its entry in `notes` (what else to do) if it was done.
 
-        An action the service refuses stops the rest; the reply says what was done before it.
+        An action the service refuses stops the rest; the reply says what was done before it,
+        and so does an error reply once anything was saved (repeating it would do it twice).
         """
         await _defer(interaction)
         lines: list[str] = []
+        saved: list[str] = []
         for action in actions:
             try:
                 entry = await action()
@@ -155,6 +158,12 @@ class Moderation(commands.Cog):
                 if len(actions) > 1:
                     lines.append("Nothing after that was changed.")
                 break
+            saved.append(f"you {entry.summary}")
+            set_failure_note(
+                interaction,
+                f"This was saved, though: {'; '.join(saved)}. "
+                "It is in `/mod audit`; don't repeat it.",
+            )
             await self.bot.services.notices.moderator_action(entry)
             lines.append(_done(entry))
             if notes and action in notes:

@@ -132,6 +132,7 @@ async def _delete(bot: PixelDojoBot, interaction: discord.Interaction, job: Job)
     await interaction.response.defer(ephemeral=True)
     if interaction.message is not None:
         await interaction.message.delete()
+    set_failure_note(interaction, "The result was deleted, though.")
     log.info("job %d: result deleted by user %d", job.id, interaction.user.id)
     if not is_author:  # a moderator action: audited and announced like the others
         entry = await services.moderation.record_result_deletion(

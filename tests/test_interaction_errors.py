@@ -15,6 +15,8 @@ from tests.conftest import (
     ALICE_ID,
     CHANNEL_ID,
     GUILD_ID,
+    LOG_CHANNEL_ID,
+    MOD_ID,
     OWNER_ID,
     Harness,
     job_id_of,
@@ -145,3 +147,75 @@ async def test_an_error_that_refunded_the_job_says_so(
     )
     assert await remaining(harness) == before
     assert harness.api.submissions == []
+
+
+# -- after a committed action: notices are best-effort, and an error reply says what was saved --
+
+
+async def grants(harness: Harness) -> list[int]:
+    entries = await harness.bot.services.moderation.audit_entries(GUILD_ID, limit=50)
+    return [e.target_id for e in entries if e.action == "credits.grant"]
+
+
+async def log_channel_unreachable(harness: Harness, **settings: int) -> None:
+    """Configure the log channel, then cut it off: posting there fails with an aiohttp
+    connection error, not a Discord HTTP status."""
+    await harness.reply(
+        await harness.command(
+            "mod settings", {"log_channel": LOG_CHANNEL_ID, **settings}, user_id=OWNER_ID
+        )
+    )
+    harness.double.drop_connections("POST", rf"/channels/{LOG_CHANNEL_ID}/messages", count=99)
+
+
+async def test_an_unreachable_log_channel_does_not_fail_a_moderator_action(
+    harness: Harness,
+) -> None:
+    await log_channel_unreachable(harness)
+    record = await harness.command(
+        "mod credits grant", {"user": ALICE_ID, "amount": 5}, user_id=OWNER_ID
+    )
+    reply = await private_reply(harness, record)
+    assert reply.content == f"✅ You granted <@{ALICE_ID}> 5 extra credits today."
+    assert await grants(harness) == [ALICE_ID]
+    logged = [m.content or "" for m in harness.double.channel_messages(LOG_CHANNEL_ID)]
+    assert not any("granted" in text for text in logged)  # it really was cut off
+
+
+async def test_an_error_after_a_moderator_action_says_it_was_saved(harness: Harness) -> None:
+    # The first follow-up (the "✅" reply) hits a network outage; the error reply gets through.
+    harness.double.drop_connections("POST", r"/webhooks/\d+/[^/]+", count=1)
+    record = await harness.command(
+        "mod credits grant", {"user": ALICE_ID, "amount": 5}, user_id=OWNER_ID
+    )
+    reply = await private_reply(harness, record)
+    assert reply.content == (
+        f"{APOLOGY} This was saved, though: you granted <@{ALICE_ID}> 5 extra credits today. "
+        "It is in `/mod audit`; don't repeat it."
+    )
+    assert await grants(harness) == [ALICE_ID]
+
+
+@pytest.mark.parametrize("failure", ["log channel unreachable", "notifier raises"])
+async def test_a_spend_cap_notice_that_fails_does_not_fail_the_generation(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    await log_channel_unreachable(harness, spend_cap=5)
+    if failure == "notifier raises":
+        monkeypatch.setattr(harness.bot.services.generation, "notify_moderators", boom)
+    before = await remaining(harness)
+    job_id = await queued_job_id(harness, await harness.imagine("a paper boat", num_outputs=4))
+    result = await harness.result_for(job_id)  # the 80% notice could not go out; the job ran
+    assert len(result.attachments) == 4
+    assert await remaining(harness) == before - 4  # type: ignore[operator]
+
+
+async def test_an_error_after_a_moderator_deleted_a_result_says_it_is_gone(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = await posted_result(harness)
+    monkeypatch.setattr(harness.bot.services.moderation, "record_result_deletion", boom)
+    click = await harness.double.click(result.id, f"pdj:delete:{job_id_of(result)}", user_id=MOD_ID)
+    reply = await private_reply(harness, click)
+    assert reply.content == f"{APOLOGY} The result was deleted, though."
+    assert result.deleted

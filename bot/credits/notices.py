@@ -22,7 +22,11 @@ when the channel cannot be posted in."""
 
 
 class ModeratorNotices:
-    """Tells a guild's log channel what happened, if the guild configured one."""
+    """Tells a guild's log channel what happened, if the guild configured one.
+
+    Notices are best-effort: they follow an action that is already committed, so a notice that
+    cannot be sent is logged and never fails (or "retries") the action it reports.
+    """
 
     def __init__(self, moderation: ModerationService, post: NoticePoster | None = None) -> None:
         self.moderation = moderation
@@ -30,13 +34,15 @@ class ModeratorNotices:
         """None (the command line): notices are only logged and audited, never posted."""
 
     async def notify(self, guild_id: int, text: str) -> None:
-        """Post to the guild's moderator log channel, if one is configured."""
+        """Post to the guild's moderator log channel, if one is configured. Never raises."""
         if self.post is None:
             return
-        settings = await self.moderation.get_settings(guild_id)
-        if settings.log_channel_id is None:
-            return
-        await self.post(guild_id, settings.log_channel_id, text)
+        try:
+            settings = await self.moderation.get_settings(guild_id)
+            if settings.log_channel_id is not None:
+                await self.post(guild_id, settings.log_channel_id, text)
+        except Exception:
+            log.exception("guild %d: could not tell the moderators", guild_id)
 
     async def generation_finished(self, job: Job) -> None:
         """Every generation ends in the audit table and, if configured, the log channel."""
@@ -53,14 +59,20 @@ class ModeratorNotices:
         )
 
     async def moderator_action(self, entry: AuditEntry) -> None:
-        """Every moderator action is in the audit table already; also tell the log channel."""
+        """Every moderator action is in the audit table already; also tell the log channel.
+        Never raises."""
         log.info("guild %d: moderator %d: %s", entry.guild_id, entry.actor_id or 0, entry.summary)
         await self.notify(entry.guild_id, _action_text(entry))
 
     async def farewell(self, entry: AuditEntry, channel_id: int) -> None:
-        """Tell a log channel that was just turned off (`entry`) so, one last time."""
-        if self.post is not None:
+        """Tell a log channel that was just turned off (`entry`) so, one last time. Never
+        raises."""
+        if self.post is None:
+            return
+        try:
             await self.post(entry.guild_id, channel_id, _action_text(entry))
+        except Exception:
+            log.exception("guild %d: could not tell the moderators", entry.guild_id)
 
 
 def _action_text(entry: AuditEntry) -> str:

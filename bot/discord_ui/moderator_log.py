@@ -15,7 +15,7 @@ MESSAGE_MAX_LENGTH = 2000
 
 def log_channel_poster(client: discord.Client) -> NoticePoster:
     """A `NoticePoster` that sends through `client`, pinging nobody; a channel that cannot be
-    posted in (deleted, or the bot lost access) is logged and skipped."""
+    posted in (deleted, the bot lost access, or Discord unreachable) is logged and skipped."""
 
     async def post(guild_id: int, channel_id: int, text: str) -> None:
         channel = client.get_partial_messageable(channel_id, guild_id=guild_id)
@@ -26,6 +26,14 @@ def log_channel_poster(client: discord.Client) -> NoticePoster:
         except discord.HTTPException as exc:
             log.warning(
                 "guild %d: could not post to log channel %d (%s)", guild_id, channel_id, exc
+            )
+        except Exception as exc:  # aiohttp.ClientError, OSError, …: a notice is best-effort
+            log.warning(
+                "guild %d: could not post to log channel %d (%s: %s)",
+                guild_id,
+                channel_id,
+                type(exc).__name__,
+                exc,
             )
 
     return post

@@ -95,7 +95,10 @@ class GenerationService:
         for notice in admission.notices:
             log.warning("guild %d: %s", job.guild_id, notice)
             if self.notify_moderators is not None:
-                await self.notify_moderators(job.guild_id, notice)
+                try:
+                    await self.notify_moderators(job.guild_id, notice)
+                except Exception:  # best-effort: the credits are held already
+                    log.exception("guild %d: could not notify the moderators", job.guild_id)
         log.info(
             "job %d: reserved %d credit(s) for user %d in guild %d",
             job.id,
