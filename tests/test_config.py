@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from bot.config import ConfigError, load_settings
 from bot.logging_setup import RedactingFormatter
+from tests.conftest import OWNER_ID, Harness
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.abcdefghijklmnopqrstuvwxyz012345"
 GOOD = {"DISCORD_TOKEN": TOKEN, "PIXELDOJO_API_KEY": "pd_live_secret_key_123"}
@@ -131,6 +133,57 @@ def test_secrets_are_redacted_from_log_lines_and_tracebacks() -> None:
     text = formatter.format(record)
     assert TOKEN not in text and "pd_live_secret_key_123" not in text
     assert "token was [redacted]" in text and "Bearer [redacted] / [redacted]" in text
+
+
+INTERACTION_TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5OmFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6"
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        (f"https://discord.com/api/v10/webhooks/1180/{INTERACTION_TOKEN}", "/webhooks/1180/"),
+        (
+            f"https://discord.com/api/v10/webhooks/1180/{INTERACTION_TOKEN}/messages/@original",
+            "/webhooks/1180/[redacted]/messages/@original",
+        ),
+        (
+            f"https://discord.com/api/v10/interactions/99/{INTERACTION_TOKEN}/callback",
+            "/interactions/99/[redacted]/callback",
+        ),
+        (f"https://discord.com/api/v10/webhooks/1180/{'x' * 68}", "/webhooks/1180/[redacted]"),
+        (f"major parameters '1180+{INTERACTION_TOKEN}'", "major parameters '1180+[redacted]'"),
+    ],
+)
+def test_interaction_and_webhook_tokens_are_redacted(url: str, kept: str) -> None:
+    record = logging.LogRecord(
+        "discord.webhook.async_", logging.DEBUG, __file__, 1, "POST %s -> %s", (url, 204), None
+    )
+    text = RedactingFormatter([]).format(record)
+    assert INTERACTION_TOKEN not in text and "x" * 68 not in text
+    assert kept in text
+
+
+async def test_a_debug_log_of_discord_traffic_shows_no_interaction_token(
+    harness: Harness,
+) -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(RedactingFormatter([harness.double.token]))
+    discord_log = logging.getLogger("discord")
+    level = discord_log.level
+    discord_log.addHandler(handler)
+    discord_log.setLevel(logging.DEBUG)
+    try:
+        record = await harness.command("mod audit", user_id=OWNER_ID)
+        # The bot logs the deferral's callback URL before it sends the follow-up.
+        await harness.reply(record)
+    finally:
+        discord_log.removeHandler(handler)
+        discord_log.setLevel(level)
+    text = out.getvalue()
+    assert "INTERACTION_CREATE" in text  # the gateway payload, token field included
+    assert f"/interactions/{record.id}/[redacted]/callback" in text
+    assert record.token not in text and harness.double.token not in text
 
 
 def test_request_budget_setting() -> None:
