@@ -352,6 +352,25 @@ async def test_blocked_terms_are_refused_without_echoing_them(harness: Harness) 
     assert "dragon" not in log.lower() and "ffin" not in log
 
 
+async def test_a_stored_pattern_re2_cannot_run_is_listed_as_not_enforced(
+    harness: Harness,
+) -> None:
+    await mod(harness, "blocklist add", {"term": "gr[iy]ffin", "regex": True})
+    async with harness.bot.services.db.transaction() as conn:  # stored before RE2
+        await conn.execute(
+            "INSERT INTO blocked_terms (guild_id, pattern, is_regex, actor_id, created_at) "
+            "VALUES (?, ?, 1, ?, 0)",
+            (GUILD_ID, r"(?<!\w)dragon", OWNER_ID),
+        )
+    assert (await imagine(harness, "a dragon")).startswith("Job #")  # indeed not enforced
+    listing = (await mod_message(harness, "blocklist list")).embeds[0]
+    assert listing["description"].splitlines()[1:3] == [
+        "#1     gr[iy]ffin  (regex)",
+        "#2     (?<!\\w)dragon  (regex)  (not enforced: RE2 can't run this pattern)",
+    ]
+    assert "remove it and add it in RE2 syntax" in listing["footer"]["text"]
+
+
 async def test_a_backtracking_pattern_cannot_freeze_the_bot(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

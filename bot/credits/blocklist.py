@@ -258,6 +258,18 @@ def clean_regex_term(pattern: str) -> str:
     return pattern
 
 
+def is_enforced(term: str, is_regex: bool) -> bool:
+    """Whether a stored term is matched: every plain term, and a pattern RE2 compiles (one it
+    can't, stored before patterns ran on RE2, is what `TermMatcher.build` skips)."""
+    if not is_regex:
+        return True
+    try:
+        compile_pattern(term)
+    except InvalidTerm:
+        return False
+    return True
+
+
 def check_regex_budget(pattern: str, existing: Iterable[str]) -> None:
     """Raise `InvalidTerm` when adding `pattern` would take a server's patterns over
     `REGEX_BUDGET`. Stored patterns RE2 can't compile cost nothing (they are skipped)."""

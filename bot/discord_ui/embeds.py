@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.credits.admission import Balance
+from bot.credits.blocklist import is_enforced
 from bot.generation.models import Job, JobState
 from bot.generation.runner import Phase, QueuePosition
 from bot.safe_text import escape_member_text
@@ -382,21 +383,31 @@ def ban_list(bans: Sequence[Ban]) -> discord.Embed:
     )
 
 
+NOT_ENFORCED = "(not enforced: RE2 can't run this pattern)"
+"""How `/mod blocklist list` marks a stored pattern that matching skips."""
+
+
 def blocklist(terms: Sequence[BlockedTerm]) -> discord.Embed:
     """`/mod blocklist list`: the terms themselves, in a code block (moderators only)."""
     embed = discord.Embed(title=f"🚧 Blocked terms ({len(terms)})", colour=BRAND)
     if not terms:
         embed.description = "No terms are blocked."
         return embed
-    lines = [
-        f"#{term.id:<5} {term.pattern.replace('```', 'ˋˋˋ')}"
-        + ("  (regex)" if term.is_regex else "")
-        for term in terms
-    ]
+    lines: list[str] = []
+    unenforced = False
+    for term in terms:
+        line = f"#{term.id:<5} {term.pattern.replace('```', 'ˋˋˋ')}"
+        if term.is_regex:
+            line += "  (regex)"
+        if not is_enforced(term.pattern, term.is_regex):
+            line += f"  {NOT_ENFORCED}"
+            unenforced = True
+        lines.append(line)
     embed.description = f"```\n{fit_lines(lines, DESCRIPTION_LIMIT - 8)}\n```"
-    embed.set_footer(
-        text="Plain terms match whole words in any case. Remove one with /mod blocklist remove #id"
-    )
+    footer = "Plain terms match whole words in any case. Remove one with /mod blocklist remove #id"
+    if unenforced:
+        footer += ". A pattern not enforced blocks nothing: remove it and add it in RE2 syntax."
+    embed.set_footer(text=footer)
     return embed
 
 
