@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,15 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     await database.close()
 
 
+# The tests release held submissions themselves: a grace this long never runs out before
+# they do, however slow the machine.
+LONG_GRACE = 60.0
 ONE_AT_A_TIME = RunnerSettings(
-    poll_initial_interval=0.02, poll_max_interval=0.05, job_timeout=5, max_concurrent_submits=1
+    poll_initial_interval=0.02,
+    poll_max_interval=0.05,
+    job_timeout=5,
+    max_concurrent_submits=1,
+    shutdown_grace=LONG_GRACE,
 )
 
 
@@ -135,6 +143,8 @@ async def test_closing_the_bot_mid_submission_delivers_the_job_after_the_restart
     first = PixelDojoBot(settings, guild_ready_timeout=0.1)
     async with run_bot_against(double, first):
         await double.wait_for_commands()
+        runner = first.services.runner
+        runner.settings = replace(runner.settings, shutdown_grace=LONG_GRACE)
         harness = Harness(first, double, api)
         record = await harness.imagine("sent before the shutdown")
         job_id = await queued_job_id(harness, record)
