@@ -1,0 +1,1 @@
+"""The bot's discord.py extensions: slash commands and result buttons over the services."""
