@@ -74,8 +74,7 @@ class ServiceEnv:
 
     async def settings(self, guild: int = GUILD, **values: object) -> None:
         """Write settings directly, bypassing the moderators' validation ranges."""
-        async with self.db.transaction() as conn:
-            await guild_settings.save(conn, guild, **values)
+        await self.db.run(lambda conn: guild_settings.save(conn, guild, **values))
 
     async def audit_count(self, guild: int = GUILD) -> int:
         row = await self.db.fetchone("SELECT COUNT(*) FROM audit_log WHERE guild_id = ?", (guild,))

@@ -143,8 +143,7 @@ async def test_upgrade_recovers_the_charge_of_jobs_refunded_before_it(tmp_path: 
     try:
         jobs = [await JobStore(db).get(job_id) for job_id in (1, 2, 3)]
         assert [job.provider_charged for job in jobs if job is not None] == [2, 3, None]
-        async with db.read() as read:
-            assert await ledger.guild_spend(read, 7, 0.0) == 2 + 3
-            assert await ledger.refunded_spend(read, 7, 0.0) == 3
+        assert await db.call(lambda conn: ledger.guild_spend(conn, 7, 0.0)) == 2 + 3
+        assert await db.call(lambda conn: ledger.refunded_spend(conn, 7, 0.0)) == 3
     finally:
         await db.close()

@@ -4,13 +4,14 @@
 `BEGIN IMMEDIATE` reservation transaction, so reading the limits and reserving against them is
 one atomic step: concurrent requests can never over-spend an allowance or the server's spend
 cap. Every rule lives in the database; the only thing kept in memory is a cache of compiled
-blocked terms.
+blocked terms. The checks are plain functions: the whole transaction runs in one trip to the
+database thread, with no await between its statements.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ from bot.credits.periods import Period, discord_time, next_reset, period_start
 from bot.errors import RequestRefused
 from bot.generation.models import CREDITS_PER_OUTPUT, GenerationRequest
 from bot.safe_text import escape_member_text
-from bot.storage import Connection, guild_settings, jobs, ledger, rules
+from bot.storage import guild_settings, jobs, ledger, rules
 from bot.storage.database import Database
 from bot.storage.guild_settings import GuildSettings
 from bot.storage.jobs import Admission
+from bot.storage.ledger import Usage
 
 CAP_WARNING_FRACTION = 0.8
 
@@ -64,8 +66,8 @@ def _resets(resets_at: float | None) -> str:
     return "they don't reset" if resets_at is None else f"they reset {discord_time(resets_at)}"
 
 
-async def resolve_allowance(
-    conn: Connection,
+def resolve_allowance(
+    conn: sqlite3.Connection,
     settings: GuildSettings,
     user_id: int,
     role_ids: Sequence[int],
@@ -75,10 +77,10 @@ async def resolve_allowance(
     A per-member override wins; otherwise the most generous of the member's roles that have one
     (an unlimited role beats any number); otherwise the guild default.
     """
-    own = await rules.user_allowance(conn, settings.guild_id, user_id)
+    own = rules.user_allowance(conn, settings.guild_id, user_id)
     if own is not None:
         return own.credits
-    values = await rules.role_allowances_among(conn, settings.guild_id, role_ids)
+    values = rules.role_allowances_among(conn, settings.guild_id, role_ids)
     if values:
         return None if None in values else max(v for v in values if v is not None)
     return settings.default_allowance
@@ -96,33 +98,36 @@ class Limits:
         """Forget a guild's compiled blocked terms (call whenever they change)."""
         self._matchers.pop(guild_id, None)
 
-    async def admit(self, conn: Connection, request: GenerationRequest, now: float) -> Admission:
+    def admit(self, conn: sqlite3.Connection, request: GenerationRequest, now: float) -> Admission:
         """Check every rule in order and return what to reserve, or raise `RequestRefused`."""
-        settings = await guild_settings.load(conn, request.guild_id)
-        await self._check_ban(conn, request, now)
-        await self._check_channel(conn, request)
-        await self._check_terms(conn, request)
+        settings = guild_settings.load(conn, request.guild_id)
+        self._check_ban(conn, request, now)
+        self._check_channel(conn, request)
+        self._check_terms(conn, request)
         cost = credits_for(request)
         self._check_outputs(settings, request)
-        await self._check_queue(conn, settings, request)
-        await self._check_cooldown(conn, settings, request, now)
+        self._check_queue(conn, settings, request)
+        self._check_cooldown(conn, settings, request, now)
         start = period_start(settings.period, settings.reset_hour, now)
         resets_at = next_reset(settings.period, settings.reset_hour, now)
-        cap_marks, notices = await self._check_cap(conn, settings, cost, start, resets_at)
-        await self._check_allowance(conn, settings, request, cost, start, resets_at)
+        cap_marks, notices = self._check_cap(conn, settings, cost, start, resets_at)
+        self._check_allowance(conn, settings, request, cost, start, resets_at)
         if cap_marks:
-            await guild_settings.save(conn, request.guild_id, **cap_marks)
+            guild_settings.save(conn, request.guild_id, **cap_marks)
         return Admission(credits=cost, period_start=start, notices=notices)
 
     async def balance(self, guild_id: int, user_id: int, role_ids: Sequence[int]) -> Balance:
         """What the member has used and has left in the current period."""
         now = self.clock()
-        async with self.db.read() as conn:
-            settings = await guild_settings.load(conn, guild_id)
-            allowance = await resolve_allowance(conn, settings, user_id, role_ids)
+
+        def read(conn: sqlite3.Connection) -> tuple[GuildSettings, int | None, float, Usage, int]:
+            settings = guild_settings.load(conn, guild_id)
+            allowance = resolve_allowance(conn, settings, user_id, role_ids)
             start = period_start(settings.period, settings.reset_hour, now)
-            usage = await ledger.usage_between(conn, guild_id, user_id, start)
-            active = await jobs.count_active(conn, guild_id, user_id)
+            usage = ledger.usage_between(conn, guild_id, user_id, start)
+            return settings, allowance, start, usage, jobs.count_active(conn, guild_id, user_id)
+
+        settings, allowance, start, usage, active = await self.db.call(read)
         remaining = None if allowance is None else max(0, allowance + usage.granted - usage.used)
         return Balance(
             allowance=allowance,
@@ -137,20 +142,19 @@ class Limits:
 
     async def settings(self, guild_id: int) -> GuildSettings:
         """The guild's current settings (defaults when none were changed)."""
-        async with self.db.read() as conn:
-            return await guild_settings.load(conn, guild_id)
+        return await self.db.call(lambda conn: guild_settings.load(conn, guild_id))
 
-    async def matcher(self, conn: Connection, guild_id: int) -> TermMatcher:
+    def matcher(self, conn: sqlite3.Connection, guild_id: int) -> TermMatcher:
         """The guild's compiled blocked terms, cached until they change.
 
         Besides `invalidate_terms`, each use compares the terms' (count, newest id) with the
         cached ones, so a change made by another process (the CLI) is picked up too.
         """
-        signature = await rules.blocked_terms_signature(conn, guild_id)
+        signature = rules.blocked_terms_signature(conn, guild_id)
         cached = self._matchers.get(guild_id)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        terms = await rules.blocked_terms(conn, guild_id)
+        terms = rules.blocked_terms(conn, guild_id)
         matcher = TermMatcher.build((term.pattern, term.is_regex) for term in terms)
         for skipped in matcher.skipped:
             log.warning(
@@ -165,8 +169,8 @@ class Limits:
         return matcher
 
     @staticmethod
-    async def _check_ban(conn: Connection, request: GenerationRequest, now: float) -> None:
-        ban = await rules.ban_of(conn, request.guild_id, request.user_id)
+    def _check_ban(conn: sqlite3.Connection, request: GenerationRequest, now: float) -> None:
+        ban = rules.ban_of(conn, request.guild_id, request.user_id)
         if ban is None or (ban.until is not None and ban.until <= now):
             return
         reason = f" (reason: {escape_member_text(ban.reason)})" if ban.reason else ""
@@ -182,16 +186,17 @@ class Limits:
         )
 
     @staticmethod
-    async def _check_channel(conn: Connection, request: GenerationRequest) -> None:
-        channels = await rules.allowed_channels(conn, request.guild_id)
+    def _check_channel(conn: sqlite3.Connection, request: GenerationRequest) -> None:
+        channels = rules.allowed_channels(conn, request.guild_id)
         if channels and request.channel_id not in channels:
             mentions = ", ".join(f"<#{channel}>" for channel in channels)
             raise RequestRefused(f"Images can only be generated in {mentions}.")
 
-    async def _check_terms(self, conn: Connection, request: GenerationRequest) -> None:
-        matcher = await self.matcher(conn, request.guild_id)
-        # RE2 keeps this linear in the prompt; a worker thread keeps even that off the loop.
-        if await asyncio.to_thread(matcher.matches, request.prompt):
+    def _check_terms(self, conn: sqlite3.Connection, request: GenerationRequest) -> None:
+        matcher = self.matcher(conn, request.guild_id)
+        # On the database thread, never the event loop's; RE2 keeps it linear in the prompt, and
+        # the regex budget bounds how long the write lock is held for it.
+        if matcher.matches(request.prompt):
             raise RequestRefused(
                 "Your prompt contains a term this server doesn't allow. Please rephrase it."
             )
@@ -207,13 +212,13 @@ class Limits:
             )
 
     @staticmethod
-    async def _check_queue(
-        conn: Connection, settings: GuildSettings, request: GenerationRequest
+    def _check_queue(
+        conn: sqlite3.Connection, settings: GuildSettings, request: GenerationRequest
     ) -> None:
         """The only queue refusal: too many prompts waiting. A member's jobs beyond the
         `max_concurrent` that may run are the ones waiting, whatever the dispatcher is doing
         at this instant, so the cap does not depend on how fast jobs start."""
-        active = await jobs.count_active(conn, request.guild_id, request.user_id)
+        active = jobs.count_active(conn, request.guild_id, request.user_id)
         waiting = active - settings.max_concurrent
         if waiting >= settings.max_queued:
             raise RequestRefused(
@@ -222,15 +227,15 @@ class Limits:
             )
 
     @staticmethod
-    async def _check_cooldown(
-        conn: Connection,
+    def _check_cooldown(
+        conn: sqlite3.Connection,
         settings: GuildSettings,
         request: GenerationRequest,
         now: float,
     ) -> None:
         if settings.cooldown_seconds <= 0:
             return
-        last = await jobs.last_created_at(conn, request.guild_id, request.user_id)
+        last = jobs.last_created_at(conn, request.guild_id, request.user_id)
         if last is None:
             return
         ready_at = last + settings.cooldown_seconds
@@ -241,8 +246,8 @@ class Limits:
             )
 
     @staticmethod
-    async def _check_cap(
-        conn: Connection,
+    def _check_cap(
+        conn: sqlite3.Connection,
         settings: GuildSettings,
         cost: int,
         start: float,
@@ -252,7 +257,7 @@ class Limits:
         cap = settings.spend_cap
         if cap is None:
             return {}, ()
-        spent = await ledger.guild_spend(conn, settings.guild_id, start)
+        spent = ledger.guild_spend(conn, settings.guild_id, start)
         phrase = settings.period.phrase
         resumes = (
             f"It resumes {discord_time(resets_at)}, or when a moderator raises the cap."
@@ -285,18 +290,18 @@ class Limits:
         return {}, ()
 
     @staticmethod
-    async def _check_allowance(
-        conn: Connection,
+    def _check_allowance(
+        conn: sqlite3.Connection,
         settings: GuildSettings,
         request: GenerationRequest,
         cost: int,
         start: float,
         resets_at: float | None,
     ) -> None:
-        allowance = await resolve_allowance(conn, settings, request.user_id, request.role_ids)
+        allowance = resolve_allowance(conn, settings, request.user_id, request.role_ids)
         if allowance is None:
             return
-        usage = await ledger.usage_between(conn, request.guild_id, request.user_id, start)
+        usage = ledger.usage_between(conn, request.guild_id, request.user_id, start)
         total = allowance + usage.granted
         remaining = max(0, total - usage.used)
         if cost <= remaining:

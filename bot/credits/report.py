@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 from bot.credits.periods import Period, next_reset, period_start, previous_period_start
 from bot.generation.models import ACTIVE_STATES, JobState
-from bot.storage import Connection, ledger
+from bot.storage import ledger
 from bot.storage.guild_settings import GuildSettings
 
 
@@ -52,8 +53,8 @@ class UsageReport:
         return None if self.spend_cap is None else self.total_credits / self.spend_cap
 
 
-async def build_usage_report(
-    conn: Connection,
+def build_usage_report(
+    conn: sqlite3.Connection,
     settings: GuildSettings,
     *,
     now: float,
@@ -66,18 +67,18 @@ async def build_usage_report(
     begin = period_start(settings.period, settings.reset_hour, moment)
     end = next_reset(settings.period, settings.reset_hour, moment)
     previous = previous_period_start(settings.period, settings.reset_hour, moment)
-    rows = await ledger.top_spenders(conn, guild_id, begin, end, limit=max(1, top))
-    states = await ledger.job_states(conn, guild_id, begin, end)
+    rows = ledger.top_spenders(conn, guild_id, begin, end, limit=max(1, top))
+    states = ledger.job_states(conn, guild_id, begin, end)
     return UsageReport(
         guild_id=guild_id,
         period=settings.period,
         period_start=begin,
         period_end=end,
-        total_credits=await ledger.guild_spend(conn, guild_id, begin, end),
-        refunded_credits=await ledger.refunded_spend(conn, guild_id, begin, end),
+        total_credits=ledger.guild_spend(conn, guild_id, begin, end),
+        refunded_credits=ledger.refunded_spend(conn, guild_id, begin, end),
         previous_period_start=previous,
         previous_total_credits=(
-            None if previous is None else await ledger.guild_spend(conn, guild_id, previous, begin)
+            None if previous is None else ledger.guild_spend(conn, guild_id, previous, begin)
         ),
         top_users=tuple(UserUsage(*row) for row in rows),
         jobs_posted=states.get(JobState.POSTED.value, 0),

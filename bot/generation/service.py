@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -23,7 +24,6 @@ from bot.generation.models import (
 )
 from bot.generation.runner import JobRunner
 from bot.pixeldojo.models import ASPECT_RATIOS
-from bot.storage import Connection
 from bot.storage.jobs import Admission, AdmissionCheck, JobStore
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ def validate(
     return prompt, aspect_ratio, num_outputs, seed
 
 
-async def admit_without_limits(
-    conn: Connection, request: GenerationRequest, now: float
+def admit_without_limits(
+    conn: sqlite3.Connection, request: GenerationRequest, now: float
 ) -> Admission:
     """Hold the estimated cost, with no allowance to check (all-time period)."""
     return Admission(credits=request.num_outputs * CREDITS_PER_OUTPUT, period_start=0.0)

@@ -1,5 +1,5 @@
 """SQLite persistence: one connection, versioned schema, serialised transactions."""
 
-from bot.storage.database import Connection, Database, DatabaseUnavailable
+from bot.storage.database import Connection, Database, DatabaseUnavailable, on_thread
 
-__all__ = ["Connection", "Database", "DatabaseUnavailable"]
+__all__ = ["Connection", "Database", "DatabaseUnavailable", "on_thread"]

@@ -8,10 +8,9 @@ spend cap) store that choice as `NONE_CHOSEN` so it stays distinct from NULL.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, fields
 from typing import Any
-
-import aiosqlite
 
 from bot.credits.periods import Period
 
@@ -55,10 +54,10 @@ def _from_column(name: str, value: Any) -> Any:
     return Period(value) if name == "period" else value
 
 
-async def load(conn: aiosqlite.Connection, guild_id: int) -> GuildSettings:
+def load(conn: sqlite3.Connection, guild_id: int) -> GuildSettings:
     """The guild's settings: what its moderators set, the defaults for the rest."""
-    row = await (
-        await conn.execute(
+    row = (
+        conn.execute(
             f"SELECT {', '.join(COLUMNS)} FROM guild_settings WHERE guild_id = ?", (guild_id,)
         )
     ).fetchone()
@@ -72,14 +71,14 @@ async def load(conn: aiosqlite.Connection, guild_id: int) -> GuildSettings:
     return GuildSettings(guild_id=guild_id, **stored)
 
 
-async def save(conn: aiosqlite.Connection, guild_id: int, **values: Any) -> None:
+def save(conn: sqlite3.Connection, guild_id: int, **values: Any) -> None:
     """Set some columns of the guild's row, creating it (the rest left at their defaults)."""
     unknown = set(values) - set(COLUMNS)
     if unknown:
         raise KeyError(f"unknown guild setting(s): {', '.join(sorted(unknown))}")
     names = list(values)
     params = [_to_column(name, value) for name, value in values.items()]
-    await conn.execute(
+    conn.execute(
         f"""
         INSERT INTO guild_settings (guild_id, {", ".join(names)})
         VALUES (?, {", ".join("?" for _ in names)})

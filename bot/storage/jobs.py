@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import aiosqlite
 
 from bot.generation.models import (
     ACTIVE_STATES,
@@ -19,7 +18,7 @@ from bot.generation.models import (
     JobState,
 )
 from bot.storage import ledger
-from bot.storage.database import Connection, Database
+from bot.storage.database import Database
 from bot.storage.ledger import LedgerKind
 
 log = logging.getLogger(__name__)
@@ -40,13 +39,14 @@ class Admission:
     """Messages for the moderators' log channel (e.g. the spend cap nearing), sent after commit."""
 
 
-AdmissionCheck = Callable[[Connection, GenerationRequest, float], Awaitable[Admission]]
-"""Runs inside the reservation transaction; raises to refuse the request."""
+AdmissionCheck = Callable[[sqlite3.Connection, GenerationRequest, float], Admission]
+"""Runs inside the reservation transaction, on the database thread (so it must not block on
+anything but SQLite); raises to refuse the request."""
 
 
-async def count_active(conn: aiosqlite.Connection, guild_id: int, user_id: int) -> int:
+def count_active(conn: sqlite3.Connection, guild_id: int, user_id: int) -> int:
     """The member's unfinished jobs: waiting in the queue, being sent, running or being posted."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"""
         SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?
         AND state IN ({",".join("?" for _ in ACTIVE_STATES)})
@@ -56,9 +56,9 @@ async def count_active(conn: aiosqlite.Connection, guild_id: int, user_id: int) 
     return int(next(iter(rows))[0])
 
 
-async def last_created_at(conn: aiosqlite.Connection, guild_id: int, user_id: int) -> float | None:
+def last_created_at(conn: sqlite3.Connection, guild_id: int, user_id: int) -> float | None:
     """When the member's newest job was created; None when they have none."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         "SELECT MAX(created_at) FROM jobs WHERE guild_id = ? AND user_id = ?",
         (guild_id, user_id),
     )
@@ -68,7 +68,9 @@ async def last_created_at(conn: aiosqlite.Connection, guild_id: int, user_id: in
 
 class JobStore:
     """Reads and writes `jobs` rows. Every state change that moves credits writes its ledger row
-    in the same transaction, so a crash can never leave a charge without its job or vice versa."""
+    in the same transaction, so a crash can never leave a charge without its job or vice versa.
+
+    Each method is one trip to the database thread (`Database.run` or `Database.call`)."""
 
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
@@ -81,10 +83,11 @@ class JobStore:
 
         Also returns the admission, whose `notices` are for the moderators' log channel: the
         transaction has committed when this returns, so they can be sent."""
-        async with self.db.transaction() as conn:
+
+        def reserve(conn: sqlite3.Connection) -> tuple[Job, Admission]:
             now = self.clock()
-            admission = await admit(conn, request, now)
-            cursor = await conn.execute(
+            admission = admit(conn, request, now)
+            cursor = conn.execute(
                 """
                 INSERT INTO jobs (guild_id, channel_id, user_id, prompt, aspect_ratio, num_outputs,
                                   seed, parent_job_id, state, credits_reserved, created_at,
@@ -106,8 +109,8 @@ class JobStore:
                     request.input_image_url,
                 ),
             )
-            job_id = cursor.lastrowid
-            await ledger.append(
+            job_id = int(cursor.lastrowid or 0)
+            ledger.append(
                 conn,
                 guild_id=request.guild_id,
                 user_id=request.user_id,
@@ -117,11 +120,12 @@ class JobStore:
                 now=now,
                 job_id=job_id,
             )
-            return await self._get(conn, job_id), admission
+            return _get(conn, job_id), admission
+
+        return await self.db.run(reserve)
 
     async def get(self, job_id: int) -> Job | None:
-        async with self.db.read() as conn:
-            return await self._get_or_none(conn, job_id)
+        return await self.db.call(lambda conn: _get_or_none(conn, job_id))
 
     async def active(self) -> list[Job]:
         """Every job not yet posted or failed, oldest first (what a restart must resume). Only
@@ -171,31 +175,34 @@ class JobStore:
         """Cancel a job still waiting in the queue, refunding it in the same transaction.
         None if it is not queued (it has started or ended): nothing changes then."""
         started = tuple(state.value for state in JobState if state is not JobState.QUEUED)
-        async with self.db.transaction() as conn:
+
+        def cancel(conn: sqlite3.Connection) -> Job | None:
             now = self.clock()
-            await ledger.refund_job(conn, job_id, note=reason[:200], now=now, unless=started)
-            rows = await conn.execute_fetchall(
+            ledger.refund_job(conn, job_id, note=reason[:200], now=now, unless=started)
+            rows = conn.execute(
                 f"""
                 UPDATE jobs SET state = ?, error = ?, credits_charged = 0, finished_at = ?
                 WHERE id = ? AND state = ?
                 RETURNING {_COLUMNS}
                 """,
                 (JobState.FAILED.value, reason, now, job_id, JobState.QUEUED.value),
-            )
-            return Job.from_row(next(iter(rows))) if rows else None
+            ).fetchall()
+            return Job.from_row(rows[0]) if rows else None
+
+        return await self.db.run(cancel)
 
     async def _move(
         self, job_id: int, sources: tuple[JobState, ...], target: JobState
     ) -> Job | None:
         """One conditional `UPDATE … RETURNING`: the state changes only from `sources`."""
         placeholders = ", ".join("?" for _ in sources)
-        async with self.db.read() as conn:
-            rows = await conn.execute_fetchall(
-                f"UPDATE jobs SET state = ? WHERE id = ? AND state IN ({placeholders}) "
-                f"RETURNING {_COLUMNS}",
-                (target.value, job_id, *(source.value for source in sources)),
-            )
-        return Job.from_row(next(iter(rows))) if rows else None
+        sql = (
+            f"UPDATE jobs SET state = ? WHERE id = ? AND state IN ({placeholders}) "
+            f"RETURNING {_COLUMNS}"
+        )
+        params = (target.value, job_id, *(source.value for source in sources))
+        rows = await self.db.call(lambda conn: conn.execute(sql, params).fetchall())
+        return Job.from_row(rows[0]) if rows else None
 
     async def mark_submitted(
         self, job_id: int, *, api_job_id: str, status_url: str, expires_at: float | None
@@ -226,10 +233,11 @@ class JobStore:
         reported = charged
         if isinstance(charged, bool) or not isinstance(charged, int) or not 0 <= charged < 2**62:
             charged = None  # not even storable; the job is still delivered
-        async with self.db.transaction() as conn:
+
+        def complete(conn: sqlite3.Connection) -> Job:
             now = self.clock() if at is None else at
             settled = "CASE WHEN ? BETWEEN 0 AND num_outputs * ? THEN ? ELSE credits_reserved END"
-            rows = await conn.execute_fetchall(
+            rows = conn.execute(
                 f"""
                 UPDATE jobs SET state = ?, credits_charged = {settled},
                     provider_charged = {settled}, completed_at = ?, polls = COALESCE(?, polls)
@@ -244,10 +252,10 @@ class JobStore:
                     job_id,
                     JobState.SUBMITTED.value,
                 ),
-            )
+            ).fetchall()  # all: a RETURNING statement left unfinished would block the COMMIT
             if not rows:
-                return await self._get(conn, job_id)  # not polling any more: nothing to settle
-            job = Job.from_row(next(iter(rows)))
+                return _get(conn, job_id)  # not polling any more: nothing to settle
+            job = Job.from_row(rows[0])
             if reported is not None and job.credits_charged != reported:
                 log.warning(
                     "job %d: PixelDojo reported a charge of %.40s, outside 0-%d for %d image(s); "
@@ -258,7 +266,7 @@ class JobStore:
                     job.num_outputs,
                     job.credits_charged,
                 )
-            await ledger.append_for_job(
+            ledger.append_for_job(
                 conn,
                 job_id,
                 kind=LedgerKind.SETTLE,
@@ -266,6 +274,8 @@ class JobStore:
                 now=now,
             )
             return job
+
+        return await self.db.run(complete)
 
     async def mark_posted(self, job_id: int, *, result_message_id: int) -> Job:
         return await self._update(
@@ -279,10 +289,11 @@ class JobStore:
         """The job ended without a result: refund whatever it holds, once. What PixelDojo
         charged (`provider_charged`) stays: the server spent it even though the member didn't."""
         final_states = (JobState.POSTED.value, JobState.FAILED.value)
-        async with self.db.transaction() as conn:
+
+        def fail(conn: sqlite3.Connection) -> Job:
             now = self.clock()
-            await ledger.refund_job(conn, job_id, note=error[:200], now=now, unless=final_states)
-            rows = await conn.execute_fetchall(
+            ledger.refund_job(conn, job_id, note=error[:200], now=now, unless=final_states)
+            rows = conn.execute(
                 f"""
                 UPDATE jobs SET state = ?, error = ?, credits_charged = 0, finished_at = ?,
                                 polls = COALESCE(?, polls)
@@ -290,30 +301,31 @@ class JobStore:
                 RETURNING {_COLUMNS}
                 """,
                 (JobState.FAILED.value, error, now, polls or None, job_id, *final_states),
-            )
+            ).fetchall()
             if not rows:
-                return await self._get(conn, job_id)  # already ended: nothing moves
-            return Job.from_row(next(iter(rows)))
+                return _get(conn, job_id)  # already ended: nothing moves
+            return Job.from_row(rows[0])
+
+        return await self.db.run(fail)
 
     async def _update(self, job_id: int, **fields: Any) -> Job:
         """One `UPDATE … RETURNING`: a single statement is atomic on its own."""
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        async with self.db.read() as conn:
-            rows = await conn.execute_fetchall(
-                f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {_COLUMNS}",
-                (*fields.values(), job_id),
-            )
+        sql = f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {_COLUMNS}"
+        params = (*fields.values(), job_id)
+        rows = await self.db.call(lambda conn: conn.execute(sql, params).fetchall())
         if not rows:
             raise LookupError(f"job {job_id} does not exist")
-        return Job.from_row(next(iter(rows)))
+        return Job.from_row(rows[0])
 
-    async def _get(self, conn: aiosqlite.Connection, job_id: int) -> Job:
-        job = await self._get_or_none(conn, job_id)
-        if job is None:
-            raise LookupError(f"job {job_id} does not exist")
-        return job
 
-    @staticmethod
-    async def _get_or_none(conn: aiosqlite.Connection, job_id: int) -> Job | None:
-        rows = await conn.execute_fetchall(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return Job.from_row(next(iter(rows))) if rows else None
+def _get(conn: sqlite3.Connection, job_id: int) -> Job:
+    job = _get_or_none(conn, job_id)
+    if job is None:
+        raise LookupError(f"job {job_id} does not exist")
+    return job
+
+
+def _get_or_none(conn: sqlite3.Connection, job_id: int) -> Job | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return Job.from_row(row) if row is not None else None

@@ -4,14 +4,16 @@ Amounts count credits *used* in a period: a reservation adds the estimate, a set
 the difference between what PixelDojo charged and the estimate, a refund takes the job's
 credits back, a reset cancels a member's use so far. Grants add to the allowance instead.
 A member's remaining credits are `allowance + granted - used` for the current period.
+
+Every function is synchronous and runs on the database thread, inside `Database.run` or
+`Database.call` (or `on_thread` from a `transaction()`), so a transaction is one trip there.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
-
-import aiosqlite
 
 from bot.generation.models import ACTIVE_STATES
 
@@ -32,8 +34,8 @@ class Usage:
     granted: int
 
 
-async def append(
-    conn: aiosqlite.Connection,
+def append(
+    conn: sqlite3.Connection,
     *,
     guild_id: int,
     user_id: int,
@@ -50,7 +52,7 @@ async def append(
     Returns False (and writes nothing) when this job already has a row of this kind, so a
     retried settle or refund can never move credits twice.
     """
-    cursor = await conn.execute(
+    cursor = conn.execute(
         """
         INSERT OR IGNORE INTO ledger
             (guild_id, user_id, job_id, kind, amount, period_start, actor_id, note, created_at)
@@ -69,8 +71,8 @@ def _range(
     return f"{column} >= ? AND {column} < ?", (start, end)
 
 
-async def usage_between(
-    conn: aiosqlite.Connection,
+def usage_between(
+    conn: sqlite3.Connection,
     guild_id: int,
     user_id: int,
     start: float,
@@ -82,8 +84,8 @@ async def usage_between(
     counts what was booked under the old period that falls inside the new one.
     """
     where, bounds = _range(start, end)
-    row = await (
-        await conn.execute(
+    row = (
+        conn.execute(
             f"""
             SELECT
                 COALESCE(SUM(CASE WHEN kind != 'grant' THEN amount END), 0),
@@ -96,11 +98,9 @@ async def usage_between(
     return Usage(used=row[0], granted=row[1])
 
 
-async def held_by_active_jobs(
-    conn: aiosqlite.Connection, guild_id: int, user_id: int, start: float
-) -> int:
+def held_by_active_jobs(conn: sqlite3.Connection, guild_id: int, user_id: int, start: float) -> int:
     """Credits the member's unfinished jobs hold, over rows booked from `start` on."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"""
         SELECT COALESCE(SUM(l.amount), 0) FROM ledger l JOIN jobs j ON j.id = l.job_id
         WHERE l.guild_id = ? AND l.user_id = ? AND l.period_start >= ?
@@ -116,8 +116,8 @@ _SPEND = "l.amount + COALESCE(j.provider_charged, 0)"
 _SPEND_FROM = """ledger l LEFT JOIN jobs j ON l.kind = 'refund' AND j.id = l.job_id"""
 
 
-async def guild_spend(
-    conn: aiosqlite.Connection, guild_id: int, start: float, end: float | None = None
+def guild_spend(
+    conn: sqlite3.Connection, guild_id: int, start: float, end: float | None = None
 ) -> int:
     """Credits a guild actually spent in `[start, end)`: held by running jobs, charged by
     PixelDojo for finished ones, whether the member paid or was refunded.
@@ -127,8 +127,8 @@ async def guild_spend(
     forgives a member's use but not the money spent, so resets and grants do not count here.
     """
     where, bounds = _range(start, end, "l.period_start")
-    row = await (
-        await conn.execute(
+    row = (
+        conn.execute(
             f"""
             SELECT COALESCE(SUM({_SPEND}), 0) FROM {_SPEND_FROM}
             WHERE l.guild_id = ? AND l.kind IN ('reserve', 'settle', 'refund') AND {where}
@@ -139,13 +139,13 @@ async def guild_spend(
     return int(row[0])
 
 
-async def refunded_spend(
-    conn: aiosqlite.Connection, guild_id: int, start: float, end: float | None = None
+def refunded_spend(
+    conn: sqlite3.Connection, guild_id: int, start: float, end: float | None = None
 ) -> int:
     """Of `guild_spend`, what PixelDojo charged for jobs whose members were refunded."""
     where, bounds = _range(start, end, "l.period_start")
-    row = await (
-        await conn.execute(
+    row = (
+        conn.execute(
             f"""
             SELECT COALESCE(SUM(j.provider_charged), 0) FROM {_SPEND_FROM}
             WHERE l.guild_id = ? AND l.kind = 'refund' AND {where}
@@ -156,13 +156,13 @@ async def refunded_spend(
     return int(row[0])
 
 
-async def top_spenders(
-    conn: aiosqlite.Connection, guild_id: int, start: float, end: float | None, *, limit: int
+def top_spenders(
+    conn: sqlite3.Connection, guild_id: int, start: float, end: float | None, *, limit: int
 ) -> list[tuple[int, int, int]]:
     """(member id, credits spent as in `guild_spend`, jobs started) in `[start, end)`, the
     biggest spenders first."""
     where, bounds = _range(start, end, "l.period_start")
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"""
         SELECT l.user_id,
                COALESCE(SUM({_SPEND}), 0) AS credits,
@@ -178,12 +178,12 @@ async def top_spenders(
     return [(int(row[0]), int(row[1]), int(row[2])) for row in rows]
 
 
-async def job_states(
-    conn: aiosqlite.Connection, guild_id: int, start: float, end: float | None
+def job_states(
+    conn: sqlite3.Connection, guild_id: int, start: float, end: float | None
 ) -> dict[str, int]:
     """Job state → how many of the jobs reserved in `[start, end)` are in it."""
     where, bounds = _range(start, end, "l.period_start")
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"""
         SELECT j.state, COUNT(*) FROM jobs j
         JOIN ledger l ON l.job_id = j.id AND l.kind = 'reserve'
@@ -199,13 +199,13 @@ _RESERVED_PERIOD = (
 )
 
 
-async def append_for_job(
-    conn: aiosqlite.Connection, job_id: int, *, kind: LedgerKind, amount: int, now: float
+def append_for_job(
+    conn: sqlite3.Connection, job_id: int, *, kind: LedgerKind, amount: int, now: float
 ) -> bool:
     """A job's settle-style movement, booked in the period of its reservation (one statement).
 
     Returns False when the job already has a row of this kind."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         f"""
         INSERT OR IGNORE INTO ledger
             (guild_id, user_id, job_id, kind, amount, period_start, created_at)
@@ -217,13 +217,13 @@ async def append_for_job(
     return cursor.rowcount == 1
 
 
-async def refund_job(
-    conn: aiosqlite.Connection, job_id: int, *, note: str, now: float, unless: tuple[str, ...]
+def refund_job(
+    conn: sqlite3.Connection, job_id: int, *, note: str, now: float, unless: tuple[str, ...]
 ) -> bool:
     """Give back everything the job holds according to the ledger (its reservation plus any
     settlement), unless the job is in one of the `unless` states. One statement."""
     placeholders = ", ".join("?" for _ in unless)
-    cursor = await conn.execute(
+    cursor = conn.execute(
         f"""
         INSERT OR IGNORE INTO ledger
             (guild_id, user_id, job_id, kind, amount, period_start, note, created_at)

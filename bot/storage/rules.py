@@ -1,11 +1,14 @@
 """A guild's rule tables: role and member allowances, allowed channels, blocked terms, bans.
 
 Every function runs on a connection the caller holds (`Database.read()` or `transaction()`),
-so a check and the write it guards can share one transaction.
+so a check and the write it guards can share one transaction. The ones admission reads are
+synchronous (a `sqlite3.Connection`, on the database thread inside `Database.run`), so the
+reservation transaction is one trip there; the moderators' edits are still awaited.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,13 +57,13 @@ async def role_allowances(conn: Connection, guild_id: int) -> dict[int, int | No
     return {row[0]: row[1] for row in rows}
 
 
-async def role_allowances_among(
-    conn: Connection, guild_id: int, role_ids: Sequence[int]
+def role_allowances_among(
+    conn: sqlite3.Connection, guild_id: int, role_ids: Sequence[int]
 ) -> list[int | None]:
     """The allowances of those of `role_ids` that have one (None = unlimited)."""
     if not role_ids:
         return []
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"""
         SELECT allowance FROM role_allowances
         WHERE guild_id = ? AND role_id IN ({",".join("?" for _ in role_ids)})
@@ -98,9 +101,9 @@ async def user_allowances(conn: Connection, guild_id: int) -> dict[int, int | No
     return {row[0]: row[1] for row in rows}
 
 
-async def user_allowance(conn: Connection, guild_id: int, user_id: int) -> Allowance | None:
+def user_allowance(conn: sqlite3.Connection, guild_id: int, user_id: int) -> Allowance | None:
     """The member's own allowance, or None when they have no override."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         "SELECT allowance FROM user_allowances WHERE guild_id = ? AND user_id = ?",
         (guild_id, user_id),
     )
@@ -129,9 +132,9 @@ async def clear_user_allowance(conn: Connection, guild_id: int, user_id: int) ->
 # -- allowed channels --------------------------------------------------------------------
 
 
-async def allowed_channels(conn: Connection, guild_id: int) -> list[int]:
+def allowed_channels(conn: sqlite3.Connection, guild_id: int) -> list[int]:
     """Channels generation is limited to, by id; empty means everywhere."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         "SELECT channel_id FROM allowed_channels WHERE guild_id = ? ORDER BY channel_id",
         (guild_id,),
     )
@@ -179,18 +182,18 @@ def _term(row: Any) -> BlockedTerm:
     return BlockedTerm(row[0], row[1], bool(row[2]), row[3], row[4])
 
 
-async def blocked_terms(conn: Connection, guild_id: int) -> list[BlockedTerm]:
+def blocked_terms(conn: sqlite3.Connection, guild_id: int) -> list[BlockedTerm]:
     """The guild's blocklist, oldest first."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"SELECT {_TERM_COLUMNS} FROM blocked_terms WHERE guild_id = ? ORDER BY id", (guild_id,)
     )
     return [_term(row) for row in rows]
 
 
-async def blocked_terms_signature(conn: Connection, guild_id: int) -> tuple[int, int]:
+def blocked_terms_signature(conn: sqlite3.Connection, guild_id: int) -> tuple[int, int]:
     """(count, newest id) of the guild's blocked terms: ids are never reused (AUTOINCREMENT),
     so any add or remove changes it."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM blocked_terms WHERE guild_id = ?",
         (guild_id,),
     )
@@ -255,9 +258,9 @@ async def remove_blocked_term(conn: Connection, guild_id: int, term_id: int) -> 
 _BAN_COLUMNS = "user_id, until, reason, actor_id, created_at"
 
 
-async def ban_of(conn: Connection, guild_id: int, user_id: int) -> Ban | None:
+def ban_of(conn: sqlite3.Connection, guild_id: int, user_id: int) -> Ban | None:
     """The member's ban row, even an expired one (the caller compares `until` with now)."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"SELECT {_BAN_COLUMNS} FROM bans WHERE guild_id = ? AND user_id = ?",
         (guild_id, user_id),
     )

@@ -25,11 +25,12 @@ class ActivityRecords(ModerationBase):
         self, guild_id: int, period_start: float | None = None, top: int = 10
     ) -> UsageReport:
         """Who used what in a period (the current one unless `period_start` is given)."""
-        async with self.db.read() as conn:
-            settings = await guild_settings.load(conn, guild_id)
-            return await build_usage_report(
-                conn, settings, now=self.clock(), start=period_start, top=top
+        now = self.clock()
+        return await self.db.call(
+            lambda conn: build_usage_report(
+                conn, guild_settings.load(conn, guild_id), now=now, start=period_start, top=top
             )
+        )
 
     async def record_generation(
         self, *, guild_id: int, user_id: int, job_id: int, outcome: str, credits: int

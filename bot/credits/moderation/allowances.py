@@ -12,7 +12,7 @@ from bot.credits.moderation._base import (
     plural,
 )
 from bot.credits.periods import Period, period_start
-from bot.storage import guild_settings, ledger, rules
+from bot.storage import guild_settings, ledger, on_thread, rules
 from bot.storage.audit import AuditEntry
 from bot.storage.ledger import LedgerKind
 
@@ -50,11 +50,11 @@ class AllowanceActions(ModerationBase):
         if reset_hour is not None:
             check_range(reset_hour, 0, 23, "The reset hour (UTC)")
         async with self.db.transaction() as conn:
-            settings = await guild_settings.load(conn, guild_id)
+            settings = await on_thread(conn, guild_settings.load, guild_id)
             hour = settings.reset_hour if reset_hour is None else reset_hour
             # Only what the moderator chose: an hour left out stays at its default.
             chosen = {} if reset_hour is None else {"reset_hour": reset_hour}
-            await guild_settings.save(conn, guild_id, period=new_period, **chosen)
+            await on_thread(conn, guild_settings.save, guild_id, period=new_period, **chosen)
             if new_period is Period.NONE:
                 summary = "set credits to never reset (one allowance in total)"
             else:
@@ -84,8 +84,8 @@ class AllowanceActions(ModerationBase):
         """Credits per period for members without a role or member override (None = unlimited)."""
         check_allowance(allowance)
         async with self.db.transaction() as conn:
-            settings = await guild_settings.load(conn, guild_id)
-            await guild_settings.save(conn, guild_id, default_allowance=allowance)
+            settings = await on_thread(conn, guild_settings.load, guild_id)
+            await on_thread(conn, guild_settings.save, guild_id, default_allowance=allowance)
             return await self._audit(
                 conn,
                 guild_id,
@@ -103,7 +103,7 @@ class AllowanceActions(ModerationBase):
         check_id(role_id, "role")
         check_allowance(allowance)
         async with self.db.transaction() as conn:
-            settings = await guild_settings.load(conn, guild_id)
+            settings = await on_thread(conn, guild_settings.load, guild_id)
             await rules.set_role_allowance(conn, guild_id, role_id, allowance)
             return await self._audit(
                 conn,
@@ -139,7 +139,7 @@ class AllowanceActions(ModerationBase):
         check_id(user_id, "member")
         check_allowance(allowance)
         async with self.db.transaction() as conn:
-            settings = await guild_settings.load(conn, guild_id)
+            settings = await on_thread(conn, guild_settings.load, guild_id)
             await rules.set_user_allowance(conn, guild_id, user_id, allowance)
             return await self._audit(
                 conn,
@@ -176,11 +176,12 @@ class AllowanceActions(ModerationBase):
         check_range(amount, 1, GRANT_MAX, "A grant")
         note = check_reason(note)
         async with self.db.transaction() as conn:
-            settings = await guild_settings.load(conn, guild_id)
+            settings = await on_thread(conn, guild_settings.load, guild_id)
             now = self.clock()
             start = period_start(settings.period, settings.reset_hour, now)
-            await ledger.append(
+            await on_thread(
                 conn,
+                ledger.append,
                 guild_id=guild_id,
                 user_id=user_id,
                 kind=LedgerKind.GRANT,
@@ -208,15 +209,16 @@ class AllowanceActions(ModerationBase):
         """
         check_id(user_id, "member")
         async with self.db.transaction() as conn:
-            settings = await guild_settings.load(conn, guild_id)
+            settings = await on_thread(conn, guild_settings.load, guild_id)
             now = self.clock()
             start = period_start(settings.period, settings.reset_hour, now)
-            usage = await ledger.usage_between(conn, guild_id, user_id, start)
-            held = await ledger.held_by_active_jobs(conn, guild_id, user_id, start)
+            usage = await on_thread(conn, ledger.usage_between, guild_id, user_id, start)
+            held = await on_thread(conn, ledger.held_by_active_jobs, guild_id, user_id, start)
             forgiven = usage.used - held
             if forgiven > 0:
-                await ledger.append(
+                await on_thread(
                     conn,
+                    ledger.append,
                     guild_id=guild_id,
                     user_id=user_id,
                     kind=LedgerKind.RESET,

@@ -12,8 +12,7 @@ class ChannelActions(ModerationBase):
 
     async def allowed_channels(self, guild_id: int) -> list[int]:
         """Channels generation is limited to; empty means everywhere."""
-        async with self.db.read() as conn:
-            return await rules.allowed_channels(conn, guild_id)
+        return await self.db.call(lambda conn: rules.allowed_channels(conn, guild_id))
 
     async def allow_channel(self, *, guild_id: int, actor_id: int, channel_id: int) -> AuditEntry:
         """Add a channel to those generation is limited to (the first one turns the limit on)."""

@@ -14,7 +14,7 @@ from bot.credits.moderation._base import (
     plural,
 )
 from bot.generation.models import MAX_OUTPUTS
-from bot.storage import guild_settings
+from bot.storage import guild_settings, on_thread
 from bot.storage.audit import AuditEntry
 from bot.storage.guild_settings import GuildSettings
 
@@ -141,8 +141,8 @@ class SettingActions(ModerationBase):
     ) -> AuditEntry:
         """Set one guild setting (and `also` others, unaudited), auditing the old value."""
         async with self.db.transaction() as conn:
-            settings = await guild_settings.load(conn, guild_id)
-            await guild_settings.save(conn, guild_id, **{column: value}, **also)
+            settings = await on_thread(conn, guild_settings.load, guild_id)
+            await on_thread(conn, guild_settings.save, guild_id, **{column: value}, **also)
             return await self._audit(
                 conn,
                 guild_id,

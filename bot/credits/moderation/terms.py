@@ -20,8 +20,7 @@ class BlocklistActions(ModerationBase):
 
     async def blocked_terms(self, guild_id: int) -> list[BlockedTerm]:
         """The guild's blocklist, oldest first."""
-        async with self.db.read() as conn:
-            return await rules.blocked_terms(conn, guild_id)
+        return await self.db.call(lambda conn: rules.blocked_terms(conn, guild_id))
 
     async def add_blocked_term(
         self, *, guild_id: int, actor_id: int, term: str, is_regex: bool = False

@@ -1,0 +1,133 @@
+"""Each credit transaction is one trip to the database thread, with every limit check on, and
+still never over-spends when two connections (two processes) reserve at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from bot.errors import RequestRefused
+from bot.generation.models import Job, JobState
+from bot.storage import Database
+from tests.service_env import CHANNEL, GUILD, MEMBER, MOD, Clock, ServiceEnv
+
+T = TypeVar("T")
+NOW = 1_741_793_400.0  # a Wednesday afternoon (UTC)
+ROLE = 77
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[ServiceEnv]:
+    db = Database(tmp_path / "trips.sqlite3")
+    await db.connect()
+    try:
+        yield ServiceEnv(db, Clock(NOW))
+    finally:
+        await db.close()
+
+
+async def every_limit_on(env: ServiceEnv) -> None:
+    """What a busy server sets: each admission check has something to read."""
+    await env.settings(default_allowance=3, max_concurrent=5, cooldown_seconds=1, spend_cap=500)
+    await env.settings(max_outputs=2)
+    mod = env.mod
+    await mod.ban(
+        guild_id=GUILD, actor_id=MOD, user_id=MEMBER + 1, duration_seconds=3600, reason="spam"
+    )
+    await mod.allow_channel(guild_id=GUILD, actor_id=MOD, channel_id=CHANNEL)
+    await mod.add_blocked_term(guild_id=GUILD, actor_id=MOD, term="dragon")
+    await mod.add_blocked_term(guild_id=GUILD, actor_id=MOD, term=r"wy(rm|vern)s?", is_regex=True)
+    await mod.set_role_allowance(guild_id=GUILD, actor_id=MOD, role_id=ROLE, allowance=4)
+    await mod.set_user_allowance(guild_id=GUILD, actor_id=MOD, user_id=MEMBER, allowance=6)
+
+
+async def trips(env: ServiceEnv, action: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """What `action` returns, and how many times it went to aiosqlite's worker thread."""
+    conn = env.db.conn
+    real = conn._execute
+    count = 0
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal count
+        count += 1
+        return await real(fn, *args, **kwargs)
+
+    conn._execute = counted  # type: ignore[method-assign]
+    try:
+        return await action(), count
+    finally:
+        del conn._execute
+
+
+async def test_reservation_and_job_state_changes_take_one_trip_each(env: ServiceEnv) -> None:
+    await every_limit_on(env)
+    # Warm the blocklist cache the way a running bot has it.
+    with pytest.raises(RequestRefused):
+        await env.reserve("a DRAGON", roles=(ROLE,))
+
+    job, count = await trips(env, lambda: env.reserve("a lighthouse", outputs=2, roles=(ROLE,)))
+    assert count == 1
+    assert (job.state, job.credits_reserved) == (JobState.QUEUED, 2)
+
+    refusal, count = await trips(env, lambda: _refusal(env, "two wyverns", user=MEMBER + 2))
+    assert count == 1
+    assert "term this server doesn't allow" in refusal
+
+    store = env.store
+    sending, count = await trips(env, lambda: store.mark_sending(job.id))
+    assert count == 1 and sending is not None and sending.state is JobState.RESERVED
+    submitted, count = await trips(
+        env, lambda: store.mark_submitted(job.id, api_job_id="a1", status_url="u", expires_at=None)
+    )
+    assert (count, submitted.state) == (1, JobState.SUBMITTED)
+    completed, count = await trips(env, lambda: store.mark_completed(job.id, charged=1))
+    assert (count, completed.state, completed.credits_charged) == (1, JobState.COMPLETED, 1)
+    posted, count = await trips(env, lambda: store.mark_posted(job.id, result_message_id=9))
+    assert (count, posted.state) == (1, JobState.POSTED)
+
+    env.clock.advance(5)  # past the cooldown
+    other = await env.reserve("a harbour", roles=(ROLE,))
+    failed, count = await trips(env, lambda: store.mark_failed(other.id, "PixelDojo failed"))
+    assert (count, failed.state) == (1, JobState.FAILED)
+    env.clock.advance(5)
+    queued = await env.reserve("a pier", roles=(ROLE,))
+    cancelled, count = await trips(env, lambda: store.cancel_queued(queued.id, "cancelled"))
+    assert count == 1 and cancelled is not None and cancelled.state is JobState.FAILED
+
+    balance, count = await trips(env, lambda: env.limits.balance(GUILD, MEMBER, (ROLE,)))
+    assert count == 1
+    assert (balance.allowance, balance.used, balance.remaining) == (6, 1, 5)
+
+
+async def _refusal(env: ServiceEnv, prompt: str, user: int) -> str:
+    with pytest.raises(RequestRefused) as refused:
+        await env.reserve(prompt, user=user)
+    return str(refused.value)
+
+
+async def test_two_connections_reserving_at_once_never_over_spend(tmp_path: Path) -> None:
+    """Two bot processes on one database: only SQLite's write lock keeps them apart."""
+    path = tmp_path / "shared.sqlite3"
+    first, second = Database(path), Database(path)
+    await first.connect()
+    await second.connect()
+    try:
+        envs = [ServiceEnv(first, Clock(NOW)), ServiceEnv(second, Clock(NOW))]
+        await envs[0].settings(default_allowance=7, max_concurrent=1000)
+        results = await asyncio.gather(
+            *(envs[i % 2].reserve(f"burst {i}") for i in range(200)), return_exceptions=True
+        )
+        admitted = [r for r in results if isinstance(r, Job)]
+        refused = [r for r in results if isinstance(r, RequestRefused)]
+        assert len(admitted) == 7
+        assert {job.user_id for job in admitted} == {MEMBER}
+        assert len(refused) == 193 and all("0 of 7 credits left" in str(r) for r in refused)
+        balance = await envs[1].limits.balance(GUILD, MEMBER, ())
+        assert (balance.used, balance.remaining) == (7, 0)
+    finally:
+        await first.close()
+        await second.close()
