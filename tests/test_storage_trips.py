@@ -131,3 +131,43 @@ async def test_two_connections_reserving_at_once_never_over_spend(tmp_path: Path
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_burst_shares_one_commit_and_each_caller_gets_its_own_answer(
+    env: ServiceEnv,
+) -> None:
+    """Group commit: 200 requests at once are one trip (one fsync), yet each is admitted or
+    refused on its own, against the reservations before it."""
+    await env.settings(default_allowance=7, max_concurrent=1000)
+    results, count = await trips(
+        env,
+        lambda: asyncio.gather(
+            *(env.reserve(f"burst {i}") for i in range(200)), return_exceptions=True
+        ),
+    )
+    assert count <= 2
+    assert sum(isinstance(r, Job) for r in results) == 7
+    assert all(isinstance(r, Job | RequestRefused) for r in results)
+    assert (await env.limits.balance(GUILD, MEMBER, ())).used == 7
+
+
+async def test_one_failing_transaction_in_a_group_rolls_back_alone(env: ServiceEnv) -> None:
+    def put(key: str, fail: bool = False) -> Callable[[Any], str]:
+        def write(conn: Any) -> str:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+            if fail:
+                raise LookupError(key)
+            return key
+
+        return write
+
+    results = await asyncio.gather(
+        env.db.run(put("a")),
+        env.db.run(put("b", fail=True)),
+        env.db.run(put("c")),
+        return_exceptions=True,
+    )
+    assert results[0] == "a" and results[2] == "c"
+    assert isinstance(results[1], LookupError)
+    rows = await env.db.fetchall("SELECT key FROM meta WHERE key IN ('a', 'b', 'c') ORDER BY key")
+    assert [row[0] for row in rows] == ["a", "c"]

@@ -66,6 +66,48 @@ def last_created_at(conn: sqlite3.Connection, guild_id: int, user_id: int) -> fl
     return last
 
 
+def reserve(
+    conn: sqlite3.Connection, request: GenerationRequest, admit: AdmissionCheck, now: float
+) -> tuple[Job, Admission]:
+    """The reservation transaction's body: admit the request and write its job and its ledger
+    row. Runs inside `Database.run` (the ledger bench also runs it on a bare connection)."""
+    admission = admit(conn, request, now)
+    cursor = conn.execute(
+        """
+        INSERT INTO jobs (guild_id, channel_id, user_id, prompt, aspect_ratio, num_outputs,
+                          seed, parent_job_id, state, credits_reserved, created_at,
+                          input_image_url)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        """,
+        (
+            request.guild_id,
+            request.channel_id,
+            request.user_id,
+            request.prompt,
+            request.aspect_ratio,
+            request.num_outputs,
+            request.seed,
+            request.parent_job_id,
+            JobState.QUEUED.value,
+            admission.credits,
+            now,
+            request.input_image_url,
+        ),
+    )
+    job_id = int(cursor.lastrowid or 0)
+    ledger.append(
+        conn,
+        guild_id=request.guild_id,
+        user_id=request.user_id,
+        kind=LedgerKind.RESERVE,
+        amount=admission.credits,
+        period_start=admission.period_start,
+        now=now,
+        job_id=job_id,
+    )
+    return _get(conn, job_id), admission
+
+
 class JobStore:
     """Reads and writes `jobs` rows. Every state change that moves credits writes its ledger row
     in the same transaction, so a crash can never leave a charge without its job or vice versa.
@@ -84,45 +126,7 @@ class JobStore:
         Also returns the admission, whose `notices` are for the moderators' log channel: the
         transaction has committed when this returns, so they can be sent."""
 
-        def reserve(conn: sqlite3.Connection) -> tuple[Job, Admission]:
-            now = self.clock()
-            admission = admit(conn, request, now)
-            cursor = conn.execute(
-                """
-                INSERT INTO jobs (guild_id, channel_id, user_id, prompt, aspect_ratio, num_outputs,
-                                  seed, parent_job_id, state, credits_reserved, created_at,
-                                  input_image_url)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-                (
-                    request.guild_id,
-                    request.channel_id,
-                    request.user_id,
-                    request.prompt,
-                    request.aspect_ratio,
-                    request.num_outputs,
-                    request.seed,
-                    request.parent_job_id,
-                    JobState.QUEUED.value,
-                    admission.credits,
-                    now,
-                    request.input_image_url,
-                ),
-            )
-            job_id = int(cursor.lastrowid or 0)
-            ledger.append(
-                conn,
-                guild_id=request.guild_id,
-                user_id=request.user_id,
-                kind=LedgerKind.RESERVE,
-                amount=admission.credits,
-                period_start=admission.period_start,
-                now=now,
-                job_id=job_id,
-            )
-            return _get(conn, job_id), admission
-
-        return await self.db.run(reserve)
+        return await self.db.run(lambda conn: reserve(conn, request, admit, self.clock()))
 
     async def get(self, job_id: int) -> Job | None:
         return await self.db.call(lambda conn: _get_or_none(conn, job_id))
