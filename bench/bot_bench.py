@@ -375,11 +375,20 @@ async def drive(
         polls.append(fake.polls)
         poll_rates.append(fake.polls / max(1e-9, fake.complete_at - fake.created_at))
     submit_delay = []
+    status_delay = []
+    submitted_after_status = 0
     for job_id, record in queued.items():
         fake = api.jobs.get(jobs.get(job_id, {}).get("api_job_id") or "")
         if fake is not None:
             submit_delay.append(fake.created_at - record.received_at)
+        # "Job #N is queued: <status message link>": when its status message was created.
+        status = double.messages.get(int(record.followups[0].content.rsplit("/", 1)[-1]))
+        if status is not None:
+            status_delay.append(status.created_at - record.received_at)
+            submitted_after_status += fake is not None and fake.created_at >= status.created_at
     show_ms("interaction to PixelDojo submission", submit_delay)
+    show_ms("interaction to status message posted", status_delay)
+    show("submissions made only after their status message was posted", submitted_after_status)
     show_ms("completion to result message", to_post)
     show_ms("  completion to first poll seeing it", detect)
     show_ms("  that poll to result message", deliver)
