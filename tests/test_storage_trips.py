@@ -10,9 +10,11 @@ from typing import Any, TypeVar
 
 import pytest
 
+from bot.credits.periods import Period, period_start
 from bot.errors import RequestRefused
-from bot.generation.models import Job, JobState
-from bot.storage import Database
+from bot.generation.models import GenerationRequest, Job, JobState
+from bot.storage import Database, ledger
+from bot.storage.jobs import reserve
 from tests.service_env import CHANNEL, GUILD, MEMBER, MOD, Clock, ServiceEnv
 
 T = TypeVar("T")
@@ -171,3 +173,35 @@ async def test_one_failing_transaction_in_a_group_rolls_back_alone(env: ServiceE
     assert isinstance(results[1], LookupError)
     rows = await env.db.fetchall("SELECT key FROM meta WHERE key IN ('a', 'b', 'c') ORDER BY key")
     assert [row[0] for row in rows] == ["a", "c"]
+
+
+async def test_a_grouped_reservation_rolled_back_frees_its_share_of_the_spend_cap(
+    env: ServiceEnv,
+) -> None:
+    """In one group, a reservation undone after the cap was summed must not count for the
+    reservations after it (the group remembers the sum between them)."""
+    await env.settings(default_allowance=None, max_concurrent=10, spend_cap=10, max_outputs=4)
+
+    def request(user: int) -> GenerationRequest:
+        return GenerationRequest(GUILD, CHANNEL, user, "a lighthouse", "1:1", 4)
+
+    def undone(conn: Any) -> None:
+        reserve(conn, request(2), env.limits.admit, NOW)  # 8 of 10 with the first
+        # Summed as admission sums it, after this reservation's own row.
+        assert ledger.guild_spend(conn, GUILD, period_start(Period.DAY, 0, NOW)) == 8
+        raise LookupError("undone after reading the cap")
+
+    def reserving(user: int) -> Callable[[Any], Job]:
+        return lambda conn: reserve(conn, request(user), env.limits.admit, NOW)[0]
+
+    first, second, third, fourth = await asyncio.gather(
+        env.db.run(reserving(1)),
+        env.db.run(undone),
+        env.db.run(reserving(3)),
+        env.db.run(reserving(4)),
+        return_exceptions=True,
+    )
+    assert isinstance(first, Job) and isinstance(third, Job)
+    assert isinstance(second, LookupError)
+    assert isinstance(fourth, RequestRefused) and "only 2 credits left" in str(fourth)
+    assert await env.db.call(lambda conn: ledger.guild_spend(conn, GUILD, 0.0)) == 8

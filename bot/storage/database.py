@@ -24,9 +24,22 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
+_memos: dict[int, dict[Any, Any]] = {}
+"""By connection id: what storage functions worked out inside the current `in_transaction` or
+`in_one_transaction` (see `transaction_memo`)."""
+
+
+def transaction_memo(conn: sqlite3.Connection) -> dict[Any, Any] | None:
+    """A dict storage functions may keep derived facts in (a sum and the last row it read)
+    while the write transaction of `Database.run` is open on `conn`, or None outside one.
+    Emptied whenever a write may have been undone (a savepoint rolled back) and at the end."""
+    return _memos.get(id(conn))
+
+
 def in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """`fn` inside `BEGIN IMMEDIATE` … `COMMIT`, rolled back on any exception (database thread)."""
     conn.execute("BEGIN IMMEDIATE")
+    _memos[id(conn)] = {}
     try:
         result = fn(conn)
         conn.execute("COMMIT")
@@ -34,6 +47,8 @@ def in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], 
         if conn.in_transaction:  # a failed COMMIT (disk full) leaves it open too
             conn.rollback()
         raise
+    finally:
+        _memos.pop(id(conn), None)
     return result
 
 
@@ -56,13 +71,17 @@ def in_one_transaction(
             return [(False, exc)]
     outcomes: list[Outcome] = []
     conn.execute("BEGIN IMMEDIATE")
+    memo = _memos[id(conn)] = {}
     try:
         for fn in fns:
             conn.execute("SAVEPOINT one")
+            changes = conn.total_changes
             try:
                 outcomes.append((True, fn(conn)))
             except Exception as exc:
                 conn.execute("ROLLBACK TO one")
+                if conn.total_changes != changes:
+                    memo.clear()  # it may have seen the writes just undone
                 outcomes.append((False, exc))
             conn.execute("RELEASE one")
         conn.execute("COMMIT")
@@ -70,6 +89,8 @@ def in_one_transaction(
         if conn.in_transaction:
             conn.rollback()
         raise
+    finally:
+        _memos.pop(id(conn), None)
     return outcomes
 
 

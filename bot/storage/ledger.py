@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.generation.models import ACTIVE_STATES
+from bot.storage.database import transaction_memo
 
 
 class LedgerKind(StrEnum):
@@ -125,18 +126,41 @@ def guild_spend(
     That is the members' reservations, settlements and refunds, plus what PixelDojo charged
     for the jobs that were refunded (their images could not be delivered). A moderator's reset
     forgives a member's use but not the money spent, so resets and grants do not count here.
+
+    Inside a `Database.run` group the sum is taken once and then only the rows added since are
+    read: the ledger is append-only, a refunded job's `provider_charged` is final by the time
+    its refund row exists, and the group holds the write lock, so nothing else can change it.
     """
     where, bounds = _range(start, end, "l.period_start")
-    row = (
-        conn.execute(
+    memo = transaction_memo(conn)
+    key = ("guild_spend", guild_id, start, end)
+    known = memo.get(key) if memo is not None else None
+    newest = "(SELECT COALESCE(MAX(id), 0) FROM ledger)"
+    if known is None:
+        row = conn.execute(
             f"""
-            SELECT COALESCE(SUM({_SPEND}), 0) FROM {_SPEND_FROM}
+            SELECT COALESCE(SUM({_SPEND}), 0), {newest} FROM {_SPEND_FROM}
             WHERE l.guild_id = ? AND l.kind IN ('reserve', 'settle', 'refund') AND {where}
             """,
             (guild_id, *bounds),
-        )
-    ).fetchone()
-    return int(row[0])
+        ).fetchone()
+        spent = int(row[0])
+    else:
+        # NOT INDEXED: walk the few rows after `seen` by id, not the guild's whole period.
+        seen, spent = known
+        row = conn.execute(
+            f"""
+            SELECT COALESCE(SUM({_SPEND}), 0), {newest}
+            FROM ledger l NOT INDEXED LEFT JOIN jobs j ON l.kind = 'refund' AND j.id = l.job_id
+            WHERE l.id > ? AND l.guild_id = ? AND l.kind IN ('reserve', 'settle', 'refund')
+              AND {where}
+            """,
+            (seen, guild_id, *bounds),
+        ).fetchone()
+        spent += int(row[0])
+    if memo is not None:
+        memo[key] = (int(row[1]), spent)
+    return spent
 
 
 def refunded_spend(
