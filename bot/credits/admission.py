@@ -11,7 +11,6 @@ database thread, with no await between its statements.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from bot.credits.periods import Period, discord_time, next_reset, period_start
 from bot.errors import RequestRefused
 from bot.generation.models import CREDITS_PER_OUTPUT, GenerationRequest
 from bot.safe_text import escape_member_text
-from bot.storage import guild_settings, jobs, ledger, rules
+from bot.storage import SyncConnection, guild_settings, jobs, ledger, rules
 from bot.storage.database import Database
 from bot.storage.guild_settings import GuildSettings
 from bot.storage.jobs import Admission
@@ -67,7 +66,7 @@ def _resets(resets_at: float | None) -> str:
 
 
 def resolve_allowance(
-    conn: sqlite3.Connection,
+    conn: SyncConnection,
     settings: GuildSettings,
     user_id: int,
     role_ids: Sequence[int],
@@ -98,7 +97,7 @@ class Limits:
         """Forget a guild's compiled blocked terms (call whenever they change)."""
         self._matchers.pop(guild_id, None)
 
-    def admit(self, conn: sqlite3.Connection, request: GenerationRequest, now: float) -> Admission:
+    def admit(self, conn: SyncConnection, request: GenerationRequest, now: float) -> Admission:
         """Check every rule in order and return what to reserve, or raise `RequestRefused`."""
         settings = guild_settings.load(conn, request.guild_id)
         self._check_ban(conn, request, now)
@@ -120,7 +119,7 @@ class Limits:
         """What the member has used and has left in the current period."""
         now = self.clock()
 
-        def read(conn: sqlite3.Connection) -> tuple[GuildSettings, int | None, float, Usage, int]:
+        def read(conn: SyncConnection) -> tuple[GuildSettings, int | None, float, Usage, int]:
             settings = guild_settings.load(conn, guild_id)
             allowance = resolve_allowance(conn, settings, user_id, role_ids)
             start = period_start(settings.period, settings.reset_hour, now)
@@ -144,7 +143,7 @@ class Limits:
         """The guild's current settings (defaults when none were changed)."""
         return await self.db.call(lambda conn: guild_settings.load(conn, guild_id))
 
-    def matcher(self, conn: sqlite3.Connection, guild_id: int) -> TermMatcher:
+    def matcher(self, conn: SyncConnection, guild_id: int) -> TermMatcher:
         """The guild's compiled blocked terms, cached until they change.
 
         Besides `invalidate_terms`, each use compares the terms' (count, newest id) with the
@@ -169,7 +168,7 @@ class Limits:
         return matcher
 
     @staticmethod
-    def _check_ban(conn: sqlite3.Connection, request: GenerationRequest, now: float) -> None:
+    def _check_ban(conn: SyncConnection, request: GenerationRequest, now: float) -> None:
         ban = rules.ban_of(conn, request.guild_id, request.user_id)
         if ban is None or (ban.until is not None and ban.until <= now):
             return
@@ -186,13 +185,13 @@ class Limits:
         )
 
     @staticmethod
-    def _check_channel(conn: sqlite3.Connection, request: GenerationRequest) -> None:
+    def _check_channel(conn: SyncConnection, request: GenerationRequest) -> None:
         channels = rules.allowed_channels(conn, request.guild_id)
         if channels and request.channel_id not in channels:
             mentions = ", ".join(f"<#{channel}>" for channel in channels)
             raise RequestRefused(f"Images can only be generated in {mentions}.")
 
-    def _check_terms(self, conn: sqlite3.Connection, request: GenerationRequest) -> None:
+    def _check_terms(self, conn: SyncConnection, request: GenerationRequest) -> None:
         matcher = self.matcher(conn, request.guild_id)
         # On the database thread, never the event loop's; RE2 keeps it linear in the prompt, and
         # the regex budget bounds how long the write lock is held for it.
@@ -213,7 +212,7 @@ class Limits:
 
     @staticmethod
     def _check_queue(
-        conn: sqlite3.Connection, settings: GuildSettings, request: GenerationRequest
+        conn: SyncConnection, settings: GuildSettings, request: GenerationRequest
     ) -> None:
         """The only queue refusal: too many prompts waiting. A member's jobs beyond the
         `max_concurrent` that may run are the ones waiting, whatever the dispatcher is doing
@@ -228,7 +227,7 @@ class Limits:
 
     @staticmethod
     def _check_cooldown(
-        conn: sqlite3.Connection,
+        conn: SyncConnection,
         settings: GuildSettings,
         request: GenerationRequest,
         now: float,
@@ -247,7 +246,7 @@ class Limits:
 
     @staticmethod
     def _check_cap(
-        conn: sqlite3.Connection,
+        conn: SyncConnection,
         settings: GuildSettings,
         cost: int,
         start: float,
@@ -291,7 +290,7 @@ class Limits:
 
     @staticmethod
     def _check_allowance(
-        conn: sqlite3.Connection,
+        conn: SyncConnection,
         settings: GuildSettings,
         request: GenerationRequest,
         cost: int,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from bot.credits.periods import Period, next_reset, period_start, previous_period_start
 from bot.generation.models import ACTIVE_STATES, JobState
-from bot.storage import ledger
+from bot.storage import SyncConnection, ledger
 from bot.storage.guild_settings import GuildSettings
 
 
@@ -54,7 +53,7 @@ class UsageReport:
 
 
 def build_usage_report(
-    conn: sqlite3.Connection,
+    conn: SyncConnection,
     settings: GuildSettings,
     *,
     now: float,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -24,6 +23,7 @@ from bot.generation.models import (
 )
 from bot.generation.runner import JobRunner
 from bot.pixeldojo.models import ASPECT_RATIOS
+from bot.storage import SyncConnection
 from bot.storage.jobs import Admission, AdmissionCheck, JobStore
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ def validate(
     return prompt, aspect_ratio, num_outputs, seed
 
 
-def admit_without_limits(
-    conn: sqlite3.Connection, request: GenerationRequest, now: float
-) -> Admission:
+def admit_without_limits(conn: SyncConnection, request: GenerationRequest, now: float) -> Admission:
     """Hold the estimated cost, with no allowance to check (all-time period)."""
     return Admission(credits=request.num_outputs * CREDITS_PER_OUTPUT, period_start=0.0)
 

@@ -1,5 +1,11 @@
 """SQLite persistence: one connection, versioned schema, serialised transactions."""
 
-from bot.storage.database import Connection, Database, DatabaseUnavailable, on_thread
+from bot.storage.database import (
+    Connection,
+    Database,
+    DatabaseUnavailable,
+    SyncConnection,
+    on_thread,
+)
 
-__all__ = ["Connection", "Database", "DatabaseUnavailable", "on_thread"]
+__all__ = ["Connection", "Database", "DatabaseUnavailable", "SyncConnection", "on_thread"]

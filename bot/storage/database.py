@@ -20,6 +20,10 @@ Connection: TypeAlias = aiosqlite.Connection
 """The connection `Database.read()` and `transaction()` yield: code outside `bot.storage` only
 passes it on to storage functions."""
 
+SyncConnection: TypeAlias = sqlite3.Connection
+"""The connection `Database.run()` and `call()` hand their function, on the database thread:
+code outside `bot.storage` only passes it on to storage functions."""
+
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -103,8 +107,16 @@ async def on_thread(
     """Run a synchronous storage function on the database thread, inside whatever the caller
     holds (`transaction()` or `read()`): the bridge for code that still awaits statement by
     statement. New code should use `Database.run` or `Database.call` instead."""
-    # aiosqlite's own queue to its worker thread: the sqlite3 connection may only be used there.
-    return await conn._execute(fn, conn._conn, *args, **kwargs)  # type: ignore[no-any-return]
+    return await _on_worker(conn, fn, *args, **kwargs)
+
+
+async def _on_worker(conn: Connection, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(sqlite3 connection, *args, **kwargs)` on aiosqlite's worker thread, the only thread
+    the connection may be used on, through aiosqlite's own queue (so in order with everything
+    else sent to it)."""
+    execute = conn._execute
+    result: T = await execute(fn, conn._conn, *args, **kwargs)  # type: ignore[no-untyped-call]
+    return result
 
 
 class DatabaseUnavailable(Exception):
@@ -254,8 +266,8 @@ class Database:
                     batch, self._waiting = self._waiting, []
                     try:
                         conn = self.conn
-                        outcomes = await conn._execute(
-                            in_one_transaction, conn._conn, [fn for fn, _ in batch]
+                        outcomes = await _on_worker(
+                            conn, in_one_transaction, [fn for fn, _ in batch]
                         )
                     except Exception as exc:
                         outcomes = [(False, exc)] * len(batch)
@@ -274,7 +286,7 @@ class Database:
         single statements (each atomic on its own)."""
         async with self._lock:
             conn = self.conn
-            return await conn._execute(fn, conn._conn)  # type: ignore[no-any-return]
+            return await _on_worker(conn, fn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:

@@ -54,7 +54,9 @@ class AllowanceActions(ModerationBase):
             hour = settings.reset_hour if reset_hour is None else reset_hour
             # Only what the moderator chose: an hour left out stays at its default.
             chosen = {} if reset_hour is None else {"reset_hour": reset_hour}
-            await on_thread(conn, guild_settings.save, guild_id, period=new_period, **chosen)
+            await on_thread(
+                conn, lambda c: guild_settings.save(c, guild_id, period=new_period, **chosen)
+            )
             if new_period is Period.NONE:
                 summary = "set credits to never reset (one allowance in total)"
             else:
@@ -85,7 +87,9 @@ class AllowanceActions(ModerationBase):
         check_allowance(allowance)
         async with self.db.transaction() as conn:
             settings = await on_thread(conn, guild_settings.load, guild_id)
-            await on_thread(conn, guild_settings.save, guild_id, default_allowance=allowance)
+            await on_thread(
+                conn, lambda c: guild_settings.save(c, guild_id, default_allowance=allowance)
+            )
             return await self._audit(
                 conn,
                 guild_id,

@@ -142,7 +142,9 @@ class SettingActions(ModerationBase):
         """Set one guild setting (and `also` others, unaudited), auditing the old value."""
         async with self.db.transaction() as conn:
             settings = await on_thread(conn, guild_settings.load, guild_id)
-            await on_thread(conn, guild_settings.save, guild_id, **{column: value}, **also)
+            await on_thread(
+                conn, lambda c: guild_settings.save(c, guild_id, **{column: value}, **also)
+            )
             return await self._audit(
                 conn,
                 guild_id,
