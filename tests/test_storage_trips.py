@@ -205,3 +205,31 @@ async def test_a_grouped_reservation_rolled_back_frees_its_share_of_the_spend_ca
     assert isinstance(second, LookupError)
     assert isinstance(fourth, RequestRefused) and "only 2 credits left" in str(fourth)
     assert await env.db.call(lambda conn: ledger.guild_spend(conn, GUILD, 0.0)) == 8
+
+
+async def test_moderator_actions_and_generation_audits_take_one_trip_each(
+    env: ServiceEnv,
+) -> None:
+    mod = env.mod
+    entry, count = await trips(
+        env, lambda: mod.grant_credits(guild_id=GUILD, actor_id=MOD, user_id=MEMBER, amount=5)
+    )
+    assert count == 1 and entry.action == "credits.grant"
+    entry, count = await trips(
+        env,
+        lambda: mod.add_blocked_term(guild_id=GUILD, actor_id=MOD, term=r"wyrms?", is_regex=True),
+    )
+    assert count == 1 and entry.action == "blocklist.add"
+    entry, count = await trips(
+        env, lambda: mod.reset_usage(guild_id=GUILD, actor_id=MOD, user_id=MEMBER)
+    )
+    assert count == 1 and entry.action == "credits.reset"
+    entry, count = await trips(
+        env,
+        lambda: mod.record_generation(
+            guild_id=GUILD, user_id=MEMBER, job_id=1, outcome="posted", credits=2
+        ),
+    )
+    assert count == 1 and entry.action == "generation.posted"
+    balance = await env.limits.balance(GUILD, MEMBER, ())
+    assert (balance.granted, balance.remaining) == (5, 15)

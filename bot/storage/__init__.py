@@ -5,7 +5,6 @@ from bot.storage.database import (
     Database,
     DatabaseUnavailable,
     SyncConnection,
-    on_thread,
 )
 
-__all__ = ["Connection", "Database", "DatabaseUnavailable", "SyncConnection", "on_thread"]
+__all__ = ["Connection", "Database", "DatabaseUnavailable", "SyncConnection"]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiosqlite
 
 
 @dataclass(frozen=True)
@@ -30,8 +29,8 @@ class AuditEntry:
         return cls(**data)
 
 
-async def write(
-    conn: aiosqlite.Connection,
+def write(
+    conn: sqlite3.Connection,
     *,
     guild_id: int,
     actor_id: int | None,
@@ -42,7 +41,7 @@ async def write(
     now: float,
 ) -> AuditEntry:
     """Append one entry inside the caller's transaction and return it."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         """
         INSERT INTO audit_log (guild_id, actor_id, action, target_id, details, summary, created_at)
         VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -61,12 +60,12 @@ async def write(
     )
 
 
-async def entries(
-    conn: aiosqlite.Connection, guild_id: int, limit: int, before_id: int | None = None
+def entries(
+    conn: sqlite3.Connection, guild_id: int, limit: int, before_id: int | None = None
 ) -> list[AuditEntry]:
     """The guild's newest entries first, optionally only those older than `before_id`."""
-    rows = await (
-        await conn.execute(
+    rows = (
+        conn.execute(
             """
             SELECT id, guild_id, actor_id, action, target_id, details, created_at, summary
             FROM audit_log WHERE guild_id = ? AND id < ? ORDER BY id DESC LIMIT ?

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import aiosqlite
 
@@ -25,7 +25,6 @@ SyncConnection: TypeAlias = sqlite3.Connection
 code outside `bot.storage` only passes it on to storage functions."""
 
 T = TypeVar("T")
-P = ParamSpec("P")
 
 
 _memos: dict[int, dict[Any, Any]] = {}
@@ -98,18 +97,6 @@ def in_one_transaction(
     return outcomes
 
 
-async def on_thread(
-    conn: Connection,
-    fn: Callable[Concatenate[sqlite3.Connection, P], T],
-    *args: P.args,
-    **kwargs: P.kwargs,
-) -> T:
-    """Run a synchronous storage function on the database thread, inside whatever the caller
-    holds (`transaction()` or `read()`): the bridge for code that still awaits statement by
-    statement. New code should use `Database.run` or `Database.call` instead."""
-    return await _on_worker(conn, fn, *args, **kwargs)
-
-
 async def _on_worker(conn: Connection, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(sqlite3 connection, *args, **kwargs)` on aiosqlite's worker thread, the only thread
     the connection may be used on, through aiosqlite's own queue (so in order with everything
@@ -151,10 +138,12 @@ class Database:
     access therefore goes through `run()`, `call()`, `transaction()` or `read()`, which hold one
     asyncio lock.
 
-    `run()` and `call()` are the fast path: a plain function of a `sqlite3.Connection` runs on
+    The bot uses only `run()` and `call()`: a plain function of a `sqlite3.Connection` runs on
     aiosqlite's worker thread in one trip, with no await between its statements, so holding
     the lock costs one thread hop instead of one per statement. They use aiosqlite's thread
     (not one of our own) so every statement still goes through one connection and one queue.
+    `transaction()` and `read()`, which await statement by statement, remain for the schema
+    migrations at start-up, tests and tools.
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -326,9 +315,10 @@ class Database:
         return row[0] if row is not None else None
 
     async def set_meta(self, key: str, value: str) -> None:
-        async with self.transaction() as conn:
-            await conn.execute(
+        await self.run(
+            lambda conn: conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+        )

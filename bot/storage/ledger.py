@@ -6,7 +6,7 @@ credits back, a reset cancels a member's use so far. Grants add to the allowance
 A member's remaining credits are `allowance + granted - used` for the current period.
 
 Every function is synchronous and runs on the database thread, inside `Database.run` or
-`Database.call` (or `on_thread` from a `transaction()`), so a transaction is one trip there.
+`Database.call`, so a transaction is one trip there.
 """
 
 from __future__ import annotations

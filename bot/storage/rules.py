@@ -1,9 +1,9 @@
 """A guild's rule tables: role and member allowances, allowed channels, blocked terms, bans.
 
-Every function runs on a connection the caller holds (`Database.read()` or `transaction()`),
-so a check and the write it guards can share one transaction. The ones admission reads are
-synchronous (a `sqlite3.Connection`, on the database thread inside `Database.run`), so the
-reservation transaction is one trip there; the moderators' edits are still awaited.
+Every function runs on a connection the caller holds,
+so a check and the write it guards can share one transaction. They are synchronous (a
+`sqlite3.Connection`, on the database thread inside `Database.run` or `call`), so each
+transaction is one trip there.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from bot.storage.database import Connection
 
 
 @dataclass(frozen=True)
@@ -48,9 +46,9 @@ class Ban:
 # -- allowances --------------------------------------------------------------------------
 
 
-async def role_allowances(conn: Connection, guild_id: int) -> dict[int, int | None]:
+def role_allowances(conn: sqlite3.Connection, guild_id: int) -> dict[int, int | None]:
     """Role id → allowance per period (None = unlimited), by role id."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         "SELECT role_id, allowance FROM role_allowances WHERE guild_id = ? ORDER BY role_id",
         (guild_id,),
     )
@@ -73,28 +71,28 @@ def role_allowances_among(
     return [row[0] for row in rows]
 
 
-async def set_role_allowance(
-    conn: Connection, guild_id: int, role_id: int, allowance: int | None
+def set_role_allowance(
+    conn: sqlite3.Connection, guild_id: int, role_id: int, allowance: int | None
 ) -> None:
     """Give a role its allowance, replacing any it had."""
-    await conn.execute(
+    conn.execute(
         "INSERT INTO role_allowances (guild_id, role_id, allowance) VALUES (?, ?, ?) "
         "ON CONFLICT (guild_id, role_id) DO UPDATE SET allowance = excluded.allowance",
         (guild_id, role_id, allowance),
     )
 
 
-async def clear_role_allowance(conn: Connection, guild_id: int, role_id: int) -> bool:
+def clear_role_allowance(conn: sqlite3.Connection, guild_id: int, role_id: int) -> bool:
     """Remove a role's allowance; False when it had none."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "DELETE FROM role_allowances WHERE guild_id = ? AND role_id = ?", (guild_id, role_id)
     )
     return cursor.rowcount > 0
 
 
-async def user_allowances(conn: Connection, guild_id: int) -> dict[int, int | None]:
+def user_allowances(conn: sqlite3.Connection, guild_id: int) -> dict[int, int | None]:
     """Member id → allowance override per period (None = unlimited), by member id."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         "SELECT user_id, allowance FROM user_allowances WHERE guild_id = ? ORDER BY user_id",
         (guild_id,),
     )
@@ -110,20 +108,20 @@ def user_allowance(conn: sqlite3.Connection, guild_id: int, user_id: int) -> All
     return next((Allowance(row[0]) for row in rows), None)
 
 
-async def set_user_allowance(
-    conn: Connection, guild_id: int, user_id: int, allowance: int | None
+def set_user_allowance(
+    conn: sqlite3.Connection, guild_id: int, user_id: int, allowance: int | None
 ) -> None:
     """Give a member their own allowance, replacing any they had."""
-    await conn.execute(
+    conn.execute(
         "INSERT INTO user_allowances (guild_id, user_id, allowance) VALUES (?, ?, ?) "
         "ON CONFLICT (guild_id, user_id) DO UPDATE SET allowance = excluded.allowance",
         (guild_id, user_id, allowance),
     )
 
 
-async def clear_user_allowance(conn: Connection, guild_id: int, user_id: int) -> bool:
+def clear_user_allowance(conn: sqlite3.Connection, guild_id: int, user_id: int) -> bool:
     """Remove a member's own allowance; False when they had none."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "DELETE FROM user_allowances WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
     )
     return cursor.rowcount > 0
@@ -141,35 +139,33 @@ def allowed_channels(conn: sqlite3.Connection, guild_id: int) -> list[int]:
     return [row[0] for row in rows]
 
 
-async def allow_channel(conn: Connection, guild_id: int, channel_id: int) -> bool:
+def allow_channel(conn: sqlite3.Connection, guild_id: int, channel_id: int) -> bool:
     """Add an allowed channel; False when it already was one."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "INSERT OR IGNORE INTO allowed_channels (guild_id, channel_id) VALUES (?, ?)",
         (guild_id, channel_id),
     )
     return cursor.rowcount > 0
 
 
-async def disallow_channel(conn: Connection, guild_id: int, channel_id: int) -> bool:
+def disallow_channel(conn: sqlite3.Connection, guild_id: int, channel_id: int) -> bool:
     """Remove an allowed channel; False when it wasn't one."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "DELETE FROM allowed_channels WHERE guild_id = ? AND channel_id = ?",
         (guild_id, channel_id),
     )
     return cursor.rowcount > 0
 
 
-async def count_allowed_channels(conn: Connection, guild_id: int) -> int:
+def count_allowed_channels(conn: sqlite3.Connection, guild_id: int) -> int:
     """How many channels generation is limited to (0: every channel is allowed)."""
-    rows = await conn.execute_fetchall(
-        "SELECT COUNT(*) FROM allowed_channels WHERE guild_id = ?", (guild_id,)
-    )
+    rows = conn.execute("SELECT COUNT(*) FROM allowed_channels WHERE guild_id = ?", (guild_id,))
     return int(next(iter(rows))[0])
 
 
-async def clear_allowed_channels(conn: Connection, guild_id: int) -> int:
+def clear_allowed_channels(conn: sqlite3.Connection, guild_id: int) -> int:
     """Remove every allowed channel; returns how many there were."""
-    cursor = await conn.execute("DELETE FROM allowed_channels WHERE guild_id = ?", (guild_id,))
+    cursor = conn.execute("DELETE FROM allowed_channels WHERE guild_id = ?", (guild_id,))
     return cursor.rowcount
 
 
@@ -201,30 +197,30 @@ def blocked_terms_signature(conn: sqlite3.Connection, guild_id: int) -> tuple[in
     return int(count), int(newest)
 
 
-async def blocked_regexes(conn: Connection, guild_id: int) -> list[str]:
+def blocked_regexes(conn: sqlite3.Connection, guild_id: int) -> list[str]:
     """The patterns of the guild's blocked regular expressions."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         "SELECT pattern FROM blocked_terms WHERE guild_id = ? AND is_regex = 1", (guild_id,)
     )
     return [row[0] for row in rows]
 
 
-async def blocked_term_by_id(conn: Connection, guild_id: int, term_id: int) -> BlockedTerm | None:
+def blocked_term_by_id(conn: sqlite3.Connection, guild_id: int, term_id: int) -> BlockedTerm | None:
     """The guild's blocked term with this id, if any."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"SELECT {_TERM_COLUMNS} FROM blocked_terms WHERE guild_id = ? AND id = ?",
         (guild_id, term_id),
     )
     return next((_term(row) for row in rows), None)
 
 
-async def blocked_term_by_pattern(
-    conn: Connection, guild_id: int, patterns: Sequence[str]
+def blocked_term_by_pattern(
+    conn: sqlite3.Connection, guild_id: int, patterns: Sequence[str]
 ) -> BlockedTerm | None:
     """The oldest of the guild's blocked terms stored as one of `patterns`, if any."""
     if not patterns:
         return None
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"""
         SELECT {_TERM_COLUMNS} FROM blocked_terms
         WHERE guild_id = ? AND pattern IN ({",".join("?" for _ in patterns)}) ORDER BY id LIMIT 1
@@ -234,11 +230,17 @@ async def blocked_term_by_pattern(
     return next((_term(row) for row in rows), None)
 
 
-async def add_blocked_term(
-    conn: Connection, guild_id: int, pattern: str, *, is_regex: bool, actor_id: int, now: float
+def add_blocked_term(
+    conn: sqlite3.Connection,
+    guild_id: int,
+    pattern: str,
+    *,
+    is_regex: bool,
+    actor_id: int,
+    now: float,
 ) -> int | None:
     """Block a (cleaned) pattern; returns its new id, or None when it was already blocked."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "INSERT OR IGNORE INTO blocked_terms "
         "(guild_id, pattern, is_regex, actor_id, created_at) VALUES (?, ?, ?, ?, ?)",
         (guild_id, pattern, int(is_regex), actor_id, now),
@@ -246,11 +248,9 @@ async def add_blocked_term(
     return int(cursor.lastrowid or 0) if cursor.rowcount else None
 
 
-async def remove_blocked_term(conn: Connection, guild_id: int, term_id: int) -> None:
+def remove_blocked_term(conn: sqlite3.Connection, guild_id: int, term_id: int) -> None:
     """Unblock the guild's term with this id."""
-    await conn.execute(
-        "DELETE FROM blocked_terms WHERE guild_id = ? AND id = ?", (guild_id, term_id)
-    )
+    conn.execute("DELETE FROM blocked_terms WHERE guild_id = ? AND id = ?", (guild_id, term_id))
 
 
 # -- bans --------------------------------------------------------------------------------
@@ -267,9 +267,9 @@ def ban_of(conn: sqlite3.Connection, guild_id: int, user_id: int) -> Ban | None:
     return next((Ban(*row) for row in rows), None)
 
 
-async def bans_in_force(conn: Connection, guild_id: int, now: float) -> list[Ban]:
+def bans_in_force(conn: sqlite3.Connection, guild_id: int, now: float) -> list[Ban]:
     """Bans in force at `now` (expired ones are left out), oldest first."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"SELECT {_BAN_COLUMNS} FROM bans "
         "WHERE guild_id = ? AND (until IS NULL OR until > ?) ORDER BY created_at, user_id",
         (guild_id, now),
@@ -277,8 +277,8 @@ async def bans_in_force(conn: Connection, guild_id: int, now: float) -> list[Ban
     return [Ban(*row) for row in rows]
 
 
-async def put_ban(
-    conn: Connection,
+def put_ban(
+    conn: sqlite3.Connection,
     guild_id: int,
     user_id: int,
     *,
@@ -288,7 +288,7 @@ async def put_ban(
     now: float,
 ) -> None:
     """Ban a member, replacing any ban they had."""
-    await conn.execute(
+    conn.execute(
         """
         INSERT INTO bans (guild_id, user_id, until, reason, actor_id, created_at)
         VALUES (?, ?, ?, ?, ?, ?)
@@ -300,9 +300,9 @@ async def put_ban(
     )
 
 
-async def lift_ban(conn: Connection, guild_id: int, user_id: int, now: float) -> bool:
+def lift_ban(conn: sqlite3.Connection, guild_id: int, user_id: int, now: float) -> bool:
     """Remove the member's ban in force at `now`; False when they had none."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "DELETE FROM bans WHERE guild_id = ? AND user_id = ? AND (until IS NULL OR until > ?)",
         (guild_id, user_id, now),
     )

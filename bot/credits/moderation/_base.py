@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.credits.admission import Limits
-from bot.storage import Connection, audit
+from bot.storage import SyncConnection, audit
 from bot.storage.audit import AuditEntry
 from bot.storage.database import Database
 from bot.storage.guild_settings import GuildSettings
@@ -66,9 +66,9 @@ class ModerationBase:
         self.limits = limits
         self.clock = clock
 
-    async def _audit(
+    def _audit(
         self,
-        conn: Connection,
+        conn: SyncConnection,
         guild_id: int,
         actor_id: int | None,
         action: str,
@@ -77,7 +77,7 @@ class ModerationBase:
         summary: str,
     ) -> AuditEntry:
         """Write the action's audit entry inside the action's transaction."""
-        return await audit.write(
+        return audit.write(
             conn,
             guild_id=guild_id,
             actor_id=actor_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.credits.moderation._base import ModerationBase, plural
 from bot.credits.report import UsageReport, build_usage_report
-from bot.storage import audit, guild_settings
+from bot.storage import SyncConnection, audit, guild_settings
 from bot.storage.audit import AuditEntry
 
 AUDIT_PAGE_MAX = 100
@@ -18,8 +18,11 @@ class ActivityRecords(ModerationBase):
     ) -> list[AuditEntry]:
         """Newest first; pass the last entry's id as `before_id` for the next page."""
         limit = max(1, min(limit, AUDIT_PAGE_MAX))
-        async with self.db.read() as conn:
-            return await audit.entries(conn, guild_id, limit, before_id)
+
+        def read(conn: SyncConnection) -> list[AuditEntry]:
+            return audit.entries(conn, guild_id, limit, before_id)
+
+        return await self.db.call(read)
 
     async def usage_report(
         self, guild_id: int, period_start: float | None = None, top: int = 10
@@ -36,8 +39,9 @@ class ActivityRecords(ModerationBase):
         self, *, guild_id: int, user_id: int, job_id: int, outcome: str, credits: int
     ) -> AuditEntry:
         """Audit one generation's end (`outcome` e.g. "posted" or "failed")."""
-        async with self.db.transaction() as conn:
-            return await self._audit(
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            return self._audit(
                 conn,
                 guild_id,
                 user_id,
@@ -47,12 +51,15 @@ class ActivityRecords(ModerationBase):
                 f"ran generation #{job_id}: {outcome}, {plural(credits, 'credit')}",
             )
 
+        return await self.db.run(write)
+
     async def record_cancel(
         self, *, guild_id: int, actor_id: int, job_id: int, author_id: int
     ) -> AuditEntry:
         """Audit a moderator cancelling another member's queued prompt."""
-        async with self.db.transaction() as conn:
-            return await self._audit(
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -62,12 +69,15 @@ class ActivityRecords(ModerationBase):
                 f"cancelled <@{author_id}>'s queued generation #{job_id}",
             )
 
+        return await self.db.run(write)
+
     async def record_result_deletion(
         self, *, guild_id: int, actor_id: int, job_id: int, author_id: int
     ) -> AuditEntry:
         """Audit a moderator deleting another member's result."""
-        async with self.db.transaction() as conn:
-            return await self._audit(
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -76,3 +86,5 @@ class ActivityRecords(ModerationBase):
                 {"job_id": job_id, "author_id": author_id},
                 f"deleted <@{author_id}>'s result of generation #{job_id}",
             )
+
+        return await self.db.run(write)

@@ -12,7 +12,7 @@ from bot.credits.moderation._base import (
     plural,
 )
 from bot.credits.periods import Period, period_start
-from bot.storage import guild_settings, ledger, on_thread, rules
+from bot.storage import SyncConnection, guild_settings, ledger, rules
 from bot.storage.audit import AuditEntry
 from bot.storage.ledger import LedgerKind
 
@@ -30,13 +30,19 @@ class AllowanceActions(ModerationBase):
 
     async def role_allowances(self, guild_id: int) -> dict[int, int | None]:
         """Role id → allowance per period (None = unlimited)."""
-        async with self.db.read() as conn:
-            return await rules.role_allowances(conn, guild_id)
+
+        def read(conn: SyncConnection) -> dict[int, int | None]:
+            return rules.role_allowances(conn, guild_id)
+
+        return await self.db.call(read)
 
     async def user_allowances(self, guild_id: int) -> dict[int, int | None]:
         """Member id → allowance override per period (None = unlimited)."""
-        async with self.db.read() as conn:
-            return await rules.user_allowances(conn, guild_id)
+
+        def read(conn: SyncConnection) -> dict[int, int | None]:
+            return rules.user_allowances(conn, guild_id)
+
+        return await self.db.call(read)
 
     async def set_period(
         self, *, guild_id: int, actor_id: int, period: str, reset_hour: int | None = None
@@ -49,21 +55,20 @@ class AllowanceActions(ModerationBase):
             raise InvalidSetting(f"The period must be one of: {choices}.") from None
         if reset_hour is not None:
             check_range(reset_hour, 0, 23, "The reset hour (UTC)")
-        async with self.db.transaction() as conn:
-            settings = await on_thread(conn, guild_settings.load, guild_id)
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            settings = guild_settings.load(conn, guild_id)
             hour = settings.reset_hour if reset_hour is None else reset_hour
             # Only what the moderator chose: an hour left out stays at its default.
             chosen = {} if reset_hour is None else {"reset_hour": reset_hour}
-            await on_thread(
-                conn, lambda c: guild_settings.save(c, guild_id, period=new_period, **chosen)
-            )
+            guild_settings.save(conn, guild_id, period=new_period, **chosen)
             if new_period is Period.NONE:
                 summary = "set credits to never reset (one allowance in total)"
             else:
                 summary = (
                     f"set the credit period to {new_period.per}, resetting at {hour:02d}:00 UTC"
                 )
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -80,17 +85,18 @@ class AllowanceActions(ModerationBase):
                 summary,
             )
 
+        return await self.db.run(write)
+
     async def set_default_allowance(
         self, *, guild_id: int, actor_id: int, allowance: int | None
     ) -> AuditEntry:
         """Credits per period for members without a role or member override (None = unlimited)."""
         check_allowance(allowance)
-        async with self.db.transaction() as conn:
-            settings = await on_thread(conn, guild_settings.load, guild_id)
-            await on_thread(
-                conn, lambda c: guild_settings.save(c, guild_id, default_allowance=allowance)
-            )
-            return await self._audit(
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            settings = guild_settings.load(conn, guild_id)
+            guild_settings.save(conn, guild_id, default_allowance=allowance)
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -100,16 +106,19 @@ class AllowanceActions(ModerationBase):
                 f"set the default allowance to {per_period(allowance, settings)}",
             )
 
+        return await self.db.run(write)
+
     async def set_role_allowance(
         self, *, guild_id: int, actor_id: int, role_id: int, allowance: int | None
     ) -> AuditEntry:
         """Allowance for members with this role (the most generous of a member's roles wins)."""
         check_id(role_id, "role")
         check_allowance(allowance)
-        async with self.db.transaction() as conn:
-            settings = await on_thread(conn, guild_settings.load, guild_id)
-            await rules.set_role_allowance(conn, guild_id, role_id, allowance)
-            return await self._audit(
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            settings = guild_settings.load(conn, guild_id)
+            rules.set_role_allowance(conn, guild_id, role_id, allowance)
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -119,14 +128,17 @@ class AllowanceActions(ModerationBase):
                 f"set <@&{role_id}>'s allowance to {per_period(allowance, settings)}",
             )
 
+        return await self.db.run(write)
+
     async def clear_role_allowance(
         self, *, guild_id: int, actor_id: int, role_id: int
     ) -> AuditEntry:
         """Remove a role's allowance; its members fall back to other roles or the default."""
-        async with self.db.transaction() as conn:
-            if not await rules.clear_role_allowance(conn, guild_id, role_id):
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            if not rules.clear_role_allowance(conn, guild_id, role_id):
                 raise InvalidSetting(f"<@&{role_id}> has no allowance of its own to clear.")
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -136,16 +148,19 @@ class AllowanceActions(ModerationBase):
                 f"cleared <@&{role_id}>'s allowance",
             )
 
+        return await self.db.run(write)
+
     async def set_user_allowance(
         self, *, guild_id: int, actor_id: int, user_id: int, allowance: int | None
     ) -> AuditEntry:
         """A member's own allowance, overriding their roles and the default."""
         check_id(user_id, "member")
         check_allowance(allowance)
-        async with self.db.transaction() as conn:
-            settings = await on_thread(conn, guild_settings.load, guild_id)
-            await rules.set_user_allowance(conn, guild_id, user_id, allowance)
-            return await self._audit(
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            settings = guild_settings.load(conn, guild_id)
+            rules.set_user_allowance(conn, guild_id, user_id, allowance)
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -155,14 +170,17 @@ class AllowanceActions(ModerationBase):
                 f"set <@{user_id}>'s allowance to {per_period(allowance, settings)}",
             )
 
+        return await self.db.run(write)
+
     async def clear_user_allowance(
         self, *, guild_id: int, actor_id: int, user_id: int
     ) -> AuditEntry:
         """Remove a member's override; their roles or the default apply again."""
-        async with self.db.transaction() as conn:
-            if not await rules.clear_user_allowance(conn, guild_id, user_id):
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            if not rules.clear_user_allowance(conn, guild_id, user_id):
                 raise InvalidSetting(f"<@{user_id}> has no allowance of their own to clear.")
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -172,6 +190,8 @@ class AllowanceActions(ModerationBase):
                 f"removed <@{user_id}>'s own allowance",
             )
 
+        return await self.db.run(write)
+
     async def grant_credits(
         self, *, guild_id: int, actor_id: int, user_id: int, amount: int, note: str | None = None
     ) -> AuditEntry:
@@ -179,13 +199,13 @@ class AllowanceActions(ModerationBase):
         check_id(user_id, "member")
         check_range(amount, 1, GRANT_MAX, "A grant")
         note = check_reason(note)
-        async with self.db.transaction() as conn:
-            settings = await on_thread(conn, guild_settings.load, guild_id)
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            settings = guild_settings.load(conn, guild_id)
             now = self.clock()
             start = period_start(settings.period, settings.reset_hour, now)
-            await on_thread(
+            ledger.append(
                 conn,
-                ledger.append,
                 guild_id=guild_id,
                 user_id=user_id,
                 kind=LedgerKind.GRANT,
@@ -195,7 +215,7 @@ class AllowanceActions(ModerationBase):
                 actor_id=actor_id,
                 note=note,
             )
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -205,6 +225,8 @@ class AllowanceActions(ModerationBase):
                 f"granted <@{user_id}> {plural(amount, 'extra credit')} {settings.period.phrase}",
             )
 
+        return await self.db.run(write)
+
     async def reset_usage(self, *, guild_id: int, actor_id: int, user_id: int) -> AuditEntry:
         """Forgive what a member used this period.
 
@@ -212,17 +234,17 @@ class AllowanceActions(ModerationBase):
         is refunded the member gets back exactly what it held and no more.
         """
         check_id(user_id, "member")
-        async with self.db.transaction() as conn:
-            settings = await on_thread(conn, guild_settings.load, guild_id)
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            settings = guild_settings.load(conn, guild_id)
             now = self.clock()
             start = period_start(settings.period, settings.reset_hour, now)
-            usage = await on_thread(conn, ledger.usage_between, guild_id, user_id, start)
-            held = await on_thread(conn, ledger.held_by_active_jobs, guild_id, user_id, start)
+            usage = ledger.usage_between(conn, guild_id, user_id, start)
+            held = ledger.held_by_active_jobs(conn, guild_id, user_id, start)
             forgiven = usage.used - held
             if forgiven > 0:
-                await on_thread(
+                ledger.append(
                     conn,
-                    ledger.append,
                     guild_id=guild_id,
                     user_id=user_id,
                     kind=LedgerKind.RESET,
@@ -231,7 +253,7 @@ class AllowanceActions(ModerationBase):
                     now=now,
                     actor_id=actor_id,
                 )
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -241,3 +263,5 @@ class AllowanceActions(ModerationBase):
                 f"reset <@{user_id}>'s usage {settings.period.phrase} "
                 f"({plural(max(forgiven, 0), 'credit')} given back)",
             )
+
+        return await self.db.run(write)

@@ -12,7 +12,7 @@ from bot.credits.moderation._base import (
 )
 from bot.credits.periods import discord_time
 from bot.safe_text import escape_member_text
-from bot.storage import rules
+from bot.storage import SyncConnection, rules
 from bot.storage.audit import AuditEntry
 from bot.storage.rules import Ban
 
@@ -25,8 +25,11 @@ class BanActions(ModerationBase):
 
     async def bans(self, guild_id: int) -> list[Ban]:
         """Bans in force now (expired ones are left out)."""
-        async with self.db.read() as conn:
-            return await rules.bans_in_force(conn, guild_id, self.clock())
+
+        def read(conn: SyncConnection) -> list[Ban]:
+            return rules.bans_in_force(conn, guild_id, self.clock())
+
+        return await self.db.call(read)
 
     async def ban(
         self,
@@ -44,10 +47,11 @@ class BanActions(ModerationBase):
                 duration_seconds, BAN_MIN_SECONDS, BAN_MAX_SECONDS, "A ban's length in seconds"
             )
         reason = check_reason(reason)
-        async with self.db.transaction() as conn:
+
+        def write(conn: SyncConnection) -> AuditEntry:
             now = self.clock()
             until = None if duration_seconds is None else now + duration_seconds
-            await rules.put_ban(
+            rules.put_ban(
                 conn, guild_id, user_id, until=until, reason=reason, actor_id=actor_id, now=now
             )
             length = (
@@ -56,7 +60,7 @@ class BanActions(ModerationBase):
                 else f"for {duration(duration_seconds)} (until {discord_time(until or now, 'f')})"
             )
             because = f": {escape_member_text(reason)}" if reason else ""
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -66,12 +70,15 @@ class BanActions(ModerationBase):
                 f"banned <@{user_id}> from generating {length}{because}",
             )
 
+        return await self.db.run(write)
+
     async def unban(self, *, guild_id: int, actor_id: int, user_id: int) -> AuditEntry:
         """Lift a member's generation ban."""
-        async with self.db.transaction() as conn:
-            if not await rules.lift_ban(conn, guild_id, user_id, self.clock()):
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            if not rules.lift_ban(conn, guild_id, user_id, self.clock()):
                 raise InvalidSetting(f"<@{user_id}> isn't banned from generating.")
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -80,3 +87,5 @@ class BanActions(ModerationBase):
                 {"user_id": user_id},
                 f"lifted <@{user_id}>'s generation ban",
             )
+
+        return await self.db.run(write)

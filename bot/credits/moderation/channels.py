@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.credits.moderation._base import InvalidSetting, ModerationBase, check_id
-from bot.storage import rules
+from bot.storage import SyncConnection, rules
 from bot.storage.audit import AuditEntry
 
 
@@ -17,10 +17,11 @@ class ChannelActions(ModerationBase):
     async def allow_channel(self, *, guild_id: int, actor_id: int, channel_id: int) -> AuditEntry:
         """Add a channel to those generation is limited to (the first one turns the limit on)."""
         check_id(channel_id, "channel")
-        async with self.db.transaction() as conn:
-            if not await rules.allow_channel(conn, guild_id, channel_id):
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            if not rules.allow_channel(conn, guild_id, channel_id):
                 raise InvalidSetting(f"<#{channel_id}> is already an allowed channel.")
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -30,16 +31,19 @@ class ChannelActions(ModerationBase):
                 f"allowed generating images in <#{channel_id}>",
             )
 
+        return await self.db.run(write)
+
     async def disallow_channel(
         self, *, guild_id: int, actor_id: int, channel_id: int
     ) -> AuditEntry:
         """Remove a channel from the allowed ones (none left means every channel is allowed)."""
-        async with self.db.transaction() as conn:
-            if not await rules.disallow_channel(conn, guild_id, channel_id):
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            if not rules.disallow_channel(conn, guild_id, channel_id):
                 raise InvalidSetting(f"<#{channel_id}> isn't one of the allowed channels.")
-            left = await rules.count_allowed_channels(conn, guild_id)
+            left = rules.count_allowed_channels(conn, guild_id)
             tail = "" if left else "; images can now be generated in any channel"
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -49,13 +53,16 @@ class ChannelActions(ModerationBase):
                 f"removed <#{channel_id}> from the allowed channels{tail}",
             )
 
+        return await self.db.run(write)
+
     async def clear_channel_rules(self, *, guild_id: int, actor_id: int) -> AuditEntry:
         """Allow generation in every channel again."""
-        async with self.db.transaction() as conn:
-            removed = await rules.clear_allowed_channels(conn, guild_id)
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            removed = rules.clear_allowed_channels(conn, guild_id)
             if removed == 0:
                 raise InvalidSetting("There are no channel rules; every channel is allowed.")
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -64,3 +71,5 @@ class ChannelActions(ModerationBase):
                 {"removed": removed},
                 "cleared the channel rules; images can be generated in any channel",
             )
+
+        return await self.db.run(write)

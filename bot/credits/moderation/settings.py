@@ -14,7 +14,7 @@ from bot.credits.moderation._base import (
     plural,
 )
 from bot.generation.models import MAX_OUTPUTS
-from bot.storage import guild_settings, on_thread
+from bot.storage import SyncConnection, guild_settings
 from bot.storage.audit import AuditEntry
 from bot.storage.guild_settings import GuildSettings
 
@@ -140,12 +140,11 @@ class SettingActions(ModerationBase):
         **also: Any,
     ) -> AuditEntry:
         """Set one guild setting (and `also` others, unaudited), auditing the old value."""
-        async with self.db.transaction() as conn:
-            settings = await on_thread(conn, guild_settings.load, guild_id)
-            await on_thread(
-                conn, lambda c: guild_settings.save(c, guild_id, **{column: value}, **also)
-            )
-            return await self._audit(
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            settings = guild_settings.load(conn, guild_id)
+            guild_settings.save(conn, guild_id, **{column: value}, **also)
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -154,3 +153,5 @@ class SettingActions(ModerationBase):
                 {column: value, "previous": getattr(settings, column)},
                 summary,
             )
+
+        return await self.db.run(write)

@@ -10,7 +10,7 @@ from bot.credits.blocklist import (
     normalize,
 )
 from bot.credits.moderation._base import InvalidSetting, ModerationBase
-from bot.storage import Connection, rules
+from bot.storage import SyncConnection, rules
 from bot.storage.audit import AuditEntry
 from bot.storage.rules import BlockedTerm
 
@@ -31,20 +31,21 @@ class BlocklistActions(ModerationBase):
         except InvalidTerm as exc:
             raise InvalidSetting(str(exc)) from None
         kind = "pattern" if is_regex else "term"
-        async with self.db.transaction() as conn:
+
+        def write(conn: SyncConnection) -> AuditEntry:
             if is_regex:
                 try:
-                    check_regex_budget(pattern, await rules.blocked_regexes(conn, guild_id))
+                    check_regex_budget(pattern, rules.blocked_regexes(conn, guild_id))
                 except InvalidTerm as exc:
                     raise InvalidSetting(str(exc)) from None
-            term_id = await rules.add_blocked_term(
+            term_id = rules.add_blocked_term(
                 conn, guild_id, pattern, is_regex=is_regex, actor_id=actor_id, now=self.clock()
             )
             if term_id is None:
                 raise InvalidSetting(f"That {kind} is already blocked.")
             self.limits.invalidate_terms(guild_id)
             # The summary goes to a channel: it names the entry, not the term itself.
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -54,18 +55,21 @@ class BlocklistActions(ModerationBase):
                 f"added blocked {kind} #{term_id}",
             )
 
+        return await self.db.run(write)
+
     async def remove_blocked_term(
         self, *, guild_id: int, actor_id: int, term: str | int
     ) -> AuditEntry:
         """Unblock a term given its id (int or "#12") or its text as it was added."""
-        async with self.db.transaction() as conn:
-            found = await self._find_term(conn, guild_id, term)
+
+        def write(conn: SyncConnection) -> AuditEntry:
+            found = self._find_term(conn, guild_id, term)
             if found is None:
                 raise InvalidSetting("That term isn't on this server's blocklist.")
-            await rules.remove_blocked_term(conn, guild_id, found.id)
+            rules.remove_blocked_term(conn, guild_id, found.id)
             self.limits.invalidate_terms(guild_id)
             kind = "pattern" if found.is_regex else "term"
-            return await self._audit(
+            return self._audit(
                 conn,
                 guild_id,
                 actor_id,
@@ -75,11 +79,13 @@ class BlocklistActions(ModerationBase):
                 f"removed blocked {kind} #{found.id}",
             )
 
+        return await self.db.run(write)
+
     @staticmethod
-    async def _find_term(conn: Connection, guild_id: int, term: str | int) -> BlockedTerm | None:
+    def _find_term(conn: SyncConnection, guild_id: int, term: str | int) -> BlockedTerm | None:
         text = str(term).strip()
         if isinstance(term, int) or text.lstrip("#").isdigit():
-            found = await rules.blocked_term_by_id(conn, guild_id, int(text.lstrip("#")))
+            found = rules.blocked_term_by_id(conn, guild_id, int(text.lstrip("#")))
             if found is not None or isinstance(term, int):
                 return found
-        return await rules.blocked_term_by_pattern(conn, guild_id, [text, normalize(text)])
+        return rules.blocked_term_by_pattern(conn, guild_id, [text, normalize(text)])
