@@ -233,3 +233,18 @@ async def test_moderator_actions_and_generation_audits_take_one_trip_each(
     assert count == 1 and entry.action == "generation.posted"
     balance = await env.limits.balance(GUILD, MEMBER, ())
     assert (balance.granted, balance.remaining) == (5, 15)
+
+
+async def test_a_call_cancelled_before_its_trip_writes_nothing(env: ServiceEnv) -> None:
+    def put(key: str) -> Callable[[Any], None]:
+        return lambda conn: conn.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+
+    kept = asyncio.ensure_future(env.db.run(put("kept")))
+    dropped = asyncio.ensure_future(env.db.run(put("dropped")))
+    await asyncio.sleep(0)  # both are waiting for the trip; not a wait for time
+    dropped.cancel()
+    await kept
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    rows = await env.db.fetchall("SELECT key FROM meta WHERE key IN ('kept', 'dropped')")
+    assert [row[0] for row in rows] == ["kept"]

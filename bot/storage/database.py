@@ -252,7 +252,13 @@ class Database:
                 async with self._lock:
                     # Let callers just answered queue their next call into this same trip.
                     await asyncio.sleep(0)
-                    batch, self._waiting = self._waiting, []
+                    # A caller cancelled before its trip is left out (nothing of it is written);
+                    # one cancelled during its trip is committed all the same, like a COMMIT
+                    # already sent: a job reserved that way is refunded when the bot restarts.
+                    batch = [(fn, future) for fn, future in self._waiting if not future.done()]
+                    self._waiting = []
+                    if not batch:
+                        continue
                     try:
                         conn = self.conn
                         outcomes = await _on_worker(
