@@ -248,3 +248,15 @@ async def test_a_call_cancelled_before_its_trip_writes_nothing(env: ServiceEnv) 
         await dropped
     rows = await env.db.fetchall("SELECT key FROM meta WHERE key IN ('kept', 'dropped')")
     assert [row[0] for row in rows] == ["kept"]
+
+
+async def test_a_read_never_overtakes_a_write_asked_for_before_it(env: ServiceEnv) -> None:
+    """A moderator bans, then lists the bans before the ban's reply: the list has the ban."""
+    ban = asyncio.ensure_future(
+        env.mod.ban(guild_id=GUILD, actor_id=MOD, user_id=MEMBER, reason="spam")
+    )
+    listed = asyncio.ensure_future(env.mod.bans(GUILD))
+    fetched = asyncio.ensure_future(env.db.fetchall("SELECT user_id FROM bans"))
+    await ban
+    assert [b.user_id for b in await listed] == [MEMBER]
+    assert [row[0] for row in await fetched] == [MEMBER]

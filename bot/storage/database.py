@@ -278,7 +278,14 @@ class Database:
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(conn)` in one trip to the database thread, outside a transaction: for reads and
-        single statements (each atomic on its own)."""
+        single statements (each atomic on its own).
+
+        Never overtakes a `run()` called before it: while any are waiting or in flight it joins
+        their queue (inside their transaction, which costs nothing more), so a read sees every
+        write asked for before it, as when every access queued on the lock in turn.
+        """
+        if self._waiting or self._flusher is not None:
+            return await self.run(fn)
         async with self._lock:
             conn = self.conn
             return await _on_worker(conn, fn)
@@ -312,9 +319,11 @@ class Database:
         return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self.read() as conn:
-            # One trip to aiosqlite's thread instead of two (execute, then fetch).
-            return list(await conn.execute_fetchall(sql, tuple(params)))
+        values = tuple(params)
+        rows: list[aiosqlite.Row] = await self.call(
+            lambda conn: conn.execute(sql, values).fetchall()
+        )
+        return rows
 
     async def get_meta(self, key: str) -> str | None:
         row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (key,))
