@@ -6,7 +6,8 @@ Run from the repository root:
 Uses a temporary file database (WAL, `synchronous=FULL`) with the real `JobStore` and
 `Limits.admit`, on a server whose moderators set every limit a real server has: a ban, an
 allowed channel, blocked plain terms and regular expressions, a maximum of images per request,
-a per-member concurrency limit, a cooldown, a spend cap, role allowances and member overrides.
+a per-member queue cap (jobs at once plus jobs waiting), a cooldown, a spend cap, role
+allowances and member overrides.
 Prints one figure per line:
 
 - reservations/s through `JobStore.create_admitted` (one task, then T concurrent tasks), beside
@@ -15,8 +16,8 @@ Prints one figure per line:
   asyncio and no thread hop;
 - settlements and refunds per second;
 - the over-spend checks: P processes, each with its own connection and its own asyncio lock,
-  fire B requests between them at once against a member's allowance, a member's concurrency
-  limit and the server's spend cap. Only SQLite's write lock (`BEGIN IMMEDIATE`) keeps them
+  fire B requests between them at once against a member's allowance, a member's queue cap
+  and the server's spend cap. Only SQLite's write lock (`BEGIN IMMEDIATE`) keeps them
   apart, so a regression such as `BEGIN DEFERRED` shows up here: as credits reserved past a
   limit (OVER-SPEND) or as requests that failed instead of being admitted or refused (ERRORS).
 
@@ -48,7 +49,7 @@ from bot.storage.jobs import JobStore, reserve
 
 SEQUENTIAL_GUILD = 1
 ALLOWANCE_GUILD = 2
-CONCURRENCY_GUILD = 3
+QUEUE_GUILD = 3
 CAP_GUILD = 4
 CEILING_GUILD = 5
 CONCURRENT_GUILD = 6
@@ -249,8 +250,9 @@ async def over_spend(
     used = await db.call(lambda c: ledger.usage_between(c, ALLOWANCE_GUILD, MEMBER, 0.0).used)
     failures += report("allowance burst", allowance, used, admitted, refused, errors)
 
-    admitted, refused, errors = burst(path, processes, CONCURRENCY_GUILD, lambda i: MEMBER, size)
-    failures += report("concurrency burst", 3, admitted, admitted, refused, errors)
+    # 3 at once and 2 waiting: the queue cap admits 5 unfinished jobs per member.
+    admitted, refused, errors = burst(path, processes, QUEUE_GUILD, lambda i: MEMBER, size)
+    failures += report("queue cap burst", 5, admitted, admitted, refused, errors)
 
     cap = allowance * 3 + 1
     await db.run(lambda conn: guild_settings.save(conn, CAP_GUILD, spend_cap=cap))
@@ -270,7 +272,9 @@ async def main(args: argparse.Namespace) -> int:
             for guild in (SEQUENTIAL_GUILD, CONCURRENT_GUILD, CEILING_GUILD, GROUPED_CEILING_GUILD):
                 await configure(db, guild, spend_cap=10**9, **every)
             await configure(db, ALLOWANCE_GUILD, spend_cap=10**9, **every | {"cooldown_seconds": 0})
-            await configure(db, CONCURRENCY_GUILD, spend_cap=10**9, max_concurrent=3, max_outputs=2)
+            await configure(
+                db, QUEUE_GUILD, spend_cap=10**9, max_concurrent=3, max_queued=2, max_outputs=2
+            )
             await configure(db, CAP_GUILD, **every | {"cooldown_seconds": 0, "max_concurrent": 10})
             reservations = await throughput(db, args.jobs, args.tasks)
             single = ceiling(path, CEILING_GUILD, args.jobs, 1)
