@@ -36,6 +36,7 @@ from bot.discord_ui import embeds
 from bot.discord_ui.errors import set_failure_note
 from bot.discord_ui.members import can_moderate, role_ids_of
 from bot.generation.models import MAX_OUTPUTS
+from cogs._client import bot_of
 
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot
@@ -71,7 +72,7 @@ class ModeratorGroup(app_commands.Group):
     """
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
-        bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
+        bot = bot_of(interaction)
         if await can_moderate(bot.services.moderation, interaction):
             return True
         command = interaction.command.qualified_name if interaction.command else "mod"

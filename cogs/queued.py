@@ -15,11 +15,11 @@ import discord
 
 from bot.discord_ui.errors import reporting_failures
 from bot.discord_ui.members import can_moderate
+from cogs._client import bot_of
 from cogs._launch import NO_MENTIONS
 from cogs.results import _load_job
 
 if TYPE_CHECKING:
-    from bot.app import PixelDojoBot
     from bot.generation.models import Job
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class CancelButton(
     ) -> CancelButton:
         return cls(int(match["job_id"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         async with reporting_failures(interaction):
             await self._cancel(interaction)
 
@@ -61,7 +61,7 @@ class CancelButton(
         job = await _load_job(interaction, self.job_id)
         if job is None:
             return
-        bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
+        bot = bot_of(interaction)
         services = bot.services
         is_author = interaction.user.id == job.user_id
         if not is_author and not await can_moderate(services.moderation, interaction):

@@ -24,6 +24,7 @@ from bot.discord_ui.members import can_moderate
 from bot.errors import RequestRefused
 from bot.generation.models import PROMPT_MAX_LENGTH, Job
 from bot.generation.service import NOTHING_CHARGED
+from cogs._client import bot_of
 from cogs._launch import NO_MENTIONS, build_request, launch
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 async def _load_job(interaction: discord.Interaction, job_id: int) -> Job | None:
-    bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
+    bot = bot_of(interaction)
     job = await bot.services.generation.job(job_id)
     if job is None or job.guild_id != interaction.guild_id:
         await reply_privately(interaction, "That job is no longer in my records.")
@@ -75,7 +76,7 @@ class JobButton(
             raise ValueError(f"unknown result action {action!r}")
         return cls(action, int(match["job_id"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction) -> None:
         # discord.py only logs what a DynamicItem callback raises: answer the member instead.
         async with reporting_failures(interaction):
             await self._act(interaction)
@@ -86,7 +87,7 @@ class JobButton(
         job = await _load_job(interaction, self.job_id)
         if job is None:
             return
-        bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
+        bot = bot_of(interaction)
         if self.action == "reroll":
             await interaction.response.defer(ephemeral=True, thinking=True)
             await _generate(bot, interaction, job, prompt=job.prompt, seed=None)
@@ -196,9 +197,9 @@ async def _vary(interaction: discord.Interaction, job_id: int) -> None:
     job = await _load_job(interaction, job_id)
     if job is None:
         return
-    data: dict[str, Any] = interaction.data or {}  # type: ignore[assignment]
+    data: Mapping[str, object] = interaction.data or {}
     prompt = submitted_text(data.get("components"), VARY_PROMPT_ID) or ""
-    bot: PixelDojoBot = interaction.client  # type: ignore[assignment]
+    bot = bot_of(interaction)
     await _generate(bot, interaction, job, prompt=prompt, seed=job.seed)
 
 

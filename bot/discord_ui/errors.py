@@ -11,7 +11,7 @@ It knows nothing about credits or jobs.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,7 +41,7 @@ def describe(interaction: discord.Interaction) -> str:
     command = interaction.command
     if command is not None:
         return f"/{command.qualified_name}"
-    data = interaction.data or {}
+    data: Mapping[str, object] = interaction.data or {}
     kind = {
         discord.InteractionType.component: "button",
         discord.InteractionType.modal_submit: "modal",
@@ -105,7 +105,7 @@ async def reporting_failures(interaction: discord.Interaction) -> AsyncIterator[
 
 
 async def _failure_note(interaction: discord.Interaction) -> str | None:
-    note = interaction.extras.get(_NOTE_KEY)
+    note: FailureNote | None = interaction.extras.get(_NOTE_KEY)
     if note is None or isinstance(note, str):
         return note
     try:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import discord
@@ -191,7 +192,9 @@ class DiscordPresenter:
         )
         files = [discord.File(_as_stream(u.data), filename=u.filename) for u in uploads]
         view = self.view_factory(job) if self.view_factory else None
-        kwargs = {"view": view} if view is not None else {}
+        # Typed Any: discord.py's overloads take `view` only as a View, not the None send()
+        # defaults it to.
+        kwargs: dict[str, Any] = {"view": view} if view is not None else {}
         try:
             message = await self._channel(job).send(
                 embed=embeds.result(job, elapsed, reencoded=any(u.reencoded for u in uploads)),

@@ -20,10 +20,10 @@ import sqlite3
 import statistics
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bot import pixeldojo
 from bot.generation import edit_input
@@ -378,7 +378,9 @@ class JobRunner:
         await self._finish(job)
         return job
 
-    def _track_submission(self, job: Job, coro: object, *, committed: bool = False) -> None:
+    def _track_submission(
+        self, job: Job, coro: Coroutine[Any, Any, None], *, committed: bool = False
+    ) -> None:
         task = self._spawn(coro, f"submit-{job.id}")
         self._submits[job.id] = (job, task)
         if committed:
@@ -433,8 +435,8 @@ class JobRunner:
                 del self._running[member]
             self._dispatch_wake.set()
 
-    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

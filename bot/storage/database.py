@@ -210,6 +210,7 @@ class Database:
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
             )
             row = await (await conn.execute("SELECT MAX(version) FROM schema_version")).fetchone()
+            assert row is not None  # an aggregate without GROUP BY always returns one row
             current = row[0] or 0
             if current > len(MIGRATIONS):
                 raise DatabaseUnavailable(
