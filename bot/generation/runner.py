@@ -16,7 +16,6 @@ import asyncio
 import heapq
 import logging
 import random
-import sqlite3
 import statistics
 import time
 from collections import Counter, deque
@@ -30,6 +29,7 @@ from bot.generation import edit_input
 from bot.generation.models import Job, JobState
 from bot.generation.queue import FairQueue, Slot, seconds_until_start
 from bot.pixeldojo.schema import CapabilityCache
+from bot.storage import TRANSIENT_ERRORS
 from bot.storage.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,6 @@ T = TypeVar("T")
 STORE_RETRY_BASE = 0.5
 STORE_RETRY_CAP = 30.0
 """Backoff (seconds) between attempts at a state write the database refused."""
-_TRANSIENT_STORE_ERRORS = (sqlite3.OperationalError, OSError)
-"""What SQLite raises while another process holds the write lock, the disk is full or read-only,
-or I/O fails: conditions an operator can clear, so the write is worth trying again."""
 
 WEBHOOK_HINTS_PER_JOB = 3
 """Callbacks that may each make a job be checked at once; later ones wait for the schedule."""
@@ -494,7 +491,7 @@ class JobRunner:
         while True:
             try:
                 return await write()
-            except _TRANSIENT_STORE_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 attempt += 1
                 delay = min(STORE_RETRY_CAP, STORE_RETRY_BASE * 2 ** (attempt - 1))
                 delay *= random.uniform(0.5, 1.0)

@@ -115,6 +115,11 @@ class DatabaseUnavailable(Exception):
         self.cause = cause
 
 
+TRANSIENT_ERRORS = (sqlite3.OperationalError, OSError)
+"""What SQLite raises while another process holds the write lock, the disk is full or read-only,
+or I/O fails: conditions an operator can clear, so the write is worth trying again."""
+
+
 def _cause(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
