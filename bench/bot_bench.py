@@ -2,7 +2,7 @@
 
 Run from the repository root: `python bench/bot_bench.py [--fast] [--requests N] [--members M]`.
 
-`python -m bot` runs as its own process (environment from `tests.conftest.settings_env`) against
+`python -m bot` runs as its own process (environment from `tests.helpers.settings_env`) against
 the Discord double and FakePixelDojo, which both run in this process. The guild's limits are
 set on the database file with `ModerationService` before the bot starts (unlimited allowance,
 10 generations at a time per member, up to 4 images), so nothing is refused.
@@ -44,7 +44,6 @@ from bot.credits.admission import Limits
 from bot.credits.moderation import ModerationService
 from bot.pixeldojo.models import ASPECT_RATIOS
 from bot.storage import Database
-from tests.conftest import BotProcess, footer_has, job_id_of, test_settings
 from tests.doubles.discord_double import (
     ChannelSpec,
     DiscordDouble,
@@ -55,6 +54,7 @@ from tests.doubles.discord_double import (
     MessageRecord,
 )
 from tests.doubles.pixeldojo import FakePixelDojo
+from tests.helpers import BotProcess, job_id_of, job_named_by, settings_for
 
 GUILD_ID = 1_300_000_000_000_000_001
 CHANNEL_ID = 1_300_000_000_000_000_002
@@ -192,7 +192,7 @@ async def read_database(path: Path) -> tuple[dict[int, dict], int]:
 
 
 def is_result(message: MessageRecord) -> bool:
-    return bool(message.attachments) and not message.deleted and footer_has(message, "Job #")
+    return bool(message.attachments) and not message.deleted and job_named_by(message) is not None
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ async def run(args: argparse.Namespace) -> int:
                 double.rate_limit("PATCH", message, limit=5, per=5, send_headers=True)
                 double.rate_limit("DELETE", message, limit=5, per=1, send_headers=True)
             settings = replace(
-                test_settings(double, api, database),
+                settings_for(double, api, database),
                 poll_initial_interval=args.poll_initial * scale,
                 poll_max_interval=args.poll_max * scale,
                 status_edit_interval=args.status_edit * scale,

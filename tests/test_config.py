@@ -12,7 +12,7 @@ import pytest
 
 from bot.config import ConfigError, load_settings
 from bot.logging_setup import RedactingFormatter
-from tests.conftest import OWNER_ID, Harness
+from tests.helpers import OWNER_ID, Harness
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.abcdefghijklmnopqrstuvwxyz012345"
 GOOD = {"DISCORD_TOKEN": TOKEN, "PIXELDOJO_API_KEY": "pd_live_secret_key_123"}

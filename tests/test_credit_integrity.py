@@ -18,8 +18,8 @@ from bot.pixeldojo.models import JobStatus
 from bot.storage import Database, ledger
 from bot.storage.jobs import JobStore
 from bot.storage.migrations import MIGRATIONS
-from tests.conftest import ALICE_ID, BOB_ID, OWNER_ID, Harness, queued_job_id
 from tests.doubles.pixeldojo import FakePixelDojo
+from tests.helpers import ALICE_ID, BOB_ID, OWNER_ID, Harness, queued_job_id
 
 UNSET = object()
 

@@ -10,7 +10,9 @@ import pytest
 from bot.app import PixelDojoBot
 from bot.config import Settings
 from bot.generation.models import JobState
-from tests.conftest import (
+from tests.doubles.discord_double import DiscordDouble, InteractionRecord, run_bot_against
+from tests.doubles.pixeldojo import FakePixelDojo
+from tests.helpers import (
     ALICE_ID,
     BOB_ID,
     CHANNEL_ID,
@@ -20,8 +22,6 @@ from tests.conftest import (
     queued_job_id,
     title_of,
 )
-from tests.doubles.discord_double import DiscordDouble, InteractionRecord, run_bot_against
-from tests.doubles.pixeldojo import FakePixelDojo
 
 
 def hold_jobs(api: FakePixelDojo) -> None:

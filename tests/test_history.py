@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import ALICE_ID, BOB_ID, CHANNEL_ID, GUILD_ID, MOD_ID, Harness, queued_job_id
+from tests.helpers import ALICE_ID, BOB_ID, CHANNEL_ID, GUILD_ID, MOD_ID, Harness, queued_job_id
 
 
 async def test_history_lists_jobs_with_links(harness: Harness) -> None:

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from tests.conftest import (
+from tests.helpers import (
     ALICE_ID,
     BOB_ID,
     Harness,

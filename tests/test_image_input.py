@@ -35,7 +35,7 @@ from bot.pixeldojo.schema import (
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.doubles.pixeldojo import FakePixelDojo
-from tests.test_runner import RecordingPresenter
+from tests.doubles.presenter import RecordingPresenter
 
 FAST = RunnerSettings(poll_initial_interval=0.02, poll_max_interval=0.05, job_timeout=5)
 ATTACHMENT_URL = "https://cdn.discordapp.com/attachments/1/2/cat.png?ex=66&is=65&hm=abc"

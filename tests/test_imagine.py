@@ -10,7 +10,7 @@ from PIL import Image
 
 from bot.pixeldojo.models import ASPECT_RATIOS
 from bot.pixeldojo.sandbox import image_size
-from tests.conftest import (
+from tests.helpers import (
     ALICE_ID,
     BOB_ID,
     CAROL_ID,

@@ -15,8 +15,8 @@ from PIL import Image
 
 from bot.generation.edit_input import InputImageUnreadable, submission_extra
 from bot.pixeldojo.schema import CapabilityCache
-from tests.conftest import ALICE_ID, BOB_ID, CHANNEL_ID, GUILD_ID, Harness, queued_job_id
 from tests.doubles.pixeldojo import FakePixelDojo
+from tests.helpers import ALICE_ID, BOB_ID, CHANNEL_ID, GUILD_ID, Harness, queued_job_id
 
 
 class InlineImagePixelDojo(FakePixelDojo):

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from bot.discord_ui import embeds
-from tests.conftest import (
+from tests.doubles.discord_double import InteractionRecord, MessageRecord
+from tests.helpers import (
     ALICE_ID,
     CHANNEL_ID,
     GUILD_ID,
@@ -22,7 +23,6 @@ from tests.conftest import (
     job_id_of,
     queued_job_id,
 )
-from tests.doubles.discord_double import InteractionRecord, MessageRecord
 
 APOLOGY = "Something went wrong on my side."
 

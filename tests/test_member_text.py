@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from bot.safe_text import escape_member_text
-from tests.conftest import (
+from tests.doubles.discord_double import DiscordDouble, MessageRecord
+from tests.doubles.discord_markdown import active_markup, rendered
+from tests.helpers import (
     ALICE_ID,
     BOB_ID,
     CHANNEL_ID,
@@ -17,8 +19,6 @@ from tests.conftest import (
     Harness,
     queued_job_id,
 )
-from tests.doubles.discord_double import DiscordDouble, MessageRecord
-from tests.doubles.discord_markdown import active_markup, rendered
 
 HOSTILE = (
     f"[Claim free Nitro](https://evil.example) <@{BOB_ID}> @everyone **now** ||x|| "

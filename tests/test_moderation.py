@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from cogs.moderation import NOT_A_MODERATOR
-from tests.conftest import (
+from tests.doubles.discord_double import InteractionRecord, MessageRecord, Perm
+from tests.helpers import (
     ALICE_ID,
     ARTIST_ROLE_ID,
     BOB_ID,
@@ -27,7 +28,6 @@ from tests.conftest import (
     Harness,
     queued_job_id,
 )
-from tests.doubles.discord_double import InteractionRecord, MessageRecord, Perm
 from tests.python_re_guard import forbid_python_re
 
 NO_PINGS = {"parse": []}

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from bot.config import ConfigError, Settings, load_settings
-from tests.conftest import (
+from tests.doubles.discord_double import DiscordDouble
+from tests.doubles.pixeldojo import FakePixelDojo
+from tests.helpers import (
     GUILD_ID,
     OTHER_GUILD_CHANNEL_ID,
     OTHER_GUILD_ID,
@@ -18,10 +20,8 @@ from tests.conftest import (
     OWNER_ID,
     Harness,
     queued_job_id,
+    settings_for,
 )
-from tests.conftest import test_settings as settings_for
-from tests.doubles.discord_double import DiscordDouble
-from tests.doubles.pixeldojo import FakePixelDojo
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.abcdefghijklmnopqrstuvwxyz012345"
 

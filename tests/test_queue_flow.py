@@ -23,8 +23,11 @@ from bot.generation.service import GenerationService, admit_without_limits
 from bot.pixeldojo import PixelDojoClient
 from bot.storage import Database
 from bot.storage.jobs import JobStore
-from tests import conftest
-from tests.conftest import (
+from tests.doubles.discord_double import DiscordDouble, MessageRecord, run_bot_against
+from tests.doubles.pixeldojo import FakePixelDojo
+from tests.doubles.pixeldojo_rate_limit import RateLimiter
+from tests.doubles.presenter import RecordingPresenter
+from tests.helpers import (
     ALICE_ID,
     BOB_ID,
     CAROL_ID,
@@ -35,13 +38,10 @@ from tests.conftest import (
     BotProcess,
     Harness,
     footer_has,
+    settings_for,
     title_of,
 )
-from tests.doubles.discord_double import DiscordDouble, MessageRecord, run_bot_against
-from tests.doubles.pixeldojo import FakePixelDojo
-from tests.doubles.pixeldojo_rate_limit import RateLimiter
 from tests.test_restart import final_job_state
-from tests.test_runner import RecordingPresenter
 
 
 async def ask(
@@ -412,7 +412,7 @@ async def test_under_the_real_limit_nobody_fails_and_everyone_is_posted(
     tmp_path: Path,
 ) -> None:
     api, limiter, clock = limited
-    settings = conftest.test_settings(double, api, tmp_path / "bot.sqlite3")
+    settings = settings_for(double, api, tmp_path / "bot.sqlite3")
     bot = PixelDojoBot(settings, guild_ready_timeout=0.1)
     async with run_bot_against(double, bot):
         await double.wait_for_commands()

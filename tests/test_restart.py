@@ -15,7 +15,9 @@ from bot.app import PixelDojoBot
 from bot.config import Settings
 from bot.generation.models import JobState
 from bot.storage.migrations import MIGRATIONS
-from tests.conftest import (
+from tests.doubles.discord_double import DiscordDouble, run_bot_against
+from tests.doubles.pixeldojo import FakePixelDojo
+from tests.helpers import (
     ALICE_ID,
     CHANNEL_ID,
     GUILD_ID,
@@ -25,8 +27,6 @@ from tests.conftest import (
     settings_env,
     title_of,
 )
-from tests.doubles.discord_double import DiscordDouble, run_bot_against
-from tests.doubles.pixeldojo import FakePixelDojo
 
 
 def read_job_state(path: Path, job_id: int) -> tuple[JobState, int | None]:

@@ -7,7 +7,9 @@ from typing import Any
 
 from PIL import Image
 
-from tests.conftest import (
+from tests.doubles.discord_double import DiscordDouble, InteractionRecord, MessageRecord
+from tests.doubles.pixeldojo import FakePixelDojo
+from tests.helpers import (
     ALICE_ID,
     BOB_ID,
     CHANNEL_ID,
@@ -17,8 +19,6 @@ from tests.conftest import (
     job_id_of,
     queued_job_id,
 )
-from tests.doubles.discord_double import DiscordDouble, InteractionRecord, MessageRecord
-from tests.doubles.pixeldojo import FakePixelDojo
 
 
 async def posted_result(harness: Harness, prompt: str = "a paper boat", **options) -> MessageRecord:

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.generation.models import GenerationRequest, Job, JobState
+from bot.generation.models import Job, JobState
 from bot.generation.runner import (
     DeliveryError,
     JobRunner,
     Phase,
-    QueuePosition,
-    ResultImage,
     RunnerSettings,
 )
 from bot.generation.service import GenerationService
@@ -21,45 +19,8 @@ from bot.pixeldojo.client import PixelDojoClient
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.doubles.pixeldojo import FakePixelDojo
-
-FAST = RunnerSettings(poll_initial_interval=0.02, poll_max_interval=0.05, job_timeout=5)
-
-
-class RecordingPresenter:
-    """Records what a member would have been shown and signals when a job ends."""
-
-    def __init__(self) -> None:
-        self.statuses: list[tuple[int, Phase]] = []
-        self.failures: dict[int, str] = {}
-        self.results: dict[int, list[ResultImage]] = {}
-        self.posted_before: dict[int, int] = {}
-        self.refuse_posts: DeliveryError | None = None
-        self._ended: dict[int, asyncio.Event] = {}
-        self.generating = asyncio.Event()
-
-    def ended(self, job_id: int) -> asyncio.Event:
-        return self._ended.setdefault(job_id, asyncio.Event())
-
-    async def show_status(
-        self, job: Job, phase: Phase, elapsed: float, queue: QueuePosition | None = None
-    ) -> None:
-        self.statuses.append((job.id, phase))
-        if phase is Phase.GENERATING:
-            self.generating.set()
-
-    async def show_failure(self, job: Job, reason: str) -> None:
-        self.failures[job.id] = reason
-        self.ended(job.id).set()
-
-    async def post_result(self, job: Job, images: list[ResultImage], elapsed: float) -> int:
-        if self.refuse_posts is not None:
-            raise self.refuse_posts
-        self.results[job.id] = images
-        self.ended(job.id).set()
-        return 10_000 + job.id
-
-    async def find_posted_result(self, job: Job) -> int | None:
-        return self.posted_before.get(job.id)
+from tests.doubles.presenter import RecordingPresenter
+from tests.helpers import FAST, credits_used, request
 
 
 @pytest.fixture
@@ -88,14 +49,6 @@ async def harness(api: FakePixelDojo, db: Database):
     await client.aclose()
 
 
-def request(**overrides: object) -> GenerationRequest:
-    fields: dict[str, object] = dict(
-        guild_id=1, channel_id=2, user_id=3, prompt="a red fox", aspect_ratio="1:1", num_outputs=1
-    )
-    fields.update(overrides)
-    return GenerationRequest(**fields)  # type: ignore[arg-type]
-
-
 async def run_job(
     service: GenerationService, presenter: RecordingPresenter, **overrides: object
 ) -> Job:
@@ -104,13 +57,6 @@ async def run_job(
     # Not the presenter's event: the runner records POSTED only after post_result returned.
     await asyncio.wait_for(service.runner.wait_finished(job.id), 5)
     return job
-
-
-async def credits_used(db: Database, user_id: int = 3) -> int:
-    row = await db.fetchone(
-        "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = ?", (user_id,)
-    )
-    return row[0]
 
 
 async def test_completed_job_is_posted_and_settled(

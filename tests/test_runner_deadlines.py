@@ -23,7 +23,8 @@ from bot.pixeldojo.client import PixelDojoClient
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.doubles.pixeldojo import FakePixelDojo
-from tests.test_runner import FAST, RecordingPresenter, credits_used, request
+from tests.doubles.presenter import RecordingPresenter
+from tests.helpers import FAST, credits_used, request
 
 
 def png() -> bytes:

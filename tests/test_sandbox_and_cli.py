@@ -14,10 +14,10 @@ from PIL import Image
 from bot.config import Settings
 from bot.pixeldojo.models import MODEL_ID
 from bot.pixeldojo.sandbox import SandboxPixelDojo
-from tests.conftest import ALICE_ID, CHANNEL_ID, GUILD_ID, REPO_ROOT, settings_env
 from tests.doubles.discord_double import DiscordDouble
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
+from tests.helpers import ALICE_ID, CHANNEL_ID, GUILD_ID, REPO_ROOT, settings_env
 
 
 async def run_cli(env: dict[str, str], *args: str, cwd: Path) -> tuple[int, str, str]:

@@ -12,7 +12,7 @@ from bot.config import Settings
 from bot.generation.runner import JobRunner, RunnerSettings
 from bot.services import build_services
 from tests.doubles.pixeldojo import FakePixelDojo
-from tests.test_runner import RecordingPresenter
+from tests.doubles.presenter import RecordingPresenter
 
 
 @pytest.fixture

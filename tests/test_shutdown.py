@@ -23,10 +23,10 @@ from bot.generation.service import GenerationService
 from bot.pixeldojo.client import PixelDojoClient
 from bot.storage import Database
 from bot.storage.jobs import JobStore
-from tests.conftest import ALICE_ID, Harness, footer_has, queued_job_id
 from tests.doubles.discord_double import DiscordDouble, run_bot_against
 from tests.doubles.pixeldojo import FakePixelDojo
-from tests.test_runner import RecordingPresenter, credits_used, request
+from tests.doubles.presenter import RecordingPresenter
+from tests.helpers import ALICE_ID, Harness, credits_used, footer_has, queued_job_id, request
 
 
 class HeldSubmissions(FakePixelDojo):

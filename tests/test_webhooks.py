@@ -31,14 +31,14 @@ from bot.pixeldojo.sandbox import SandboxPixelDojo
 from bot.pixeldojo.webhooks import MAX_BODY_BYTES, WebhookReceiver, WebhookTokens
 from bot.storage import Database
 from bot.storage.jobs import JobStore
-from tests.conftest import CHANNEL_ID, Harness, footer_has, queued_job_id, title_of
 from tests.doubles.discord_double import DiscordDouble, run_bot_against
 from tests.doubles.pixeldojo import FakePixelDojo, WebhookCall
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
+from tests.doubles.presenter import RecordingPresenter
 from tests.doubles.reverse_proxy import ReverseProxy
+from tests.helpers import CHANNEL_ID, Harness, footer_has, queued_job_id, title_of
+from tests.helpers import request as runner_request
 from tests.test_restart import run_until_exit
-from tests.test_runner import RecordingPresenter
-from tests.test_runner import request as runner_request
 from tests.test_sandbox_and_cli import run_cli
 
 HELD = 24 * 3600.0
