@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bot.generation.runner import RunnerSettings
+
 DEFAULT_API_BASE = "https://pixeldojo.ai/api/v1"
 DEFAULT_DATABASE_PATH = "data/pixeldojo-bot.sqlite3"
+_RUNNER = RunnerSettings()
+"""The runner's defaults, which are also the environment's (one place to change them)."""
 
 
 class ConfigError(Exception):
@@ -31,12 +35,12 @@ class Settings:
     discord_gateway_url: str | None = None
     sandbox: bool = False
     log_level: str = "INFO"
-    poll_initial_interval: float = 0.5
-    poll_max_interval: float = 5.0
-    job_timeout: float = 300.0
+    poll_initial_interval: float = _RUNNER.poll_initial_interval
+    poll_max_interval: float = _RUNNER.poll_max_interval
+    job_timeout: float = _RUNNER.job_timeout
     status_edit_interval: float = 3.0
-    max_concurrent_submits: int = 4
-    max_concurrent_polls: int = 8
+    max_concurrent_submits: int = _RUNNER.max_concurrent_submits
+    max_concurrent_polls: int = _RUNNER.max_concurrent_polls
     pixeldojo_requests_per_minute: float | None = None
     pixeldojo_webhook_url: str | None = None
     """The public base URL PixelDojo calls back on (webhooks); None: webhooks off, poll only."""
@@ -175,8 +179,8 @@ def load_settings(
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
 
-    poll_initial = _positive_float(env, "POLL_INITIAL_INTERVAL", 0.5)
-    poll_max = _positive_float(env, "POLL_MAX_INTERVAL", 5.0)
+    poll_initial = _positive_float(env, "POLL_INITIAL_INTERVAL", _RUNNER.poll_initial_interval)
+    poll_max = _positive_float(env, "POLL_MAX_INTERVAL", _RUNNER.poll_max_interval)
     if poll_max < poll_initial:
         raise ConfigError("POLL_MAX_INTERVAL must be at least POLL_INITIAL_INTERVAL")
 
@@ -194,10 +198,14 @@ def load_settings(
         log_level=log_level,
         poll_initial_interval=poll_initial,
         poll_max_interval=poll_max,
-        job_timeout=_positive_float(env, "JOB_TIMEOUT", 300.0),
+        job_timeout=_positive_float(env, "JOB_TIMEOUT", _RUNNER.job_timeout),
         status_edit_interval=_positive_float(env, "STATUS_EDIT_INTERVAL", 3.0),
-        max_concurrent_submits=_positive_int(env, "MAX_CONCURRENT_SUBMITS", 4),
-        max_concurrent_polls=_positive_int(env, "MAX_CONCURRENT_POLLS", 8),
+        max_concurrent_submits=_positive_int(
+            env, "MAX_CONCURRENT_SUBMITS", _RUNNER.max_concurrent_submits
+        ),
+        max_concurrent_polls=_positive_int(
+            env, "MAX_CONCURRENT_POLLS", _RUNNER.max_concurrent_polls
+        ),
         pixeldojo_requests_per_minute=(
             _positive_float(env, "PIXELDOJO_REQUESTS_PER_MINUTE", 1.0)
             if _get(env, "PIXELDOJO_REQUESTS_PER_MINUTE")
