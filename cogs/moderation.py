@@ -171,6 +171,15 @@ class Moderation(commands.Cog):
                 lines.append(notes[action])
         await _reply(interaction, "\n".join(lines))
 
+    async def _act(
+        self,
+        interaction: discord.Interaction,
+        action: Callable[..., Awaitable[AuditEntry]],
+        **options: Any,
+    ) -> None:
+        """Run one `ModerationService` action as the invoking moderator, in this guild."""
+        await self._apply(interaction, [partial(action, **self._ids(interaction), **options)])
+
     # -- /mod limits -------------------------------------------------------------------------
 
     @limits.command(name="show", description="Show every generation rule of this server")
@@ -346,20 +355,14 @@ class Moderation(commands.Cog):
         amount: app_commands.Range[int, 1, GRANT_MAX],
         note: app_commands.Range[str, 1, REASON_MAX_LENGTH] | None = None,
     ) -> None:
-        grant = partial(
-            self.service.grant_credits,
-            **self._ids(interaction),
-            user_id=user.id,
-            amount=amount,
-            note=note,
+        await self._act(
+            interaction, self.service.grant_credits, user_id=user.id, amount=amount, note=note
         )
-        await self._apply(interaction, [grant])
 
     @credits.command(name="reset", description="Forgive what a member used this period")
     @app_commands.describe(user="The member")
     async def credits_reset(self, interaction: discord.Interaction, user: Member) -> None:
-        reset = partial(self.service.reset_usage, **self._ids(interaction), user_id=user.id)
-        await self._apply(interaction, [reset])
+        await self._act(interaction, self.service.reset_usage, user_id=user.id)
 
     @credits.command(name="check", description="See a member's credits as /credits shows them")
     @app_commands.describe(user="The member")
@@ -387,20 +390,18 @@ class Moderation(commands.Cog):
         reason: app_commands.Range[str, 1, REASON_MAX_LENGTH] | None = None,
     ) -> None:
         seconds = None if hours is None else max(BAN_MIN_SECONDS, round(hours * 3600))
-        ban = partial(
+        await self._act(
+            interaction,
             self.service.ban,
-            **self._ids(interaction),
             user_id=user.id,
             duration_seconds=seconds,
             reason=reason,
         )
-        await self._apply(interaction, [ban])
 
     @mod.command(name="unban", description="Let a banned member generate images again")
     @app_commands.describe(user="The member")
     async def unban(self, interaction: discord.Interaction, user: Member) -> None:
-        unban = partial(self.service.unban, **self._ids(interaction), user_id=user.id)
-        await self._apply(interaction, [unban])
+        await self._act(interaction, self.service.unban, user_id=user.id)
 
     @mod.command(name="bans", description="List members banned from generating")
     async def bans(self, interaction: discord.Interaction) -> None:
@@ -415,23 +416,18 @@ class Moderation(commands.Cog):
     async def channels_allow(
         self, interaction: discord.Interaction, channel: GenerationChannel
     ) -> None:
-        allow = partial(self.service.allow_channel, **self._ids(interaction), channel_id=channel.id)
-        await self._apply(interaction, [allow])
+        await self._act(interaction, self.service.allow_channel, channel_id=channel.id)
 
     @channels.command(name="remove", description="Remove a channel from the allowed ones")
     @app_commands.describe(channel="The channel")
     async def channels_remove(
         self, interaction: discord.Interaction, channel: GenerationChannel
     ) -> None:
-        remove = partial(
-            self.service.disallow_channel, **self._ids(interaction), channel_id=channel.id
-        )
-        await self._apply(interaction, [remove])
+        await self._act(interaction, self.service.disallow_channel, channel_id=channel.id)
 
     @channels.command(name="clear", description="Allow generating images in every channel")
     async def channels_clear(self, interaction: discord.Interaction) -> None:
-        clear = partial(self.service.clear_channel_rules, **self._ids(interaction))
-        await self._apply(interaction, [clear])
+        await self._act(interaction, self.service.clear_channel_rules)
 
     @channels.command(name="list", description="List the channels where images may be generated")
     async def channels_list(self, interaction: discord.Interaction) -> None:
@@ -456,10 +452,7 @@ class Moderation(commands.Cog):
         term: app_commands.Range[str, 1, TERM_MAX_LENGTH],
         regex: bool = False,
     ) -> None:
-        add = partial(
-            self.service.add_blocked_term, **self._ids(interaction), term=term, is_regex=regex
-        )
-        await self._apply(interaction, [add])
+        await self._act(interaction, self.service.add_blocked_term, term=term, is_regex=regex)
 
     @blocklist.command(name="remove", description="Unblock a term")
     @app_commands.describe(term="The term's number (like #3, see /mod blocklist list) or its text")
@@ -468,8 +461,7 @@ class Moderation(commands.Cog):
         interaction: discord.Interaction,
         term: app_commands.Range[str, 1, TERM_MAX_LENGTH],
     ) -> None:
-        remove = partial(self.service.remove_blocked_term, **self._ids(interaction), term=term)
-        await self._apply(interaction, [remove])
+        await self._act(interaction, self.service.remove_blocked_term, term=term)
 
     @blocklist.command(name="list", description="Show the blocked terms (only to you)")
     async def blocklist_list(self, interaction: discord.Interaction) -> None:
