@@ -248,22 +248,14 @@ def mod_rules(
         if settings.spend_cap is None
         else allowance_text(settings.spend_cap, settings),
     )
-    embed.add_field(
-        name="Role allowances",
-        value=fit_lines(
-            [f"<@&{role}>: {allowance_text(a, settings)}" for role, a in role_allowances.items()],
-            FIELD_LIMIT,
-        ),
-        inline=False,
-    )
-    embed.add_field(
-        name="Member overrides",
-        value=fit_lines(
-            [f"<@{user}>: {allowance_text(a, settings)}" for user, a in user_allowances.items()],
-            FIELD_LIMIT,
-        ),
-        inline=False,
-    )
+    for name, mention, allowances in (
+        ("Role allowances", "<@&{}>", role_allowances),
+        ("Member overrides", "<@{}>", user_allowances),
+    ):
+        lines = [
+            f"{mention.format(id_)}: {allowance_text(a, settings)}" for id_, a in allowances.items()
+        ]
+        embed.add_field(name=name, value=fit_lines(lines, FIELD_LIMIT), inline=False)
     embed.add_field(name="Generations at once", value=f"{settings.max_concurrent} per member")
     embed.add_field(name="Waiting prompts", value=f"up to {settings.max_queued} per member")
     embed.add_field(name="Cooldown", value=f"{cooldown} s" if cooldown else "off")

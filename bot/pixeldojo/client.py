@@ -262,14 +262,8 @@ class PixelDojoClient:
         max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
         budget: DownloadBudget | None = None,
     ) -> tuple[bytes, str | None]:
-        """Download a result image and return ``(bytes, content_type)``, bytes unchecked.
-
-        Redirects are followed by hand, at most ``MAX_REDIRECTS``, and every hop outside
-        the trusted origins must resolve to public addresses only (:class:`UnsafeLink`); the
-        connection then goes to the address that was checked. The Authorization header is sent
-        only to the API origin. Raises :class:`ImageExpired` when the link is gone and
-        :class:`ImageTooLarge` past ``max_bytes`` or past what is left of ``budget``.
-        """
+        """Download a result image and return ``(bytes, content_type)``, bytes unchecked:
+        see :meth:`ResultDownloader.download` for the checks and what it raises."""
         return await self._downloads.download(url, max_bytes=max_bytes, budget=budget)
 
     async def download_results(
