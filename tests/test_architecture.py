@@ -1,4 +1,5 @@
-"""The layout's rules that no linter states: SQL text lives only in bot/storage/.
+"""The layout's rules that no linter states: SQL text lives only in bot/storage/, and every
+module of bot/ and cogs/ says what it is for.
 
 (The import boundary, Discord and SQLite modules only where they belong, is ruff's TID251:
 see pyproject.toml.)
@@ -60,15 +61,21 @@ def sql_literals(source: str) -> list[tuple[int, str]]:
     return found
 
 
+def product_modules() -> list[Path]:
+    """Every module of bot/ and cogs/."""
+    return sorted(
+        path for package in ("bot", "cogs") for path in (REPO_ROOT / package).rglob("*.py")
+    )
+
+
 def sql_outside_storage() -> list[str]:
     """`path:line: text` for every SQL literal in bot/ or cogs/ outside bot/storage/."""
     offences = []
-    for package in ("bot", "cogs"):
-        for path in sorted((REPO_ROOT / package).rglob("*.py")):
-            if path.is_relative_to(STORAGE):
-                continue
-            for line, text in sql_literals(path.read_text(encoding="utf-8")):
-                offences.append(f"{path.relative_to(REPO_ROOT)}:{line}: {text!r}")
+    for path in product_modules():
+        if path.is_relative_to(STORAGE):
+            continue
+        for line, text in sql_literals(path.read_text(encoding="utf-8")):
+            offences.append(f"{path.relative_to(REPO_ROOT)}:{line}: {text!r}")
     return offences
 
 
@@ -120,3 +127,13 @@ def test_the_check_sees_the_sql_that_storage_writes() -> None:
         and not sql_literals(path.read_text(encoding="utf-8"))
     ]
     assert quiet == []
+
+
+def test_every_module_opens_with_its_purpose() -> None:
+    """A newcomer opening any module reads first what it is for."""
+    silent = [
+        str(path.relative_to(REPO_ROOT))
+        for path in product_modules()
+        if not (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "").strip()
+    ]
+    assert silent == [], "add a one-line docstring saying what the module is for"
