@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 from bot.app import PixelDojoBot
 from bot.config import Settings
-from bot.generation.models import GenerationRequest
+from bot.generation.models import GenerationRequest, JobState
 from bot.generation.runner import RunnerSettings
 from bot.storage import Database
 from tests.doubles.discord_double import (
@@ -284,6 +285,77 @@ class BotProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+async def run_until_exit(settings: Settings, cwd: Path) -> tuple[int, str]:
+    """`python -m bot` against the doubles until it exits by itself; its code and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        cwd=cwd,  # not the checkout, whose .env may exist
+        env={**settings_env(settings), "PYTHONPATH": str(REPO_ROOT)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _out, err = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError("the bot is still running: a supervisor never sees it fail") from None
+    assert process.returncode is not None
+    text = err.decode()
+    assert "Traceback" not in text and "Unclosed" not in text, text
+    return process.returncode, text
+
+
+async def run_cli(env: dict[str, str], *args: str, cwd: Path) -> tuple[int, str, str]:
+    """`python -m bot imagine ...` as a process, while this loop keeps serving the doubles."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "imagine",
+        *args,
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+def read_job_state(path: Path, job_id: int) -> tuple[JobState, int | None]:
+    """The job's state as another process sees it (read-only: never blocks the bot's writes)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "SELECT state, result_message_id FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return JobState(row[0]), row[1]
+
+
+async def final_job_state(
+    settings: Settings, job_id: int, timeout: float = 20
+) -> tuple[JobState, int | None]:
+    """Wait until the bot process has recorded the job as POSTED or FAILED.
+
+    The bot records the post only after Discord answered it, so seeing the message in the
+    double says nothing about the database yet. Another process offers no event to wait on,
+    so this re-reads the state until it is final, or fails after `timeout`.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            state, message_id = await asyncio.to_thread(
+                read_job_state, settings.database_path, job_id
+            )
+            if state.is_final:
+                return state, message_id
+            await asyncio.sleep(0.05)
 
 
 # -- the runner without Discord ---------------------------------------------------------------

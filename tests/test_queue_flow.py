@@ -37,11 +37,11 @@ from tests.helpers import (
     OTHER_CHANNEL_ID,
     BotProcess,
     Harness,
+    final_job_state,
     footer_has,
     settings_for,
     title_of,
 )
-from tests.test_restart import final_job_state
 
 
 async def ask(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,43 +20,12 @@ from tests.helpers import (
     ALICE_ID,
     CHANNEL_ID,
     GUILD_ID,
-    REPO_ROOT,
     BotProcess,
+    final_job_state,
     footer_has,
-    settings_env,
+    run_until_exit,
     title_of,
 )
-
-
-def read_job_state(path: Path, job_id: int) -> tuple[JobState, int | None]:
-    """The job's state as another process sees it (read-only: never blocks the bot's writes)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        row = conn.execute(
-            "SELECT state, result_message_id FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
-    finally:
-        conn.close()
-    return JobState(row[0]), row[1]
-
-
-async def final_job_state(
-    settings: Settings, job_id: int, timeout: float = 20
-) -> tuple[JobState, int | None]:
-    """Wait until the bot process has recorded the job as POSTED or FAILED.
-
-    The bot records the post only after Discord answered it, so seeing the message in the
-    double says nothing about the database yet. Another process offers no event to wait on,
-    so this re-reads the state until it is final, or fails after `timeout`.
-    """
-    async with asyncio.timeout(timeout):
-        while True:
-            state, message_id = await asyncio.to_thread(
-                read_job_state, settings.database_path, job_id
-            )
-            if state.is_final:
-                return state, message_id
-            await asyncio.sleep(0.05)
 
 
 def results_for(double: DiscordDouble, job_id: int) -> list[int]:
@@ -153,29 +121,6 @@ async def test_sigterm_shuts_down_cleanly(
     log = bot_process.log()
     assert "received SIGTERM: shutting down" in log and log.rstrip().endswith("bot: shut down")
     assert settings.discord_token not in log
-
-
-async def run_until_exit(settings: Settings, cwd: Path) -> tuple[int, str]:
-    """`python -m bot` against the doubles until it exits by itself; its code and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        cwd=cwd,  # not the checkout, whose .env may exist
-        env={**settings_env(settings), "PYTHONPATH": str(REPO_ROOT)},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        _out, err = await asyncio.wait_for(process.communicate(), 60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError("the bot is still running: a supervisor never sees it fail") from None
-    assert process.returncode is not None
-    text = err.decode()
-    assert "Traceback" not in text and "Unclosed" not in text, text
-    return process.returncode, text
 
 
 def _garbage(path: Path) -> Path:

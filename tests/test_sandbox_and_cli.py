@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,24 +15,7 @@ from bot.pixeldojo.sandbox import SandboxPixelDojo
 from tests.doubles.discord_double import DiscordDouble
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
-from tests.helpers import ALICE_ID, CHANNEL_ID, GUILD_ID, REPO_ROOT, settings_env
-
-
-async def run_cli(env: dict[str, str], *args: str, cwd: Path) -> tuple[int, str, str]:
-    """`python -m bot imagine ...` as a process, while this loop keeps serving the doubles."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "imagine",
-        *args,
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(REPO_ROOT)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    return process.returncode or 0, out.decode(), err.decode()
+from tests.helpers import ALICE_ID, CHANNEL_ID, GUILD_ID, run_cli, settings_env
 
 
 def files_under(root: Path) -> list[str]:

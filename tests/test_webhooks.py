@@ -36,10 +36,16 @@ from tests.doubles.pixeldojo import FakePixelDojo, WebhookCall
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
 from tests.doubles.presenter import RecordingPresenter
 from tests.doubles.reverse_proxy import ReverseProxy
-from tests.helpers import CHANNEL_ID, Harness, footer_has, queued_job_id, title_of
+from tests.helpers import (
+    CHANNEL_ID,
+    Harness,
+    footer_has,
+    queued_job_id,
+    run_cli,
+    run_until_exit,
+    title_of,
+)
 from tests.helpers import request as runner_request
-from tests.test_restart import run_until_exit
-from tests.test_sandbox_and_cli import run_cli
 
 HELD = 24 * 3600.0
 """A job duration no test waits out: jobs end when the test calls `finish_jobs`."""
