@@ -82,17 +82,9 @@ def _ordinal(n: int) -> str:
 
 def cancelled(job: Job) -> discord.Embed:
     """A queued job's status message once it was cancelled (never sent, fully refunded)."""
-    held = job.credits_reserved
-    refund = f"{_plural(held, 'credit')} {'was' if held == 1 else 'were'} refunded."
-    embed = discord.Embed(
-        title="🚫 Cancelled",
-        description=f"This prompt was cancelled before it started. {refund}",
-        colour=FAILURE,
+    return _ended_without_images(
+        job, "🚫 Cancelled", f"This prompt was cancelled before it started. {_refunded(job)}"
     )
-    embed.add_field(name="Prompt", value=_member(job.prompt, 1000), inline=False)
-    embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
-    embed.set_footer(text=job_marker(job))
-    return embed
 
 
 def result(job: Job, elapsed: float, *, reencoded: bool = False) -> discord.Embed:
@@ -113,13 +105,19 @@ def result(job: Job, elapsed: float, *, reencoded: bool = False) -> discord.Embe
 
 def failure(job: Job, reason: str) -> discord.Embed:
     """What a member sees when a job ends without images."""
-    held = job.credits_reserved
-    refund = f"Your {_plural(held, 'credit')} {'was' if held == 1 else 'were'} refunded."
-    embed = discord.Embed(
-        title="❌ Generation failed",
-        description=f"{_member(reason, 1500)}\n\n{refund}",
-        colour=FAILURE,
+    return _ended_without_images(
+        job, "❌ Generation failed", f"{_member(reason, 1500)}\n\nYour {_refunded(job)}"
     )
+
+
+def _refunded(job: Job) -> str:
+    held = job.credits_reserved
+    return f"{_plural(held, 'credit')} {'was' if held == 1 else 'were'} refunded."
+
+
+def _ended_without_images(job: Job, title: str, description: str) -> discord.Embed:
+    """A job's status message once it ended without images (failed or cancelled)."""
+    embed = discord.Embed(title=title, description=description, colour=FAILURE)
     embed.add_field(name="Prompt", value=_member(job.prompt, 1000), inline=False)
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
     embed.set_footer(text=job_marker(job))
