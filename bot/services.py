@@ -24,6 +24,7 @@ from bot.generation.runner import JobPresenter, JobRunner, RunnerSettings
 from bot.generation.service import GenerationService, admit_without_limits
 from bot.pixeldojo.client import PixelDojoClient
 from bot.pixeldojo.schema import CapabilityCache, ImageFetcher
+from bot.pixeldojo.transport import DOCUMENTED_REQUESTS_PER_MINUTE
 from bot.pixeldojo.webhooks import WebhookReceiver, WebhookTokens
 from bot.storage import Database
 from bot.storage.jobs import JobStore
@@ -134,7 +135,14 @@ async def build_services(
         client = PixelDojoClient(
             settings.pixeldojo_api_key,
             api_base,
-            requests_per_minute=None if sandbox else settings.pixeldojo_requests_per_minute,
+            # On by default: PixelDojo's documented figure until its headers say otherwise;
+            # PIXELDOJO_REQUESTS_PER_MINUTE replaces that figure and caps what they say.
+            requests_per_minute=(
+                None
+                if sandbox
+                else settings.pixeldojo_requests_per_minute or DOCUMENTED_REQUESTS_PER_MINUTE
+            ),
+            max_requests_per_minute=settings.pixeldojo_requests_per_minute,
         )
     except BaseException:
         if sandbox is not None:

@@ -104,6 +104,9 @@ def settings_for(double: DiscordDouble, api: FakePixelDojo, database: Path) -> S
         poll_max_interval=0.2,
         job_timeout=20,
         status_edit_interval=0.1,
+        # The doubles have no limit unless a test adds one (whose headers the budget follows):
+        # the documented 60/min the bot assumes by default would only slow the suite down.
+        pixeldojo_requests_per_minute=60_000.0,
     )
 
 
@@ -125,6 +128,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         POLL_MAX_INTERVAL=str(settings.poll_max_interval),
         JOB_TIMEOUT=str(settings.job_timeout),
         STATUS_EDIT_INTERVAL=str(settings.status_edit_interval),
+        PIXELDOJO_REQUESTS_PER_MINUTE=str(settings.pixeldojo_requests_per_minute or ""),
         LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
     )

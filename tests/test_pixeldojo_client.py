@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import gzip
+import itertools
 import logging
+import random
 import socket
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -39,7 +41,12 @@ from bot.pixeldojo.errors import (
 )
 from bot.pixeldojo.models import JobStatus, SubmittedJob
 from bot.pixeldojo.sandbox import render_placeholder_png
-from bot.pixeldojo.transport import RequestBudget, parse_rate_limit_reset, parse_retry_after
+from bot.pixeldojo.transport import (
+    PRIORITY_SUBMIT,
+    RequestBudget,
+    parse_rate_limit_reset,
+    parse_retry_after,
+)
 from tests.doubles.pixeldojo import FakePixelDojo, noise_png
 
 SECRET = "sk-live-SECRET-0123456789abcdef"
@@ -437,34 +444,51 @@ async def test_insufficient_credits_from_a_real_402(
 # -- retry policy ------------------------------------------------------------------------------
 
 
-async def test_429_on_submit_is_retried_honouring_retry_after(
+async def test_429_on_submit_raises_at_once_with_its_hint(
     fake: FakePixelDojo, client: PixelDojoClient, sleeps: RecordingSleep
 ) -> None:
-    fake.fault_next("429", n=2, route="submit", retry_after=0.05)
+    # A 429 certainly created no job: the caller (the runner's queue) sends it again later,
+    # instead of the client burning its retries while the window is spent.
+    fake.fault_next("429", n=2, route="submit", retry_after=7)
+    with pytest.raises(RateLimited) as caught:
+        await client.submit(prompt="p", aspect_ratio="1:1")
+    assert caught.value.retry_after == 7 and caught.value.retryable
+    assert sleeps.delays == [] and len(fake.submissions) == 1 and fake.jobs == {}
+
+
+async def test_429_on_a_poll_is_retried_honouring_retry_after(
+    fake: FakePixelDojo, client: PixelDojoClient, sleeps: RecordingSleep
+) -> None:
     job = await client.submit(prompt="p", aspect_ratio="1:1")
+    fake.fault_next("429", n=2, route="poll", retry_after=0.05)
+    await client.get_job(job)
     assert sleeps.delays == [pytest.approx(0.05), pytest.approx(0.05)]
-    assert len(fake.submissions) == 3
-    assert list(fake.jobs) == [job.job_id]
+    # The runner's polls reschedule themselves instead.
+    fake.fault_next("429", route="poll", retry_after=3)
+    with pytest.raises(RateLimited) as caught:
+        await client.get_job(job, raise_rate_limited=True)
+    assert caught.value.retry_after == 3 and len(sleeps.delays) == 2
 
 
 async def test_retry_after_is_capped(fake: FakePixelDojo, sleeps: RecordingSleep) -> None:
-    fake.fault_next("429", route="submit", retry_after=600)
     async with PixelDojoClient(
         "test-key", fake.base_url, sleep=sleeps, max_retry_after=30
     ) as client:
-        await client.submit(prompt="p", aspect_ratio="1:1")
+        job = await client.submit(prompt="p", aspect_ratio="1:1")
+        fake.fault_next("429", route="poll", retry_after=600)
+        await client.get_job(job)
     assert sleeps.delays == [30]
 
 
 async def test_429_exhausting_attempts_raises_rate_limited(
     fake: FakePixelDojo, client: PixelDojoClient, sleeps: RecordingSleep
 ) -> None:
-    fake.fault_next("429", n=10, route="submit", retry_after=3)
+    job = await client.submit(prompt="p", aspect_ratio="1:1")
+    fake.fault_next("429", n=10, route="poll", retry_after=3)
     with pytest.raises(RateLimited) as caught:
-        await client.submit(prompt="p", aspect_ratio="1:1")
+        await client.get_job(job)
     assert caught.value.retry_after == 3 and caught.value.retryable
     assert sleeps.delays == [3, 3, 3]
-    assert len(fake.submissions) == 4 and fake.jobs == {}
 
 
 async def test_500_on_submit_is_not_retried(
@@ -729,12 +753,12 @@ async def test_retry_after_http_date(sleeps: RecordingSleep) -> None:
                     )
                 },
             ),
-            accepted(),
+            httpx.Response(200, json={"jobId": "job_1", "status": "processing"}),
         ]
     )
     async with mock_client(lambda request: next(responses), sleeps) as client:
-        job = await client.submit(prompt="p", aspect_ratio="1:1")
-    assert job.job_id == "job_1"
+        state = await client.get_job("job_1")
+    assert state.job_id == "job_1"
     [delay] = sleeps.delays
     assert 3.5 <= delay <= 5.5
 
@@ -1193,30 +1217,76 @@ def test_constructor_validation() -> None:
         PixelDojoClient("k", max_attempts=0)
 
 
-def test_request_budget_spaces_requests_after_a_burst() -> None:
-    now = [0.0]
-    budget = RequestBudget(60, burst=3, clock=lambda: now[0])
-    waits = [budget.reserve() for _ in range(6)]
-    assert waits == [0.0, 0.0, 0.0, 1.0, 2.0, 3.0]
-    now[0] = 100.0  # a quiet spell refills the burst
-    assert [budget.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+class FakeTime:
+    """A monotonic clock only its sleep moves, and that sleep: waits cost no time at all."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
 
 
-async def test_client_waits_for_its_request_budget(fake: FakePixelDojo) -> None:
-    # The budget reads the client's clock, which only the (fake) sleep moves: how long the
-    # requests themselves take, on a loaded machine, cannot change what is waited.
-    now = [1_000.0]
-    slept: list[float] = []
+async def test_request_budget_spreads_a_fresh_allowance_instead_of_bursting() -> None:
+    clock = FakeTime()
+    budget = RequestBudget(60, clock=clock, sleep=clock.sleep, rng=random.Random(1))
+    sent = []
+    for _ in range(70):
+        await budget.acquire()
+        sent.append(clock.now)
+    # 60/min less the margin in any minute, at most twice the steady rate.
+    assert budget.capacity == 58
+    assert sum(t < sent[0] + 60 for t in sent) == 58
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert min(gaps) >= 60 / 58 / 2 - 1e-9
+    assert sent[57] - sent[0] >= 29
 
-    async def record(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
 
-    async with PixelDojoClient(
-        "test-key", fake.base_url, sleep=record, requests_per_minute=60, clock=lambda: now[0]
-    ) as client:
-        for _ in range(12):
-            await client.submit(prompt="p", aspect_ratio="1:1")
-    assert len(fake.submissions) == 12
-    # A burst of 10 (a tenth of a minute's budget), then one a second.
-    assert slept == [1.0, 1.0]
+class ManualTime:
+    """A clock the test moves; sleepers wake when it passes their time."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + seconds, future))
+        await future
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for when, future in self._sleepers:
+            if when <= self.now and not future.done():
+                future.set_result(None)
+
+
+async def test_request_budget_serves_the_most_urgent_caller_first() -> None:
+    clock = ManualTime()
+    budget = RequestBudget(60, clock=clock, sleep=clock.sleep)
+    await budget.acquire()
+    order: list[str] = []
+
+    async def one(name: str, priority: float) -> None:
+        await budget.acquire(priority)
+        order.append(name)
+
+    tasks = [
+        asyncio.create_task(one(name, priority))
+        for name, priority in (("submit", PRIORITY_SUBMIT), ("early poll", 0.9), ("done", 0.1))
+    ]
+    await asyncio.sleep(0)  # each task runs up to its wait
+    assert budget.pressure() * budget.capacity == 4  # one sent, three waiting
+    while not all(task.done() for task in tasks):
+        clock.advance(0.25)
+        await asyncio.sleep(0)
+    assert order == ["done", "early poll", "submit"]

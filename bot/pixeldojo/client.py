@@ -38,6 +38,9 @@ from bot.pixeldojo.models import ASPECT_RATIOS, MODEL_ID, JobStatus, SubmittedJo
 from bot.pixeldojo.transport import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_JSON_BYTES,
+    PRIORITY_POLL,
+    RequestBudget,
+    RequestTiming,
     SleepFunc,
     Transport,
     origin,
@@ -83,6 +86,7 @@ class PixelDojoClient:
         sleep: SleepFunc = asyncio.sleep,
         user_agent: str = DEFAULT_USER_AGENT,
         requests_per_minute: float | None = None,
+        max_requests_per_minute: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         deadline: float = DEFAULT_DEADLINE,
         download_deadline: float = DEFAULT_DOWNLOAD_DEADLINE,
@@ -95,7 +99,9 @@ class PixelDojoClient:
         """``timeout`` is httpx's, per connect and per read; ``deadline`` and
         ``download_deadline`` bound each API request and each image download as a whole.
         ``clock`` (monotonic seconds) times the request budget and rate-limit gate; tests
-        pass one that only their fake ``sleep`` advances.
+        pass one that only their fake ``sleep`` advances. ``requests_per_minute`` turns the
+        request budget on, assuming that limit until PixelDojo's ``X-RateLimit-*`` headers say
+        otherwise; ``max_requests_per_minute`` caps whatever they say.
 
         Image downloads go only to public addresses (every redirect hop is resolved with
         ``resolve`` and checked), except on the API origin and ``trusted_origins``
@@ -138,6 +144,7 @@ class PixelDojoClient:
             deadline=deadline,
             max_json_bytes=max_json_bytes,
             requests_per_minute=requests_per_minute,
+            max_requests_per_minute=max_requests_per_minute,
             on_headers=self._observe_credits,
         )
         self._downloads = ResultDownloader(
@@ -157,6 +164,11 @@ class PixelDojoClient:
     def base_url(self) -> str:
         """The API base URL, without a trailing slash."""
         return self._base_url
+
+    @property
+    def budget(self) -> RequestBudget | None:
+        """The request budget (None when off), for callers that pace themselves by it."""
+        return self._transport.budget
 
     @property
     def closed(self) -> bool:
@@ -234,8 +246,19 @@ class PixelDojoClient:
         log.info("PixelDojo accepted job %s (cost %s)", job.job_id, job.credit_cost)
         return job
 
-    async def get_job(self, job: SubmittedJob | str) -> JobStatus:
+    async def get_job(
+        self,
+        job: SubmittedJob | str,
+        *,
+        priority: float = PRIORITY_POLL,
+        raise_rate_limited: bool = False,
+        timing: RequestTiming | None = None,
+    ) -> JobStatus:
         """Poll a job (``GET {base_url}/jobs/{job_id}``) by :class:`SubmittedJob` or job id.
+
+        ``priority`` orders the wait for the request budget (lower first);
+        ``raise_rate_limited`` raises :class:`RateLimited` on a 429 instead of retrying, for a
+        caller that reschedules the poll; ``timing`` learns how long the request waited.
 
         The job id is the ``jobId`` PixelDojo returned at submit. A URL is accepted only in the
         form this client polls (``{base_url}/jobs/{job_id}``): the id is never guessed from
@@ -249,6 +272,9 @@ class PixelDojoClient:
             gated=True,
             target="job",
             consume=self._transport.read_json,
+            priority=priority,
+            raise_rate_limited=raise_rate_limited,
+            timing=timing,
         )
         state = JobStatus.from_payload(data, job_id=job_id, base_url=url)
         if state.error:

@@ -15,7 +15,9 @@ Retry policy, in short:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import email.utils
+import heapq
 import json
 import logging
 import math
@@ -23,6 +25,7 @@ import random
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -200,34 +203,275 @@ def origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, port
 
 
-class RequestBudget:
-    """Spaces API requests to at most `per_minute` a minute, bursting up to `burst` at once.
+# Request priorities for RequestBudget.acquire: lower goes first. A poll's priority is
+# 1 - P(the job is done by now), in [0, 1], so polls likely to find a result go first and
+# submits go while no poll is waiting.
+PRIORITY_POLL = 0.0
+PRIORITY_SUBMIT = 2.0
 
-    PixelDojo reports per-key rate limits (10-60 requests a minute are documented), and a
-    busy bot would otherwise learn them from 429s. This is the generic cell rate algorithm:
-    each request books the next slot synchronously, so concurrent callers queue fairly.
+DOCUMENTED_REQUESTS_PER_MINUTE = 60
+"""PixelDojo's documented per-key limit, assumed until its X-RateLimit-* headers say otherwise."""
+DOCUMENTED_WINDOW = 60.0
+# Bounds on what a response may teach the budget (nothing a server sends is trusted as is).
+_MAX_LIMIT = 10_000
+_MIN_WINDOW, _MAX_WINDOW = 1.0, 3600.0
+# A bare 429 lowers the limit to what got through only from this many requests on.
+_MIN_BARE_LIMIT = 10
+
+
+@dataclass
+class RequestTiming:
+    """Filled in by a request: how long it waited (budget, rate-limit gate, retry backoff)
+    before the attempt that was answered was sent."""
+
+    waited: float = 0.0
+
+
+class RequestBudget:
+    """Paces API requests to the per-key limit, learned from the API, with a safety margin.
+
+    PixelDojo documents 60 requests a minute per key shared by every endpoint; until a response
+    carries ``X-RateLimit-Limit`` the budget assumes ``limit`` per ``window`` seconds (``ceiling``,
+    when the operator set one, caps whatever the headers say). The window is learned from
+    ``X-RateLimit-Reset`` seen on the first request of a fresh window.
+
+    The budget keeps its own sliding log of sends (the strictest of the common server
+    algorithms, so it is safe against fixed windows too) and lets at most ``limit - margin``
+    through in any window, at most twice the steady rate (so a fresh allowance is never spent in
+    a few seconds), and nothing while a 429 or an exhausted ``X-RateLimit-Remaining`` says the
+    window is spent; the first send after such a wait is jittered. A bare 429 (no headers)
+    counts as "window spent": the budget backs off (jittered, doubling up to a window), then
+    probes at the steady rate; when at least ten requests got through in the window, the limit
+    drops to that count and creeps back up one request per clean window.
+
+    Waiting callers go in ``priority`` order (lower first; FIFO among equals). ``clock`` is
+    monotonic seconds, ``wall_clock`` unix seconds (for ``X-RateLimit-Reset``); ``sleep`` is
+    awaited for every wait, so tests with a fake sleep and clock never sleep.
     """
 
     def __init__(
         self,
-        per_minute: float,
+        limit: float = DOCUMENTED_REQUESTS_PER_MINUTE,
+        window: float = DOCUMENTED_WINDOW,
         *,
-        burst: int | None = None,
+        ceiling: float | None = None,
+        margin: float = 0.03,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: SleepFunc = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
-        if per_minute <= 0:
-            raise ValueError("per_minute must be positive")
-        self.interval = 60.0 / per_minute
-        self.burst = burst if burst is not None else max(1, int(per_minute // 6))
+        if limit <= 0 or window <= 0:
+            raise ValueError("limit and window must be positive")
+        self.assumed_limit = limit
+        self.ceiling = ceiling
+        self.margin = margin
         self.clock = clock
-        self._theoretical_arrival = 0.0
+        self.wall_clock = wall_clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._window = float(window)
+        self._window_learned = False
+        self._header_limit: int | None = None
+        # After a bare 429: (limit it implied, when), creeping back up one per clean window.
+        self._bare: tuple[int, float] | None = None
+        self._bare_streak = 0
+        self._last_429 = -math.inf
+        self._sends: list[float] = []  # sorted send times within the last window
+        self._blocked_until = 0.0
+        self._queue: list[list[Any]] = []  # heap of [priority, seq, future | None]
+        self._seq = 0
+        self.rate_limited = 0
+        """429s seen (with or without headers)."""
 
-    def reserve(self) -> float:
-        """Book a slot; returns how many seconds to wait before sending."""
+    # -- what the budget believes ------------------------------------------------------------
+
+    @property
+    def window(self) -> float:
+        """The rate-limit window in seconds (documented 60 until learned)."""
+        return self._window
+
+    @property
+    def limit(self) -> int:
+        """Requests per window the API allows this key, as far as the budget knows."""
+        limit = float(self._header_limit) if self._header_limit is not None else self.assumed_limit
+        if self.ceiling is not None:
+            limit = min(limit, self.ceiling)
+        if self._bare is not None:
+            implied, since = self._bare
+            crept = implied + int((self.clock() - since) // self._window)
+            if crept < limit:
+                limit = crept
+            else:
+                self._bare = None
+        return max(1, int(limit))
+
+    @property
+    def capacity(self) -> int:
+        """Requests the budget lets through per window: the limit less the safety margin."""
+        limit = self.limit
+        return max(1, limit - max(1, math.ceil(limit * self.margin))) if limit > 1 else 1
+
+    def _spacing(self) -> float:
+        steady = self._window / self.capacity
+        # Twice the steady rate at most; the steady rate for a window after a 429 (probing).
+        return steady if self.clock() - self._last_429 < self._window else steady / 2
+
+    def pressure(self) -> float:
+        """Demand on the budget: sends in the last window plus callers waiting, over capacity."""
+        self._expire(self.clock())
+        return (len(self._sends) + len(self._queue)) / self.capacity
+
+    def retry_hint(self) -> float:
+        """Seconds until the budget would let a request through."""
+        return max(0.0, self._earliest() - self.clock())
+
+    # -- waiting for a slot ------------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        cut = bisect.bisect_right(self._sends, now - self._window)
+        if cut:
+            del self._sends[:cut]
+
+    def _earliest(self) -> float:
         now = self.clock()
-        arrival = max(self._theoretical_arrival, now)
-        self._theoretical_arrival = arrival + self.interval
-        return max(0.0, arrival - now - (self.burst - 1) * self.interval)
+        self._expire(now)
+        earliest = max(now, self._blocked_until)
+        if self._sends:
+            earliest = max(earliest, self._sends[-1] + self._spacing())
+        capacity = self.capacity
+        if len(self._sends) >= capacity:
+            earliest = max(earliest, self._sends[-capacity] + self._window)
+        return earliest
+
+    def _wake_head(self) -> None:
+        if self._queue:
+            future = self._queue[0][2]
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def acquire(self, priority: float = PRIORITY_SUBMIT) -> float:
+        """Wait until a request may be sent; returns the seconds waited."""
+        started = self.clock()
+        self._seq += 1
+        entry: list[Any] = [priority, self._seq, None]
+        heapq.heappush(self._queue, entry)
+        try:
+            while True:
+                if self._queue[0] is not entry:
+                    entry[2] = asyncio.get_running_loop().create_future()
+                    await entry[2]
+                    entry[2] = None
+                    continue
+                planned = self._earliest()
+                now = self.clock()
+                if planned <= now:
+                    when = now
+                    break
+                await self._sleep(planned - now)
+                # Unless someone more urgent took the slot meanwhile, it is ours.
+                if self._queue[0] is entry and self._earliest() <= planned:
+                    when = max(planned, self.clock())
+                    break
+        except BaseException:
+            self._queue.remove(entry)
+            heapq.heapify(self._queue)
+            self._wake_head()
+            raise
+        heapq.heappop(self._queue)
+        bisect.insort(self._sends, when)
+        self._wake_head()
+        return max(0.0, when - started)
+
+    # -- learning from responses -------------------------------------------------------------
+
+    def _block(self, seconds: float) -> None:
+        seconds = min(max(0.0, seconds), self._window)
+        # Jittered, so callers (and other processes sharing the key) do not all go at once.
+        until = self.clock() + seconds + self._rng.uniform(0, self._window / self.capacity)
+        self._blocked_until = max(self._blocked_until, until)
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        """Learn from one API response's status and ``X-RateLimit-*`` / ``Retry-After``."""
+        now = self.clock()
+        self._expire(now)
+        limit = as_int(headers.get("X-RateLimit-Limit"))
+        remaining = as_int(headers.get("X-RateLimit-Remaining"))
+        reset = _reset_in(headers.get("X-RateLimit-Reset"), self.wall_clock())
+        if limit is not None and 1 <= limit <= _MAX_LIMIT:
+            self._header_limit = limit
+        else:
+            limit = None
+        if limit is not None and reset is not None and remaining == limit - 1 and status != 429:
+            # The first request of a fresh window: Reset is a whole window away (whole seconds).
+            window = math.floor(reset) if reset >= 2 else reset
+            if _MIN_WINDOW <= window <= _MAX_WINDOW:
+                if not self._window_learned or window > self._window:
+                    self._window = float(window)
+                self._window_learned = True
+        retry_after = parse_retry_after(headers.get("Retry-After")) if status == 429 else None
+        if retry_after is not None:
+            retry_after = min(retry_after, self._window)
+        if remaining is not None and limit is not None and 0 <= remaining <= limit:
+            frees_in = reset if reset is not None else retry_after
+            self._account_foreign_use(limit - remaining, frees_in, now)
+        if status == 429:
+            self.rate_limited += 1
+            self._last_429 = now
+            wait = retry_after if retry_after is not None else reset
+            if wait is None and remaining is None and limit is None:
+                self._bare_429(now)
+            else:
+                self._bare_streak = 0
+                self._block(wait if wait is not None else self._window / self.capacity)
+        else:
+            self._bare_streak = 0
+            if remaining is not None and remaining <= 0 and reset is not None:
+                self._block(reset)
+
+    def _account_foreign_use(self, used: int, frees_in: float | None, now: float) -> None:
+        """The server counts more requests than this budget sent (another process on the key,
+        or a restart): book the difference, freed when the server says (or a window on)."""
+        extra = min(used - len(self._sends), _MAX_LIMIT)
+        if extra <= 0:
+            return
+        at = (
+            now
+            - self._window
+            + min(frees_in if frees_in is not None else self._window, self._window)
+        )
+        for _ in range(extra):
+            bisect.insort(self._sends, at)
+
+    def _bare_429(self, now: float) -> None:
+        # What got through in the window is (at most) the limit left for us; a handful proves
+        # nothing (another process on the key, a restart), so only a real count lowers it.
+        let_through = len(self._sends) - 1
+        if _MIN_BARE_LIMIT <= let_through < self.limit:
+            self._bare = (let_through, now)
+        self._bare_streak += 1
+        backoff = (self._window / self.capacity) * 2 ** min(self._bare_streak, 10)
+        self._block(min(backoff, self._window))
+
+
+def _reset_in(value: str | None, wall_now: float) -> float | None:
+    """Seconds until an ``X-RateLimit-Reset`` (unix seconds, or delta seconds when small), or
+    None when absent or implausible."""
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    if number > 1e12:
+        number = number / 1000 - wall_now
+    elif number > 1e9:
+        number -= wall_now
+    if number < -_MAX_WINDOW or number > _MAX_WINDOW:
+        return None
+    return max(0.0, number)  # a little in the past: the clocks disagree; it has reset
 
 
 class Transport:
@@ -253,6 +497,7 @@ class Transport:
         deadline: float,
         max_json_bytes: int,
         requests_per_minute: float | None,
+        max_requests_per_minute: float | None = None,
         on_headers: Callable[[httpx.Headers], None] | None = None,
     ) -> None:
         if max_attempts < 1:
@@ -270,8 +515,13 @@ class Transport:
         self._on_headers = on_headers
         # Monotonic deadline before which no API request is sent (rate-limit gate).
         self._gate_until = 0.0
-        self._budget = (
-            RequestBudget(requests_per_minute, clock=clock) if requests_per_minute else None
+        # The request budget (None: only 429s and exhausted windows hold requests back).
+        self.budget = (
+            RequestBudget(
+                requests_per_minute, ceiling=max_requests_per_minute, clock=clock, sleep=sleep
+            )
+            if requests_per_minute
+            else None
         )
 
     async def get_json(self, url: str, *, target: str) -> Any:
@@ -338,6 +588,9 @@ class Transport:
         headers = response.headers
         if self._on_headers is not None:
             self._on_headers(headers)
+        if self.budget is not None:
+            self.budget.observe(response.status_code, headers)
+            return
         remaining = as_int(headers.get("X-RateLimit-Remaining"))
         if remaining is not None and remaining <= 0 and response.status_code != 429:
             reset = parse_rate_limit_reset(headers.get("X-RateLimit-Reset"))
@@ -374,6 +627,10 @@ class Transport:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if retry_after is None:
                 retry_after = parse_rate_limit_reset(response.headers.get("X-RateLimit-Reset"))
+            if self.budget is not None:
+                # The budget's view: the hint it just learned (bounded, jittered), or its own
+                # backoff for a bare 429.
+                retry_after = self.budget.retry_hint()
             return RateLimited(retry_after=retry_after, **common)
         if status >= 500:
             return ServerError(
@@ -403,26 +660,35 @@ class Transport:
         consume: Callable[[httpx.Response], Awaitable[T]],
         send: Callable[[httpx.Request], Awaitable[httpx.Response]] | None = None,
         deadline: float | None = None,
+        priority: float = PRIORITY_SUBMIT,
+        raise_rate_limited: bool = False,
+        timing: RequestTiming | None = None,
     ) -> T:
         """Send a request with the retry policy and hand a 2xx response to ``consume``.
 
-        ``idempotent=False`` (submit) retries only outcomes that certainly created nothing.
+        ``idempotent=False`` (submit) retries only outcomes that certainly created nothing,
+        except a 429: that raises :class:`RateLimited` at once (with the budget's hint), as does
+        any 429 with ``raise_rate_limited`` (the caller reschedules rather than wait here).
+        ``priority`` orders the wait for the request budget; ``timing`` learns how long the
+        request waited before it was sent.
         ``send`` replaces ``httpx.AsyncClient.send`` (downloads follow redirects themselves).
         Each attempt, body included, must end within ``deadline`` seconds (default: the
         transport's); one that does not is a timeout like httpx's own.
         """
         limit = self._deadline if deadline is None else deadline
         attempt = 0
+        called = self._clock()
         while True:
             attempt += 1
             request = build()
             method, path = request.method, request.url.path
             if gated:
-                if self._budget is not None:
-                    wait = self._budget.reserve()
-                    if wait > 0:
-                        await self._sleep(wait)
-                await self._wait_for_rate_gate(method, path)
+                if self.budget is not None:
+                    await self.budget.acquire(priority)
+                else:
+                    await self._wait_for_rate_gate(method, path)
+            if timing is not None:
+                timing.waited = max(0.0, self._clock() - called)
             started = time.monotonic()
             window = asyncio.timeout(limit)
             try:
@@ -463,6 +729,9 @@ class Transport:
 
             error = self._error_from_response(response, body, target)
             status = response.status_code
+            if status == 429 and (raise_rate_limited or not idempotent):
+                # Certainly nothing was created: the caller queues it again at the hint.
+                raise error
             if status == 429 or status == 503:
                 retry = True
             else:
@@ -472,6 +741,10 @@ class Transport:
                 error.retryable = False
             if not retry or attempt >= self._max_attempts:
                 raise error
+            if isinstance(error, RateLimited) and gated and self.budget is not None:
+                # The budget holds the next attempt (and every other request) back itself.
+                self._log_retry(method, path, "HTTP 429", attempt, self.budget.retry_hint())
+                continue
             if isinstance(error, RateLimited) and error.retry_after is not None:
                 delay = min(error.retry_after, self._max_retry_after)
                 deadline = self._close_gate_for(delay) if gated else None
