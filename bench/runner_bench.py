@@ -58,6 +58,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -305,12 +306,12 @@ class TimedClient(PixelDojoClient):
         self.downloading = 0
         self.downloading_max = 0
 
-    async def get_job(self, job: SubmittedJob | str) -> JobStatus:
+    async def get_job(self, job: SubmittedJob | str, **kwargs: Any) -> JobStatus:
         record = _current_poll.get()
         if record is not None:
             record.http_sent = time.monotonic()
         try:
-            return await super().get_job(job)
+            return await super().get_job(job, **kwargs)
         finally:
             if record is not None:
                 record.answered = time.monotonic()

@@ -210,19 +210,6 @@ async def test_resumed_completed_job_already_posted_is_not_posted_again(api, db)
     assert final.state is JobState.POSTED and final.result_message_id == 4242
 
 
-def test_poll_schedule_follows_typical_generation_time() -> None:
-    runner = JobRunner(None, None, RecordingPresenter(), RunnerSettings(0.5, 5.0))  # type: ignore[arg-type]
-    assert 0.9 <= runner._interval(0.0) <= 1.1  # nothing learned yet: about once a second
-    for seconds in (6.0, 8.0, 10.0):
-        runner.durations.add(seconds)
-    assert 4.8 * 0.9 <= runner._interval(0.0) <= 4.8 * 1.1  # 60% of the 8 s median
-    assert 1.8 * 0.9 <= runner._interval(3.0) <= 1.8 * 1.1
-    assert 0.45 <= runner._interval(7.0) <= 0.55  # around when results usually arrive
-    assert 0.45 <= runner._interval(15.0) <= 0.55
-    assert runner._interval(36.0) > 0.9  # long past the usual time: back off
-    assert runner._interval(600.0) <= 5.0 * 1.1
-
-
 async def test_typical_duration_is_remembered_across_restarts(api, db) -> None:
     store = JobStore(db)
     async with PixelDojoClient("test-key", api.base_url) as client:

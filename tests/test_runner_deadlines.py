@@ -51,7 +51,7 @@ class StallingPixelDojo:
             job_id=job_id, status_url="", credit_cost=1, credits_remaining=None, expires_at=None
         )
 
-    async def get_job(self, job: str) -> pixeldojo.JobStatus:
+    async def get_job(self, job: str, **_: Any) -> pixeldojo.JobStatus:
         job_id = str(job).rstrip("/").rsplit("/", 1)[-1]
         self.polls[job_id] += 1
         if job_id in self.stall:

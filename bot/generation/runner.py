@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import random
 import statistics
 import time
@@ -29,6 +30,7 @@ from bot.generation import edit_input
 from bot.generation.models import Job, JobState
 from bot.generation.queue import FairQueue, Slot, seconds_until_start
 from bot.pixeldojo.schema import CapabilityCache
+from bot.pixeldojo.transport import RequestTiming
 from bot.storage import TRANSIENT_ERRORS
 from bot.storage.jobs import JobStore
 
@@ -110,8 +112,27 @@ class JobPresenter(Protocol):
         """After a crash: the id of a result message already posted for this job, if any."""
 
 
+POLL_QUANTILES = (0.7, 0.9, 0.97, 0.995)
+"""Where a job's polls go, as quantiles of the learned generation times: the first where most
+jobs are done, the rest spread over the tail, then backing off. Fewer polls cost more delay only
+for the slowest jobs: about 1.3 polls a job in all."""
+TIGHT_POLL_QUANTILES = (0.9, 0.99)
+"""The same when the request budget is tight: each poll spent on a job still running is a
+submission not sent, so later and fewer (about 1.1 a job)."""
+TIGHT_BUDGET = 0.8
+"""Request-budget pressure (sends in the window plus waiting requests, over capacity) above
+which the tight schedule is used."""
+EXPLORE_QUANTILE, EXPLORE_SHARE = 0.3, 0.1
+"""A tenth of jobs get their first poll earlier: a job found done then teaches the estimate
+that generation got faster, which polls placed only at or after the usual time never could."""
+
+
 class DurationEstimate:
-    """The median of recent generation times, which the poll schedule is shaped around."""
+    """The distribution of recent generation times, which the poll schedule is shaped around.
+
+    Each sample is when the poll that found the job finished was sent (its answer less the time
+    it waited for the request budget), so queueing for the budget never makes jobs look slow.
+    """
 
     def __init__(self, window: int = 50, minimum_samples: int = 3) -> None:
         self.window = window
@@ -119,12 +140,33 @@ class DurationEstimate:
         self._recent: deque[float] = deque(maxlen=window)
 
     def add(self, seconds: float) -> None:
-        if seconds > 0:
+        if seconds > 0 and math.isfinite(seconds):
             self._recent.append(seconds)
+
+    @property
+    def learned(self) -> bool:
+        """Whether enough jobs finished to trust the distribution."""
+        return len(self._recent) >= self.minimum_samples
+
+    def quantile(self, q: float) -> float | None:
+        """The `q` quantile (0..1, interpolated), or None until enough jobs finished."""
+        if not self.learned:
+            return None
+        ordered = sorted(self._recent)
+        position = min(max(q, 0.0), 1.0) * (len(ordered) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    def done_share(self, elapsed: float) -> float:
+        """The share of recent jobs that had finished `elapsed` seconds in (0.5 if unknown)."""
+        if not self.learned:
+            return 0.5
+        return sum(seconds <= elapsed for seconds in self._recent) / len(self._recent)
 
     def typical(self) -> float | None:
         """The median, or None until enough jobs finished to trust one."""
-        if len(self._recent) < self.minimum_samples:
+        if not self.learned:
             return None
         return statistics.median(self._recent)
 
@@ -657,7 +699,7 @@ class JobRunner:
         )
         # The status moves at once, even when the first poll is a few seconds away.
         await self.presenter.show_status(job, Phase.GENERATING, 0.0)
-        self._schedule(job, delay=self._interval(0.0))
+        self._schedule(job, delay=self._interval(0.0, first=True))
 
     async def _requeue(self, job: Job, retry_after: float | None) -> None:
         """PixelDojo answered 429: pause dispatch until its hint and put the job back first."""
@@ -674,30 +716,43 @@ class JobRunner:
 
     # Polling ----------------------------------------------------------------------------
 
-    def _interval(self, elapsed: float) -> float:
+    def _interval(self, elapsed: float, *, first: bool = False) -> float:
         """Seconds until a job `elapsed` seconds into generation is polled again.
 
-        Once a few jobs have finished, polls are sparse while a result is unlikely (before 60%
-        of the typical duration), dense around when it usually arrives (until twice the
-        typical duration), then back off: results are seen soon after they are ready without
-        polling more than about once a second on average. Until then, about once a second.
-        ±10% jitter keeps jobs submitted in the same burst from being polled in lockstep.
+        Once a few jobs have finished, polls aim at quantiles of the learned generation times
+        (`POLL_QUANTILES`, or `TIGHT_POLL_QUANTILES` while the request budget is tight), at
+        least `poll_initial_interval` apart, then back off towards `poll_max_interval` past
+        the slowest. Until then: growing from twice `poll_initial_interval`. A little jitter
+        keeps jobs submitted in the same burst from being polled in lockstep.
         """
         s = self.settings
         if s.webhooks:
             return self._safety_net_interval(elapsed)
-        typical = self.durations.typical()
-        if typical is None:
-            # Nothing learned yet: about once a second (twice the dense interval) for 20 s.
-            dense_until, base = 20.0, 2 * s.poll_initial_interval
-        elif elapsed < 0.6 * typical:
-            base = max(s.poll_initial_interval, 0.6 * typical - elapsed)
-            return base * random.uniform(0.9, 1.1)
-        else:
-            dense_until, base = 2 * typical, s.poll_initial_interval
-        if elapsed > dense_until:
-            base = min(s.poll_max_interval, base * (1 + (elapsed - dense_until) / 20))
-        return base * random.uniform(0.9, 1.1)
+        gap = s.poll_initial_interval
+        jitter = random.uniform(0, 0.2 * gap)
+        if not self.durations.learned:
+            # Nothing learned yet: about 2 x gap, growing by a third each poll.
+            return min(s.poll_max_interval, max(2 * gap, elapsed / 3)) + jitter
+        if first:
+            jitter = 0.0  # aimed exactly: the estimate learns from when these polls were sent
+        quantiles = TIGHT_POLL_QUANTILES if self._budget_tight() else POLL_QUANTILES
+        if first and random.random() < EXPLORE_SHARE:
+            quantiles = (EXPLORE_QUANTILE, *quantiles)
+        for q in quantiles:
+            target = self.durations.quantile(q) or 0.0
+            if target >= elapsed + gap:
+                return target - elapsed + jitter
+        slowest = self.durations.quantile(1.0) or 0.0
+        late = max(0.0, elapsed - slowest)
+        return min(s.poll_max_interval, gap * (1 + late / max(slowest, gap))) + jitter
+
+    def _budget_tight(self) -> bool:
+        budget = getattr(self.client, "budget", None)
+        return budget is not None and budget.pressure() > TIGHT_BUDGET
+
+    def _poll_priority(self, elapsed: float) -> float:
+        """For the request budget: polls of jobs likely done first (lower goes first)."""
+        return 1.0 - self.durations.done_share(elapsed)
 
     def _safety_net_interval(self, elapsed: float) -> float:
         """With webhooks on, polls only catch a missed callback: the first well after the
@@ -778,20 +833,25 @@ class JobRunner:
         if not final:
             limit = min(limit, remaining)
         answered_at: float | None = None
+        timing = RequestTiming()
         try:
             try:
                 async with asyncio.timeout(limit):
+                    # A 429 comes back at once, to be rescheduled at its hint.
                     state: pixeldojo.JobStatus | Exception = await self.client.get_job(
-                        job.api_job_id or ""
+                        job.api_job_id or "",
+                        priority=self._poll_priority(elapsed),
+                        raise_rate_limited=True,
+                        timing=timing,
                     )
             except TimeoutError as exc:
                 log.warning("job %d: no answer to a status check within %.1f s", job.id, limit)
                 state = exc
             except Exception as exc:
                 state = exc
-            # When PixelDojo said so, not when the database got to it: the learned
-            # typical duration must not grow with the bot's own load.
-            answered_at = self.clock()
+            # When PixelDojo said so, not when the database got to it, and less the wait for
+            # the request budget: the learned durations must not grow with the bot's load.
+            answered_at = self.clock() - timing.waited
             self._polls[job.id] = self._polls.get(job.id, 0) + 1
         finally:
             self._poll_slots.release()
@@ -819,7 +879,10 @@ class JobRunner:
             log.warning("job %d: polling refused: %s", job.id, state.message)
             await self._fail(job, f"PixelDojo can no longer report on this job. {state.message}")
         elif isinstance(state, Exception) or state.is_running:
-            if isinstance(state, pixeldojo.PixelDojoError):
+            if isinstance(state, pixeldojo.RateLimited):
+                # Not a failure: the window is spent; ask again when the budget says so.
+                log.info("job %d: poll rate-limited, asks again later", job.id)
+            elif isinstance(state, pixeldojo.PixelDojoError):
                 # The client already retried; keep the job and try again later.
                 log.warning("job %d: poll failed, will retry: %s", job.id, state.message)
             elif isinstance(state, Exception) and not isinstance(state, TimeoutError):
@@ -828,6 +891,12 @@ class JobRunner:
                 minutes = max(1, round(self.settings.job_timeout / 60))
                 log.warning("job %d: gave up after %.0f s without a result", job.id, elapsed)
                 await self._fail(job, f"PixelDojo did not finish this job within {minutes} min.")
+            elif isinstance(state, pixeldojo.RateLimited):
+                hint = state.retry_after
+                if hint is None or not 0 <= hint <= self.settings.job_timeout:
+                    hint = self.settings.poll_max_interval
+                # Jittered, so the polls it held back do not all come back at once.
+                self._poll_again(job, hint + random.uniform(0, self.settings.poll_initial_interval))
             elif isinstance(state, Exception):
                 self._poll_again(job, self.settings.poll_max_interval)
             else:
