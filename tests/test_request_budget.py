@@ -157,3 +157,22 @@ async def test_a_bare_429_on_submit_is_raised_at_once_with_a_retry_hint() -> Non
                     hint = again.retry_after
     assert len(api.jobs) == 2
     assert limiter.stats.total_refused <= 6  # backing off, doubling: a few probes a minute
+
+
+async def test_result_downloads_do_not_spend_the_budget() -> None:
+    # PixelDojo serves images from a file host that its limit does not cover; the double
+    # serves them from the API origin, which must not make them queue behind polls.
+    clock = FakeTime()
+    async with FakePixelDojo() as api:
+        async with PixelDojoClient(
+            "test-key", api.base_url, requests_per_minute=60, clock=clock, sleep=clock.sleep
+        ) as client:
+            assert client.budget is not None
+            job = await client.submit(prompt="p", aspect_ratio="1:1", num_outputs=4)
+            state = await client.get_job(job)
+            while state.is_running:
+                state = await client.get_job(job)
+            polls = api.jobs[job.job_id].polls
+            images = await client.download_results(state.image_urls)
+            assert len(images) == 4
+            assert client.budget.pressure() * client.budget.capacity == 1 + polls

@@ -683,8 +683,11 @@ class Transport:
             request = build()
             method, path = request.method, request.url.path
             if gated:
+                # Result images do not count against PixelDojo's limit (PixelDojo serves them
+                # from a file host), so they never wait for the budget, even from the API origin.
                 if self.budget is not None:
-                    await self.budget.acquire(priority)
+                    if target != "image":
+                        await self.budget.acquire(priority)
                 else:
                     await self._wait_for_rate_gate(method, path)
             if timing is not None:
@@ -698,7 +701,7 @@ class Transport:
                     else:
                         response = await send(request)
                     try:
-                        if gated:
+                        if gated and (self.budget is None or target != "image"):
                             self._observe_headers(response)
                         log.debug(
                             "PixelDojo %s %s -> %d in %.2fs",
