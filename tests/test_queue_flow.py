@@ -399,8 +399,14 @@ class FrozenClock:
 async def limited() -> AsyncIterator[tuple[FakePixelDojo, SeenLimiter, FrozenClock]]:
     clock = FrozenClock()
     # Only submits count (polls and the schema are exempt), two per window: the third waits.
+    # Bare 429s, no headers: the window moves only when the test says, so X-RateLimit-* would
+    # teach the bot's request budget a limit it then paces to, and nothing would be refused.
     limiter = SeenLimiter(
-        limit=2, window=1.0, clock=clock, exempt=lambda request: request.method != "POST"
+        limit=2,
+        window=1.0,
+        headers=False,
+        clock=clock,
+        exempt=lambda request: request.method != "POST",
     )
     async with FakePixelDojo(job_duration=0.05, middlewares=[limiter.observed]) as fake:
         yield fake, limiter, clock
