@@ -181,3 +181,55 @@ async def test_a_restart_long_past_the_timeout_asks_pixeldojo_before_giving_up(
         assert "did not finish" in presenter.failures[job.id]
         assert await credits_used(db) == 0
         assert len(polls) == 1  # asked once, and PixelDojo said it was still running
+
+
+class FlakyPixelDojo(StallingPixelDojo):
+    """Status checks answer 503 (after the client's own retries) `errors` times, then tell the
+    truth: the job completed."""
+
+    def __init__(self, errors: int) -> None:
+        super().__init__()
+        self.errors = errors
+
+    async def get_job(self, job: str, **kwargs: Any) -> pixeldojo.JobStatus:
+        if self.errors > 0:
+            self.errors -= 1
+            self.polls[str(job)] += 1
+            raise pixeldojo.ServerError("PixelDojo is having trouble right now.")
+        return await super().get_job(job, **kwargs)
+
+
+@pytest.mark.parametrize("errors", [1, 5], ids=["one-503", "five-503s"])
+async def test_a_restart_past_the_timeout_delivers_a_finished_job_despite_a_503(
+    db: Database, errors: int
+) -> None:
+    client, presenter, store = FlakyPixelDojo(errors), RecordingPresenter(), JobStore(db)
+    clock = ShiftedClock()
+    runner = JobRunner(store, client, presenter, STALLS, clock=clock)  # type: ignore[arg-type]
+    job = await GenerationService(store, runner).reserve(request())
+    await store.mark_submitted(job.id, api_job_id="pd-1", status_url="", expires_at=None)
+    clock.offset = 3600  # the bot was down for an hour; PixelDojo finished long ago
+    await runner.start()
+    await asyncio.wait_for(runner.wait_finished(job.id), 5)
+    await runner.stop()
+
+    assert job.id in presenter.results and job.id not in presenter.failures
+    assert await credits_used(db) == 1
+
+
+async def test_late_checks_that_keep_failing_time_the_job_out_after_a_bounded_few(
+    db: Database,
+) -> None:
+    client, presenter, store = FlakyPixelDojo(1000), RecordingPresenter(), JobStore(db)
+    clock = ShiftedClock()
+    runner = JobRunner(store, client, presenter, STALLS, clock=clock)  # type: ignore[arg-type]
+    job = await GenerationService(store, runner).reserve(request())
+    await store.mark_submitted(job.id, api_job_id="pd-1", status_url="", expires_at=None)
+    clock.offset = 3600
+    await runner.start()
+    await asyncio.wait_for(runner.wait_finished(job.id), 5)
+    await runner.stop()
+
+    assert "did not finish this job within 5 min" in presenter.failures[job.id]
+    assert await credits_used(db) == 0
+    assert sum(client.polls.values()) == 6  # the check at the deadline and five more

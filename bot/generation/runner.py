@@ -49,6 +49,9 @@ RATE_LIMIT_PAUSE = 5.0
 """Seconds dispatch pauses after a 429 that gave no hint of when to try again."""
 RATE_LIMIT_PAUSE_CAP = 120.0
 """The longest pause a 429's hint may impose (the hint is the server's and not trusted)."""
+LATE_CHECK_RETRIES = 5
+"""Status checks at or after a job's deadline that may fail (an error, no answer) before it
+times out anyway: only PixelDojo saying "still running" times a job out at once."""
 _START_RATE_WINDOW = 20
 """How many recent job starts the queue's ETA measures the current throughput over."""
 
@@ -227,6 +230,8 @@ class JobRunner:
         # as they are next scheduled.
         self._hinted: set[int] = set()
         self._hints: dict[int, int] = {}
+        self._late_errors: dict[int, int] = {}
+        """Per job: status checks at or after its deadline that got no answer (an error)."""
         self.webhook_url_for = webhook_url_for
         # Jobs being polled, kept in memory so a poll costs no database round trip.
         self._polling: dict[int, Job] = {}
@@ -784,6 +789,7 @@ class JobRunner:
         self._next_due.pop(job_id, None)
         self._hinted.discard(job_id)
         self._hints.pop(job_id, None)
+        self._late_errors.pop(job_id, None)
         return self._polls.pop(job_id, 0)
 
     async def _schedule_loop(self) -> None:
@@ -887,10 +893,24 @@ class JobRunner:
                 log.warning("job %d: poll failed, will retry: %s", job.id, state.message)
             elif isinstance(state, Exception) and not isinstance(state, TimeoutError):
                 log.error("job %d: unexpected error while polling", job.id, exc_info=state)
-            if final:
+            late_errors = self._late_errors.get(job.id, 0) + 1 if final else 0
+            if final and isinstance(state, Exception) and late_errors <= LATE_CHECK_RETRIES:
+                # Past the deadline only an answer of "still running" proves a timeout: a job
+                # that finished while the bot was down must not be refunded for one 503.
+                self._late_errors[job.id] = late_errors
+                delay = min(self.settings.poll_max_interval * 2 ** (late_errors - 1), 60.0)
+                hint = state.retry_after if isinstance(state, pixeldojo.RateLimited) else None
+                if hint is not None and 0 <= hint <= self.settings.job_timeout:
+                    delay = max(delay, hint)  # a 429's hint: sooner would only be refused
+                log.info("job %d: late check %d failed, asks again", job.id, late_errors)
+                self._schedule(job, delay)
+            elif final:
                 minutes = max(1, round(self.settings.job_timeout / 60))
                 log.warning("job %d: gave up after %.0f s without a result", job.id, elapsed)
-                await self._fail(job, f"PixelDojo did not finish this job within {minutes} min.")
+                why = " (its status could not be checked)" if isinstance(state, Exception) else ""
+                await self._fail(
+                    job, f"PixelDojo did not finish this job within {minutes} min.{why}"
+                )
             elif isinstance(state, pixeldojo.RateLimited):
                 hint = state.retry_after
                 if hint is None or not 0 <= hint <= self.settings.job_timeout:
