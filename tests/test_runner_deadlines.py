@@ -233,3 +233,65 @@ async def test_late_checks_that_keep_failing_time_the_job_out_after_a_bounded_fe
     assert "did not finish this job within 5 min" in presenter.failures[job.id]
     assert await credits_used(db) == 0
     assert sum(client.polls.values()) == 6  # the check at the deadline and five more
+
+
+class RivalPixelDojo(StallingPixelDojo):
+    """While the status check is in flight, another bot process on the same database (a
+    rolling deploy) times the job out and refunds it; then PixelDojo says it completed."""
+
+    def __init__(self, store: JobStore) -> None:
+        super().__init__()
+        self.store = store
+
+    async def get_job(self, job: str, **kwargs: Any) -> pixeldojo.JobStatus:
+        rows = await self.store.active()
+        for row in rows:
+            await self.store.mark_failed(row.id, "the other process gave up")
+        return await super().get_job(job, **kwargs)
+
+
+class RivalPresenter(RecordingPresenter):
+    """While the result is being posted, another process fails and refunds the job."""
+
+    def __init__(self, store: JobStore) -> None:
+        super().__init__()
+        self.store = store
+
+    async def post_result(self, job: Job, images: list[Any], elapsed: float) -> int:
+        await self.store.mark_failed(job.id, "the other process gave up")
+        return await super().post_result(job, images, elapsed)
+
+
+async def test_a_job_another_process_refunded_is_not_delivered_when_it_completes(
+    db: Database,
+) -> None:
+    store = JobStore(db)
+    client, presenter = RivalPixelDojo(store), RecordingPresenter()
+    runner = JobRunner(store, client, presenter, STALLS)  # type: ignore[arg-type]
+    await runner.start()
+    job = await launch(GenerationService(store, runner))
+    await asyncio.wait_for(runner.wait_finished(job.id), 5)
+    await runner.stop()
+
+    assert job.id not in presenter.results  # no free images
+    final = await store.get(job.id)
+    assert final is not None and final.state is JobState.FAILED
+    assert await credits_used(db) == 0
+
+
+async def test_a_result_posted_after_another_process_refunded_it_leaves_the_job_failed(
+    db: Database,
+) -> None:
+    store = JobStore(db)
+    client, presenter = StallingPixelDojo(), RivalPresenter(store)
+    runner = JobRunner(store, client, presenter, STALLS)  # type: ignore[arg-type]
+    await runner.start()
+    job = await launch(GenerationService(store, runner))
+    await asyncio.wait_for(runner.wait_finished(job.id), 5)
+    await runner.stop()
+
+    final = await store.get(job.id)
+    # The row agrees with the ledger: refunded, so FAILED, not POSTED.
+    assert final is not None and final.state is JobState.FAILED
+    assert final.result_message_id is None
+    assert await credits_used(db) == 0

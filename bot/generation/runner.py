@@ -932,7 +932,7 @@ class JobRunner:
                 await self._fail(job, "PixelDojo finished but returned no images.")
                 return
             polls = self._polls.get(job.id, 0)
-            job = await self._store(
+            completed = await self._store(
                 job,
                 "record the completion",
                 lambda: self.store.mark_completed(
@@ -940,6 +940,11 @@ class JobRunner:
                 ),
             )
             self._stop_polling(job.id)
+            if completed is None:
+                # Another process (a rolling deploy) ended it first: it delivers or refunds.
+                await self._left_alone(job, "completed on PixelDojo; not delivered here")
+                return
+            job = completed
             if job.completed_at is not None and job.submitted_at is not None:
                 # The same figure a restart reads back from the database.
                 self.durations.add(job.completed_at - job.submitted_at)
@@ -979,12 +984,27 @@ class JobRunner:
 
     async def _mark_posted(self, job: Job, message_id: int) -> None:
         # Posted already: keep trying to record it rather than ever posting it again.
-        job = await self._store(
+        posted = await self._store(
             job,
             "record the posted result",
             lambda: self.store.mark_posted(job.id, result_message_id=message_id),
         )
-        await self._finish(job)
+        if posted is None:
+            # Never turn a refunded job into a posted one: the ledger and the row must agree.
+            await self._left_alone(job, f"result posted as message {message_id}, not recorded")
+            return
+        await self._finish(posted)
+
+    async def _left_alone(self, job: Job, what: str) -> None:
+        """The job left the state this process expected (another process moved it): say so,
+        and let waiters go, without announcing, refunding or auditing anything here."""
+        current = await self._store(job, "read the job", lambda: self.store.get(job.id))
+        state = current.state.value if current is not None else "gone"
+        log.warning("job %d: %s: it is already %s", job.id, what, state)
+        self._release(job.id)
+        future = self._finished.pop(job.id, None)
+        if future is not None and not future.done():
+            future.set_result(current or job)
 
     async def _download(self, job: Job, urls: tuple[str, ...]) -> list[ResultImage]:
         # Only the images the member asked (and paid) for, however many PixelDojo listed.

@@ -227,9 +227,10 @@ class JobStore:
         charged: int | None,
         polls: int | None = None,
         at: float | None = None,
-    ) -> Job:
+    ) -> Job | None:
         """PixelDojo finished (at `at`, default now): settle the reservation against what it
-        charged (`None`: the estimate stands).
+        charged (`None`: the estimate stands). Returns None, and changes nothing, unless the job
+        was SUBMITTED: only the caller that moved it to COMPLETED may deliver it.
 
         A charge PixelDojo reports is trusted only from 0 to the job's price (`num_outputs` ×
         `CREDITS_PER_OUTPUT`); anything else settles at the estimate, and is logged. The charge
@@ -238,7 +239,7 @@ class JobStore:
         if isinstance(charged, bool) or not isinstance(charged, int) or not 0 <= charged < 2**62:
             charged = None  # not even storable; the job is still delivered
 
-        def complete(conn: sqlite3.Connection) -> Job:
+        def complete(conn: sqlite3.Connection) -> Job | None:
             now = self.clock() if at is None else at
             settled = "CASE WHEN ? BETWEEN 0 AND num_outputs * ? THEN ? ELSE credits_reserved END"
             rows = conn.execute(
@@ -258,7 +259,8 @@ class JobStore:
                 ),
             ).fetchall()  # all: a RETURNING statement left unfinished would block the COMMIT
             if not rows:
-                return _get(conn, job_id)  # not polling any more: nothing to settle
+                _get(conn, job_id)  # LookupError if there is no such job
+                return None  # not SUBMITTED any more: nothing to settle, nothing to deliver
             job = Job.from_row(rows[0])
             if reported is not None and job.credits_charged != reported:
                 log.warning(
@@ -281,13 +283,31 @@ class JobStore:
 
         return await self.db.run(complete)
 
-    async def mark_posted(self, job_id: int, *, result_message_id: int) -> Job:
-        return await self._update(
-            job_id,
-            state=JobState.POSTED.value,
-            result_message_id=result_message_id,
-            finished_at=self.clock(),
-        )
+    async def mark_posted(self, job_id: int, *, result_message_id: int) -> Job | None:
+        """The result was posted: COMPLETED becomes POSTED. Returns None, and changes nothing,
+        if the job is not COMPLETED (e.g. another process failed and refunded it)."""
+
+        def post(conn: sqlite3.Connection) -> Job | None:
+            rows = conn.execute(
+                f"""
+                UPDATE jobs SET state = ?, result_message_id = ?, finished_at = ?
+                WHERE id = ? AND state = ?
+                RETURNING {_COLUMNS}
+                """,
+                (
+                    JobState.POSTED.value,
+                    result_message_id,
+                    self.clock(),
+                    job_id,
+                    JobState.COMPLETED.value,
+                ),
+            ).fetchall()
+            if not rows:
+                _get(conn, job_id)  # LookupError if there is no such job
+                return None
+            return Job.from_row(rows[0])
+
+        return await self.db.call(post)
 
     async def mark_failed(self, job_id: int, error: str, *, polls: int | None = None) -> Job:
         """The job ended without a result: refund whatever it holds, once. What PixelDojo
