@@ -17,7 +17,7 @@ from PIL import Image
 
 from bot import pixeldojo
 from bot.generation.models import Job, JobState
-from bot.generation.runner import JobRunner, RunnerSettings
+from bot.generation.runner import DeliveryError, JobRunner, RunnerSettings
 from bot.generation.service import GenerationService
 from bot.pixeldojo.client import PixelDojoClient
 from bot.storage import Database
@@ -295,3 +295,47 @@ async def test_a_result_posted_after_another_process_refunded_it_leaves_the_job_
     assert final is not None and final.state is JobState.FAILED
     assert final.result_message_id is None
     assert await credits_used(db) == 0
+
+
+async def test_a_job_left_reserved_by_a_restart_is_refunded_without_claiming_it_was_unsent(
+    db: Database,
+) -> None:
+    store, presenter = JobStore(db), RecordingPresenter()
+    runner = JobRunner(store, StallingPixelDojo(), presenter, STALLS)  # type: ignore[arg-type]
+    job = await GenerationService(store, runner).reserve(request())
+    await store.set_status_message(job.id, 99)
+    await store.mark_sending(job.id)  # the request may have reached PixelDojo, then a crash
+    await runner.start()
+    async with asyncio.timeout(5):
+        await presenter.ended(job.id).wait()
+    await runner.stop()
+
+    assert presenter.failures[job.id] == (
+        "The bot restarted before PixelDojo confirmed this job. Please try again."
+    )
+    assert await credits_used(db) == 0
+
+
+async def test_a_result_post_that_fails_once_waits_on_the_runners_own_sleep(
+    db: Database,
+) -> None:
+    class OnceRefusing(RecordingPresenter):
+        async def post_result(self, job: Job, images: list[Any], elapsed: float) -> int:
+            if not waits:  # the first attempt
+                raise DeliveryError("Discord hiccup", permanent=False)
+            return await super().post_result(job, images, elapsed)
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    store, presenter = JobStore(db), OnceRefusing()
+    runner = JobRunner(store, StallingPixelDojo(), presenter, STALLS, sleep=sleep)  # type: ignore[arg-type]
+    await runner.start()
+    job = await launch(GenerationService(store, runner))
+    await asyncio.wait_for(runner.wait_finished(job.id), 5)
+    await runner.stop()
+
+    assert job.id in presenter.results
+    assert waits == [2.0]  # the backoff before the second attempt, on the injected sleep

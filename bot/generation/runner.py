@@ -453,7 +453,7 @@ class JobRunner:
             # is unknowable (there is no lookup by our id), so refund rather than risk a double.
             self._spawn(
                 self._fail(
-                    job, "The bot restarted before PixelDojo accepted this job. Please try again."
+                    job, "The bot restarted before PixelDojo confirmed this job. Please try again."
                 ),
                 f"fail-{job.id}",
             )
@@ -1023,7 +1023,7 @@ class JobRunner:
                 if exc.permanent or attempt == attempts:
                     raise
                 log.warning("job %d: posting failed (attempt %d): %s", job.id, attempt, exc)
-                await asyncio.sleep(min(2.0**attempt, 10.0))
+                await self._sleep(min(2.0**attempt, 10.0))
         raise AssertionError("unreachable")
 
     def _elapsed(self, job: Job) -> float:
