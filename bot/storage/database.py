@@ -311,8 +311,14 @@ class Database:
             except BaseException:
                 await conn.execute("ROLLBACK")
                 raise
-            else:
+            try:
                 await conn.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (a deferred constraint, disk full) leaves the transaction
+                # open: every later BEGIN would fail on this connection.
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
