@@ -20,7 +20,7 @@ from bot.generation.models import Job, JobState
 from bot.generation.runner import DeliveryError, JobRunner, RunnerSettings
 from bot.generation.service import GenerationService
 from bot.pixeldojo.client import PixelDojoClient
-from bot.storage import Database
+from bot.storage import Database, ledger
 from bot.storage.jobs import JobStore
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.doubles.presenter import RecordingPresenter
@@ -38,6 +38,7 @@ class StallingPixelDojo:
     the jobs in `stall` never answer (until cancelled); the others find the job completed."""
 
     def __init__(self) -> None:
+        self.submit_cost: int | None = 1
         self.stall: set[str] = set()
         self.stalled = asyncio.Event()
         self.polls: Counter[str] = Counter()
@@ -48,7 +49,11 @@ class StallingPixelDojo:
         job_id = f"pd-{len(self.submitted) + 1}"
         self.submitted.append(job_id)
         return pixeldojo.SubmittedJob(
-            job_id=job_id, status_url="", credit_cost=1, credits_remaining=None, expires_at=None
+            job_id=job_id,
+            status_url="",
+            credit_cost=self.submit_cost,
+            credits_remaining=None,
+            expires_at=None,
         )
 
     async def get_job(self, job: str, **_: Any) -> pixeldojo.JobStatus:
@@ -339,3 +344,34 @@ async def test_a_result_post_that_fails_once_waits_on_the_runners_own_sleep(
 
     assert job.id in presenter.results
     assert waits == [2.0]  # the backoff before the second attempt, on the injected sleep
+
+
+@pytest.mark.parametrize(("cost", "counted"), [(2, 2), (0, 0), (None, 4), (999, 4)])
+async def test_a_job_pixeldojo_charged_at_submit_counts_as_spend_when_it_times_out(
+    db: Database, cost: int | None, counted: int
+) -> None:
+    client, presenter, store = StallingPixelDojo(), RecordingPresenter(), JobStore(db)
+    client.submit_cost = cost
+    client.stall.add("pd-1")
+    clock = ShiftedClock()
+    runner = JobRunner(store, client, presenter, STALLS, clock=clock)  # type: ignore[arg-type]
+    await runner.start()
+    job = await launch(GenerationService(store, runner), num_outputs=4)
+    await asyncio.wait_for(client.stalled.wait(), 5)
+    clock.offset = 301
+    await asyncio.wait_for(runner.wait_finished(job.id), 5)
+    await runner.stop()
+
+    assert "did not finish" in presenter.failures[job.id]
+    assert await credits_used(db) == 0  # the member is refunded...
+    # ...but the guild's spend cap counts what PixelDojo charged (bounded to 0..4 x price).
+    spent = await db.run(lambda conn: ledger.guild_spend(conn, 1, 0))
+    assert spent == counted
+
+
+@pytest.mark.parametrize("cost", [-5, 10**12, 2.5, "lots", True])
+def test_a_submit_answers_nonsense_credit_cost_is_ignored(cost: object) -> None:
+    submitted = pixeldojo.SubmittedJob.from_payload(
+        {"jobId": "pd-1", "creditCost": cost}, base_url="https://api.invalid"
+    )
+    assert submitted.credit_cost is None

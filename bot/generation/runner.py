@@ -700,6 +700,7 @@ class JobRunner:
                 api_job_id=submitted.job_id,
                 status_url=submitted.status_url,
                 expires_at=expires,
+                charged=submitted.credit_cost,
             ),
         )
         # The status moves at once, even when the first poll is a few seconds away.

@@ -69,7 +69,7 @@ class SubmittedJob:
         return cls(
             job_id=job_id,
             status_url=job_url(base_url, job_id),
-            credit_cost=as_int(payload.get("creditCost")),
+            credit_cost=_as_credit_cost(payload.get("creditCost")),
             credits_remaining=as_int(payload.get("creditsRemaining")),
             expires_at=as_datetime(payload.get("expiresAt")),
         )

@@ -209,16 +209,42 @@ class JobStore:
         return Job.from_row(rows[0]) if rows else None
 
     async def mark_submitted(
-        self, job_id: int, *, api_job_id: str, status_url: str, expires_at: float | None
+        self,
+        job_id: int,
+        *,
+        api_job_id: str,
+        status_url: str,
+        expires_at: float | None,
+        charged: int | None = None,
     ) -> Job:
-        return await self._update(
+        """PixelDojo accepted the job, and charged for it: `charged` (its `creditCost`) is kept
+        as `provider_charged` with the same bounds as at completion (0 to the job's price, else
+        the estimate), so the spend cap counts a job that never completes; completion's figure
+        replaces it."""
+        if isinstance(charged, bool) or not isinstance(charged, int) or not 0 <= charged < 2**62:
+            charged = None
+        settled = "CASE WHEN ? BETWEEN 0 AND num_outputs * ? THEN ? ELSE credits_reserved END"
+        sql = f"""
+            UPDATE jobs SET state = ?, api_job_id = ?, status_url = ?, api_expires_at = ?,
+                submitted_at = ?, provider_charged = {settled}
+            WHERE id = ?
+            RETURNING {_COLUMNS}
+        """
+        params = (
+            JobState.SUBMITTED.value,
+            api_job_id,
+            status_url,
+            expires_at,
+            self.clock(),
+            charged,
+            CREDITS_PER_OUTPUT,
+            charged,
             job_id,
-            state=JobState.SUBMITTED.value,
-            api_job_id=api_job_id,
-            status_url=status_url,
-            api_expires_at=expires_at,
-            submitted_at=self.clock(),
         )
+        rows = await self.db.call(lambda conn: conn.execute(sql, params).fetchall())
+        if not rows:
+            raise LookupError(f"job {job_id} does not exist")
+        return Job.from_row(rows[0])
 
     async def mark_completed(
         self,
