@@ -547,7 +547,27 @@ async def test_a_body_trickling_forever_ends_at_the_request_deadline(
             await asyncio.wait_for(call, 10)
     assert caught.value.retryable is True  # the runner polls again later
     assert caught.value.api_message == "DeadlineExceeded"
-    assert len(sleeps.delays) == 1  # each attempt had its own deadline
+    # One deadline for the request: the attempt that spent it is not retried.
+    assert sleeps.delays == []
+
+
+async def test_retries_stop_once_the_requests_one_deadline_is_spent(
+    sleeps: RecordingSleep,
+) -> None:
+    now = [0.0]
+    attempts: list[float] = []
+
+    def slow_503(request: httpx.Request) -> httpx.Response:
+        attempts.append(now[0])
+        now[0] += 2.0  # each attempt takes 2 s (on the injected clock) and fails
+        return httpx.Response(503, json={"error": "busy"})
+
+    async with mock_client(slow_503, sleeps, deadline=3.0, clock=lambda: now[0]) as client:
+        with pytest.raises(ServerError):
+            await client.get_job("job_1")
+    # Without one deadline, 4 attempts of 2 s each (plus backoff) for a 3 s deadline.
+    assert attempts == [0.0, 2.0]
+    assert len(sleeps.delays) == 1
 
 
 def unused_port() -> int:

@@ -672,10 +672,14 @@ class Transport:
         ``priority`` orders the wait for the request budget; ``timing`` learns how long the
         request waited before it was sent.
         ``send`` replaces ``httpx.AsyncClient.send`` (downloads follow redirects themselves).
-        Each attempt, body included, must end within ``deadline`` seconds (default: the
-        transport's); one that does not is a timeout like httpx's own.
+        The whole request, retries and their backoff included, must end within ``deadline``
+        seconds (default: the transport's) of its first send (waits for the rate limit, the
+        gate and a 429's Retry-After, do not count); an attempt cut short by it is a timeout
+        like httpx's own, and no retry starts once it is spent.
         """
         limit = self._deadline if deadline is None else deadline
+        ends: float | None = None  # on `self._clock`, set at the first send
+        last: PixelDojoError | None = None  # what the previous attempt ended with
         attempt = 0
         called = self._clock()
         while True:
@@ -685,15 +689,23 @@ class Transport:
             if gated:
                 # Result images do not count against PixelDojo's limit (PixelDojo serves them
                 # from a file host), so they never wait for the budget, even from the API origin.
+                queued = self._clock()
                 if self.budget is not None:
                     if target != "image":
                         await self.budget.acquire(priority)
                 else:
                     await self._wait_for_rate_gate(method, path)
+                if ends is not None:
+                    ends += self._clock() - queued  # waiting for the rate limit is not counted
             if timing is not None:
                 timing.waited = max(0.0, self._clock() - called)
+            now = self._clock()
+            ends = now + limit if ends is None else ends
+            if last is not None and ends - now <= 0:
+                raise last  # the request's time went on waiting to retry
+            attempt_limit = min(limit, ends - now)
             started = time.monotonic()
-            window = asyncio.timeout(limit)
+            window = asyncio.timeout(attempt_limit)
             try:
                 async with window:
                     if send is None:
@@ -719,13 +731,16 @@ class Transport:
                 if isinstance(caught, httpx.TransportError):
                     exc = caught
                 elif window.expired():
-                    exc = DeadlineExceeded(f"no complete answer within {limit:g}s", request=request)
+                    exc = DeadlineExceeded(
+                        f"no complete answer within {attempt_limit:g}s", request=request
+                    )
                 else:
                     raise
                 safe = idempotent or isinstance(exc, _UNSENT_ERRORS)
-                if not safe or attempt >= self._max_attempts:
-                    raise self._network_error(exc, target, safe) from exc
                 delay = self._backoff(attempt)
+                if not safe or attempt >= self._max_attempts or self._clock() + delay >= ends:
+                    raise self._network_error(exc, target, safe) from exc
+                last = self._network_error(exc, target, safe)
                 self._log_retry(method, path, type(exc).__name__, attempt, delay)
                 await self._sleep(delay)
                 continue
@@ -747,13 +762,18 @@ class Transport:
             if isinstance(error, RateLimited) and gated and self.budget is not None:
                 # The budget holds the next attempt (and every other request) back itself.
                 self._log_retry(method, path, "HTTP 429", attempt, self.budget.retry_hint())
+                last = error
                 continue
             if isinstance(error, RateLimited) and error.retry_after is not None:
                 delay = min(error.retry_after, self._max_retry_after)
+                ends += delay  # a wait for the rate limit, like the gate's: not the server's time
                 deadline = self._close_gate_for(delay) if gated else None
             else:
                 delay = self._backoff(attempt)
+                if self._clock() + delay >= ends:
+                    raise error
                 deadline = None
+            last = error
             self._log_retry(method, path, f"HTTP {status}", attempt, delay)
             await self._sleep(delay)
             if deadline is not None and self._gate_until == deadline:
