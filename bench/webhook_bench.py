@@ -28,9 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.generation.models import GenerationRequest, Job
-from bot.generation.runner import JobRunner, Phase, ResultImage, RunnerSettings
+from bot.generation.runner import JobRunner, Phase, QueuePosition, ResultImage, RunnerSettings
 from bot.generation.service import admit_without_limits
 from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.transport import DOCUMENTED_REQUESTS_PER_MINUTE
 from bot.pixeldojo.webhooks import WebhookReceiver, WebhookTokens
 from bot.storage import Database
 from bot.storage.jobs import JobStore
@@ -47,7 +48,9 @@ class Recorder:
         self.done = asyncio.Event()
         self.expected = 0
 
-    async def show_status(self, job: Job, phase: Phase, elapsed: float) -> None:
+    async def show_status(
+        self, job: Job, phase: Phase, elapsed: float, queue: QueuePosition | None = None
+    ) -> None:
         return None
 
     async def show_failure(self, job: Job, reason: str) -> None:
@@ -81,7 +84,10 @@ async def run(mode: str, jobs: int, duration: float, spread: float, folder: Path
     store = JobStore(db)
     presenter = Recorder()
     presenter.expected = jobs
-    client = PixelDojoClient("test-key", api.base_url)
+    # As bot/services.py builds it: the request budget on, at the documented figure.
+    client = PixelDojoClient(
+        "test-key", api.base_url, requests_per_minute=DOCUMENTED_REQUESTS_PER_MINUTE
+    )
     webhooks = mode == "webhooks"
     runner = JobRunner(store, client, presenter, RunnerSettings(webhooks=webhooks))
     receiver = None
