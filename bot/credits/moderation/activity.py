@@ -57,34 +57,42 @@ class ActivityRecords(ModerationBase):
         self, *, guild_id: int, actor_id: int, job_id: int, author_id: int
     ) -> AuditEntry:
         """Audit a moderator cancelling another member's queued prompt."""
-
-        def write(conn: SyncConnection) -> AuditEntry:
-            return self._audit(
-                conn,
-                guild_id,
-                actor_id,
-                "job.cancelled",
-                job_id,
-                {"job_id": job_id, "author_id": author_id},
-                f"cancelled <@{author_id}>'s queued generation #{job_id}",
-            )
-
-        return await self.db.run(write)
+        return await self._record_on_job(
+            guild_id,
+            actor_id,
+            job_id,
+            author_id,
+            "job.cancelled",
+            f"cancelled <@{author_id}>'s queued generation #{job_id}",
+        )
 
     async def record_result_deletion(
         self, *, guild_id: int, actor_id: int, job_id: int, author_id: int
     ) -> AuditEntry:
         """Audit a moderator deleting another member's result."""
+        return await self._record_on_job(
+            guild_id,
+            actor_id,
+            job_id,
+            author_id,
+            "result.deleted",
+            f"deleted <@{author_id}>'s result of generation #{job_id}",
+        )
+
+    async def _record_on_job(
+        self, guild_id: int, actor_id: int, job_id: int, author_id: int, action: str, summary: str
+    ) -> AuditEntry:
+        """Audit a moderator acting on another member's job, in one trip to the database."""
 
         def write(conn: SyncConnection) -> AuditEntry:
             return self._audit(
                 conn,
                 guild_id,
                 actor_id,
-                "result.deleted",
+                action,
                 job_id,
                 {"job_id": job_id, "author_id": author_id},
-                f"deleted <@{author_id}>'s result of generation #{job_id}",
+                summary,
             )
 
         return await self.db.run(write)
