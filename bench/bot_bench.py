@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.history import seed_history
 from bench.loop_lag import LoopLag
+from bench.verdict import verdict
 from bot.credits.admission import Limits
 from bot.credits.moderation import ModerationService
 from bot.pixeldojo.models import ASPECT_RATIOS
@@ -468,12 +469,7 @@ async def drive(
             f"ledger {credits_used} credits, posted jobs {posted_outputs} images, "
             f"requested {requested} images"
         )
-    for failure in failures:
-        print(f"FAIL: {failure}", flush=True)
-    if failures:
-        return 1
-    print("OK", flush=True)
-    return 0
+    return verdict(failures)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -39,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.verdict import verdict
 from bot.credits.admission import Limits
 from bot.credits.moderation import ModerationService
 from bot.errors import RequestRefused
@@ -287,11 +288,7 @@ async def main(args: argparse.Namespace) -> int:
             failures = await over_spend(db, path, args.burst, args.processes, args.allowance)
         finally:
             await db.close()
-    for failure in failures:
-        print(f"FAIL: {failure}")
-    if not failures:
-        print("OK")
-    return 1 if failures else 0
+    return verdict(failures)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -61,6 +61,7 @@ from bench.bot_bench import (
     show,
 )
 from bench.history import seed_history
+from bench.verdict import verdict
 from bot.credits.admission import Limits
 from bot.credits.moderation import ModerationService
 from bot.storage import Database
@@ -294,12 +295,7 @@ async def run(args: argparse.Namespace) -> int:
             scenario = SCENARIOS[name]
         outcome = await run_scenario(args, scenario)
         failures += outcome.failures
-    for failure in failures:
-        print(f"FAIL: {failure}", flush=True)
-    if failures:
-        return 1
-    print("OK", flush=True)
-    return 0
+    return verdict(failures)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

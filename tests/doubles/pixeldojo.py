@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import quote
 
 from aiohttp import web
@@ -59,21 +59,7 @@ FaultRoute = Literal["submit", "poll", "download", "any"]
 OutputShape = Literal["images", "image", "assets"]
 ErrorShape = Literal["object", "string", "message"]
 
-FAULT_KINDS: tuple[str, ...] = (
-    "429",
-    "500",
-    "503",
-    "malformed",
-    "401",
-    "402",
-    "403",
-    "404",
-    "422",
-    "timeout",
-    "drop",
-    "trickle",
-    "redirect",
-)
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 _FAULT_ERRORS: dict[str, tuple[int, str, str]] = {
     "401": (401, "unauthorized", "Invalid or missing API key."),
