@@ -64,6 +64,8 @@ class PixelDojoBot(commands.Bot):
             edit_interval=settings.status_edit_interval,
             view_factory=results.result_view,
             queued_view_factory=queued.queued_view,
+            # The learned typical generation time, for the progress bar (runner built below).
+            expected_duration=lambda: self.services.runner.durations.typical(),
         )
         self.add_dynamic_items(results.JobButton, queued.CancelButton)
         self.add_listener(results.answer_vary_form, "on_interaction")

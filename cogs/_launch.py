@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
 import discord
 
-from bot.discord_ui import embeds
 from bot.discord_ui.errors import set_failure_note
 from bot.discord_ui.members import role_ids_of
 from bot.errors import RequestRefused
 from bot.generation.models import GenerationRequest
-from bot.generation.runner import Phase
 from bot.generation.service import validate
 
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot
+    from bot.generation.models import Job
 
 NO_MENTIONS = discord.AllowedMentions.none()
-CANNOT_POST = (
-    "I can't post in this channel. Ask a moderator to let me send messages and attach files here."
-)
-DISCORD_BUSY = "Discord didn't accept my status message just now. Please try again in a moment."
 
 
 def check_bot_can_post(permissions: discord.Permissions) -> None:
@@ -74,47 +72,69 @@ def build_request(
     )
 
 
-async def launch(
-    bot: PixelDojoBot, interaction: discord.Interaction, request: GenerationRequest
-) -> None:
-    """Reserve credits, post the public status message, start the job, and tell the member.
+ACK_WITHIN = 2.0
+"""Seconds of Discord's 3 s to decide admission in before answering "thinking…" instead."""
 
-    The interaction must already be deferred (ephemerally). Refusals are sent to the member
-    as ephemeral follow-ups; credits held for a job that could not be shown are refunded.
+Prepare = Callable[[], Awaitable[GenerationRequest]]
+"""Builds the request (validation, reading an input image); raises `RequestRefused`."""
+
+
+async def launch(bot: PixelDojoBot, interaction: discord.Interaction, prepare: Prepare) -> None:
+    """Admit the request and answer the interaction with the job's public status message, the
+    one message the job's result will land in.
+
+    The interaction must not have been answered yet. Admission is a local transaction, so it
+    is normally decided inside Discord's 3 s window and a refusal is private; if it takes
+    longer the bot answers "thinking…" publicly first and removes that on a refusal. The job
+    is handed to the runner before the status is sent, so the submission never waits on
+    Discord; a status Discord won't take never costs the member their job.
     """
     service = bot.services.generation
+    admitting = asyncio.ensure_future(_admit(bot, interaction, prepare))
+    deferred = False
     try:
-        check_bot_can_post(interaction.app_permissions)
-        job = await service.reserve(request)
-        set_failure_note(interaction, partial(service.failure_note, job.id))
-        channel = interaction.channel
-        try:
-            if not isinstance(channel, discord.abc.Messageable):
-                raise RequestRefused("I can't post in this kind of channel.")
-            embed = embeds.status(job, Phase.QUEUED, 0.0)
-            view = bot.presenter.queued_view(job)  # Cancel, while it waits
-            if view is None:
-                status = await channel.send(embed=embed, allowed_mentions=NO_MENTIONS)
-            else:
-                status = await channel.send(embed=embed, view=view, allowed_mentions=NO_MENTIONS)
-        except (discord.HTTPException, RequestRefused) as exc:
-            if isinstance(exc, RequestRefused):
-                reason = str(exc)
-            elif isinstance(exc, discord.Forbidden):
-                reason = CANNOT_POST
-            else:  # rate limited past discord.py's retries, or a Discord outage
-                reason = DISCORD_BUSY
-            await service.abandon(job, reason)
-            raise RequestRefused(f"{reason} Your credits were not used.") from exc
-        except BaseException:
-            await service.abandon(job, "the command failed before the job started")
-            raise
+        done, _ = await asyncio.wait({admitting}, timeout=ACK_WITHIN)
+        if not done:
+            await interaction.response.defer(thinking=True)  # public: the status fills it
+            deferred = True
+        job = await admitting
     except RequestRefused as refusal:
-        await interaction.followup.send(str(refusal), ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await _refuse(interaction, str(refusal), deferred=deferred)
         return
-    # Before the job starts, so that even an immediate failure can reach the member.
-    bot.presenter.remember_interaction(job.id, interaction)
-    job = await service.launch(job, status.id)
-    await interaction.followup.send(
-        f"Job #{job.id} is queued: {status.jump_url}", ephemeral=True, allowed_mentions=NO_MENTIONS
-    )
+    except BaseException:
+        if not admitting.done():
+            admitting.cancel()
+        if deferred:  # the error is reported privately: don't leave "thinking…" in public
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+        raise
+    # An error from here on says what became of the job's credits, read at that moment.
+    set_failure_note(interaction, partial(service.failure_note, job.id))
+    try:
+        bot.presenter.open(job, interaction)
+        service.start(job)
+    except BaseException:
+        bot.presenter.forget(job.id)
+        await service.abandon(job, "the command failed before the job started")
+        raise
+    message_id = await bot.presenter.publish(job, deferred=deferred)
+    if message_id is not None:
+        await service.record_status_message(job.id, message_id)
+
+
+async def _admit(bot: PixelDojoBot, interaction: discord.Interaction, prepare: Prepare) -> Job:
+    check_bot_can_post(interaction.app_permissions)
+    if not isinstance(interaction.channel, discord.abc.Messageable):
+        raise RequestRefused("I can't post in this kind of channel.")
+    return await bot.services.generation.reserve(await prepare())
+
+
+async def _refuse(interaction: discord.Interaction, text: str, *, deferred: bool) -> None:
+    """Tell only the member why nothing was started."""
+    if not deferred:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        return
+    # A follow-up would fill the public "thinking…" message: remove it, then answer privately.
+    with contextlib.suppress(discord.HTTPException):
+        await interaction.delete_original_response()
+    await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)

@@ -9,16 +9,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_ui.errors import set_failure_note
-from bot.errors import RequestRefused
 from bot.generation.edit_input import (
     encode_input_image,
     image_option_description,
     validate_input_image,
 )
-from bot.generation.models import MAX_OUTPUTS, PROMPT_MAX_LENGTH, SEED_MAX
+from bot.generation.models import MAX_OUTPUTS, PROMPT_MAX_LENGTH, SEED_MAX, GenerationRequest
 from bot.generation.service import NOTHING_CHARGED
 from bot.pixeldojo.models import ASPECT_RATIOS
-from cogs._launch import NO_MENTIONS, build_request, launch
+from cogs._launch import build_request, launch
 
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot
@@ -52,11 +51,10 @@ class Imagine(commands.Cog):
         image: discord.Attachment | None = None,
     ) -> None:
         set_failure_note(interaction, NOTHING_CHARGED)
-        # Acknowledge first: everything after this may take longer than Discord's 3 s.
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
+
+        async def prepare() -> GenerationRequest:
             input_image = await self._input_image(image) if image is not None else None
-            request = build_request(
+            return build_request(
                 interaction,
                 prompt=prompt,
                 aspect_ratio=aspect_ratio.value if aspect_ratio else "1:1",
@@ -64,12 +62,10 @@ class Imagine(commands.Cog):
                 seed=seed,
                 input_image_url=input_image,
             )
-        except RequestRefused as refusal:
-            await interaction.followup.send(
-                str(refusal), ephemeral=True, allowed_mentions=NO_MENTIONS
-            )
-            return
-        await launch(self.bot, interaction, request)
+
+        # Not deferred: admission is decided first, so a refusal stays private and the job's
+        # status is this interaction's own public response.
+        await launch(self.bot, interaction, prepare)
 
     async def _input_image(self, image: discord.Attachment) -> str:
         """Check the attachment is what the model's image field takes; return its URL, which is

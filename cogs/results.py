@@ -21,8 +21,7 @@ import discord
 from bot.discord_ui import embeds
 from bot.discord_ui.errors import reply_privately, reporting_failures, set_failure_note
 from bot.discord_ui.members import can_moderate
-from bot.errors import RequestRefused
-from bot.generation.models import PROMPT_MAX_LENGTH, Job
+from bot.generation.models import PROMPT_MAX_LENGTH, GenerationRequest, Job
 from bot.generation.service import NOTHING_CHARGED
 from cogs._client import bot_of
 from cogs._launch import NO_MENTIONS, build_request, launch
@@ -89,7 +88,6 @@ class JobButton(
             return
         bot = bot_of(interaction)
         if self.action == "reroll":
-            await interaction.response.defer(ephemeral=True, thinking=True)
             await _generate(bot, interaction, job, prompt=job.prompt, seed=None)
         elif self.action == "vary":
             await interaction.response.send_modal(vary_modal(job))
@@ -104,8 +102,10 @@ class JobButton(
 async def _generate(
     bot: PixelDojoBot, interaction: discord.Interaction, job: Job, *, prompt: str, seed: int | None
 ) -> None:
-    try:
-        request = build_request(
+    """A new job built on `job`, shown in this interaction's own response (see `launch`)."""
+
+    async def prepare() -> GenerationRequest:
+        return build_request(
             interaction,
             prompt=prompt,
             aspect_ratio=job.aspect_ratio,
@@ -114,10 +114,8 @@ async def _generate(
             parent_job_id=job.id,
             input_image_url=job.input_image_url,
         )
-    except RequestRefused as refusal:
-        await interaction.followup.send(str(refusal), ephemeral=True, allowed_mentions=NO_MENTIONS)
-        return
-    await launch(bot, interaction, request)
+
+    await launch(bot, interaction, prepare)
 
 
 async def _delete(bot: PixelDojoBot, interaction: discord.Interaction, job: Job) -> None:
@@ -193,7 +191,6 @@ def submitted_text(components: Any, custom_id: str) -> str | None:
 async def _vary(interaction: discord.Interaction, job_id: int) -> None:
     """A submitted Vary form: generate from the new prompt with the original seed."""
     set_failure_note(interaction, NOTHING_CHARGED)
-    await interaction.response.defer(ephemeral=True, thinking=True)
     job = await _load_job(interaction, job_id)
     if job is None:
         return

@@ -181,10 +181,27 @@ class Harness:
         return record
 
     async def reply(self, record: InteractionRecord, timeout: float = 10) -> MessageRecord:
-        """The first follow-up the bot sent for a deferred interaction."""
-        if not record.followups:
-            await self.double.wait_for(lambda _event: bool(record.followups), timeout)
-        return record.followups[0]
+        """The bot's first answer with something in it: the response itself, or for a
+        deferred one ("thinking…"), the first follow-up."""
+
+        def answer() -> MessageRecord | None:
+            if record.followups:
+                return record.followups[0]
+            original = record.original  # a component's own message when answered with an update
+            if (
+                original is not None
+                and original.interaction_id == record.id
+                and not original.loading
+                and not original.deleted
+            ):
+                return original
+            return None
+
+        if answer() is None:
+            await self.double.wait_for(lambda _event: answer() is not None, timeout)
+        found = answer()
+        assert found is not None
+        return found
 
     async def result_for(self, job_id: int, timeout: float = 10) -> MessageRecord:
         """The result message of job `job_id` (images attached, footer names the job), once
@@ -243,11 +260,21 @@ def job_id_of(message: MessageRecord) -> int:
     return job_id
 
 
-async def queued_job_id(harness: Harness, record: InteractionRecord) -> int:
-    """The job number the bot told the member about after `/imagine`."""
+async def outcome_text(harness: Harness, record: InteractionRecord) -> str:
+    """After `/imagine`: "Job #N" when it started (its public status names it), else the
+    member's private answer saying why not."""
     reply = await harness.reply(record)
-    assert reply.content and reply.content.startswith("Job #"), reply.content
-    return int(reply.content.split()[1].lstrip("#"))
+    if not reply.ephemeral:
+        return f"Job #{job_id_of(reply)}"
+    return reply.content or ""
+
+
+async def queued_job_id(harness: Harness, record: InteractionRecord) -> int:
+    """The job `/imagine` (or Reroll, Vary) started: its public status is the interaction's own
+    response, named by its footer."""
+    reply = await harness.reply(record)
+    assert not reply.ephemeral, f"refused: {reply.content}"
+    return job_id_of(reply)
 
 
 class BotProcess:

@@ -40,8 +40,9 @@ async def test_a_dropped_connection_while_posting_is_retried(harness: Harness) -
     await harness.double.wait_for_message(
         lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨")
     )
-    # The next post to the channel (the result) hits a broken connection.
-    harness.double.drop_connections("POST", rf"/channels/{CHANNEL_ID}/messages")
+    # The next edit of the job's message (the result) hits a broken connection.
+    original = r"/webhooks/\d+/[^/]+/messages/@original"
+    harness.double.drop_connections("PATCH", original, with_files=True)
     finish_jobs(harness.api)
 
     job = await asyncio.wait_for(harness.bot.services.runner.wait_finished(job_id), 10)
@@ -49,8 +50,9 @@ async def test_a_dropped_connection_while_posting_is_retried(harness: Harness) -
     assert job.credits_charged == 1
     result = await harness.result_for(job_id)
     assert job.result_message_id == result.id
-    posts = harness.double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages")
-    assert [r.status for r in posts[-2:]] == [0, 200]  # dropped (never answered), then posted
+    edits = harness.double.requests_to("PATCH", original)
+    assert [r.status for r in edits if r.status != 200] == [0]  # dropped (never answered)
+    assert edits[-1].status == 200  # ... then the result went in
     assert [m.id for m in harness.double.channel_messages(CHANNEL_ID) if m.attachments] == [
         result.id
     ]
@@ -173,8 +175,8 @@ async def test_member_hears_of_a_deleted_channel_through_the_interaction(
     record, job_id = await job_in_a_channel_that_is_then_deleted(harness)
     await finish_into_the_void(harness, job_id)
 
-    assert len(record.followups) == 2  # "Job #1 is queued", then this
-    notice = record.followups[1]
+    assert len(record.followups) == 1  # the status was the response itself
+    notice = record.followups[0]
     assert notice.ephemeral
     assert f"Job #{job_id}" in (notice.content or "")
     assert "2 credits were refunded" in notice.embeds[0]["description"]
@@ -191,7 +193,7 @@ async def test_member_hears_of_a_deleted_channel_by_dm_once_the_token_expired(
     harness.double.interaction_token_ttl = 0  # the 15 minutes are over
     await finish_into_the_void(harness, job_id)
 
-    assert len(record.followups) == 1
+    assert record.followups == []
     dm = harness.double.world.dm_channel_for(ALICE_ID)
     (notice,) = harness.double.channel_messages(dm)
     assert f"Job #{job_id}" in (notice.content or "")

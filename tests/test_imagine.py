@@ -18,6 +18,7 @@ from tests.helpers import (
     GUILD_ID,
     Harness,
     footer_has,
+    job_id_of,
     queued_job_id,
     title_of,
 )
@@ -34,10 +35,12 @@ async def used_credits(harness: Harness, user_id: int) -> int:
 @pytest.mark.parametrize("ratio", ASPECT_RATIOS)
 async def test_each_ratio_posts_images_of_that_shape(harness: Harness, ratio: str) -> None:
     record = await harness.imagine("a red fox in snow", aspect_ratio=ratio, num_outputs=2)
-    assert record.response_type == 5 and record.ephemeral  # deferred, privately
+    assert record.response_type == 4 and not record.ephemeral  # the public status, at once
     job_id = await queued_job_id(harness, record)
     result = await harness.result_for(job_id)
 
+    # One message per job: the result is the interaction's own response, edited.
+    assert record.original is not None and result.id == record.original.id
     assert len(result.attachments) == 2
     for attachment in result.attachments:
         with Image.open(io.BytesIO(attachment.data)) as image:
@@ -52,38 +55,29 @@ async def test_each_ratio_posts_images_of_that_shape(harness: Harness, ratio: st
     assert result.allowed_mentions == {"parse": []}
     assert result.channel_id == CHANNEL_ID
     assert await used_credits(harness, ALICE_ID) == 2
-    # The status message is cleaned up once the result is posted.
-    status = next(
-        m
-        for m in harness.double.messages.values()
-        if footer_has(m, f"Job #{job_id}") and not m.attachments
-    )
-    if not status.deleted:
-        await harness.double.wait_for(
-            lambda e: (
-                e.kind == "message_delete" and e.message is not None and e.message.id == status.id
-            )
-        )
+    assert harness.double.requests_to("POST", r"/channels/\d+/messages$") == []
+    assert [m.id for m in harness.double.messages.values() if footer_has(m, f"Job #{job_id}")] == [
+        result.id
+    ]
 
 
 async def test_acknowledges_fast_and_shows_a_moving_status(harness: Harness) -> None:
     harness.api.set_duration(3600)  # generating until the test has seen it say so
     record = await harness.imagine("slow clouds")
-    # Deferred within Discord's 3 s (the double refuses a later acknowledgement) ...
-    assert record.response_type == 5 and record.rejected_callbacks == []
+    # Answered within Discord's 3 s (the double refuses a later acknowledgement) with the
+    # job's public status, admission already decided ...
+    assert record.response_type == 4 and record.rejected_callbacks == []
     job_id = await queued_job_id(harness, record)
     status = await harness.double.wait_for_message(
         lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨 Generating")
     )
-    # ... and before any slow work: the status post and the PixelDojo submission came after.
-    [submitted_at] = [at for method, _, _, at in harness.api.request_log if method == "POST"]
-    assert record.responded_at is not None
-    assert record.responded_at < status.created_at < submitted_at
+    assert record.original is not None and status.id == record.original.id
     assert status.allowed_mentions == {"parse": []}
+    # ... edited through the interaction webhook, never costing the channel's message budget.
+    assert status.edits and all(edit.source == "webhook" for edit in status.edits)
     harness.api.finish_jobs()
     await harness.result_for(job_id)
-    titles = [edit["embeds"][0]["title"] for edit in status.edits if edit.get("embeds")]
-    assert titles[0].startswith(("⏳", "🎨"))
+    titles = [edit["embeds"][0].get("title", "") for edit in status.edits if edit.get("embeds")]
     assert any(t.startswith("🎨 Generating") for t in titles)
 
 
@@ -184,8 +178,9 @@ async def test_concurrent_commands_from_several_members(harness: Harness) -> Non
     records = await asyncio.gather(
         *(harness.imagine(f"scene {i}", user_id=user) for i, user in enumerate(members))
     )
-    # Each deferred within Discord's 3 s: the double refuses later acknowledgements.
-    assert all(r.response_type == 5 and r.rejected_callbacks == [] for r in records)
+    # Each answered within Discord's 3 s (the double refuses later acknowledgements) with
+    # its public status: admission was decided first.
+    assert all(r.response_type == 4 and r.rejected_callbacks == [] for r in records)
     job_ids = [await queued_job_id(harness, r) for r in records]
     assert len(set(job_ids)) == len(members)
     results = await asyncio.gather(*(harness.result_for(j, timeout=20) for j in job_ids))
@@ -209,8 +204,11 @@ async def test_credits_command_shows_use(harness: Harness) -> None:
     assert fields["Resets"].startswith("<t:")
 
 
-async def test_busy_channel_status_edits_stay_under_discords_limit(harness: Harness) -> None:
-    # Discord allows about 5 message edits per 5 s in a channel; the double enforces that here.
+async def test_a_busy_channel_spends_none_of_its_message_budget_on_jobs(harness: Harness) -> None:
+    # Discord allows about 5 message creates and 5 edits per 5 s in a channel; the double
+    # enforces that here. A job's message is its interaction's response, edited through the
+    # interaction webhook, which Discord limits per token instead.
+    harness.double.rate_limit("POST", r"/channels/\d+/messages", limit=5, per=5)
     harness.double.rate_limit("PATCH", r"/channels/\d+/messages/\d+", limit=5, per=5)
     harness.api.set_duration(1.5)
     members = [ALICE_ID, BOB_ID, CAROL_ID] * 2
@@ -218,9 +216,12 @@ async def test_busy_channel_status_edits_stay_under_discords_limit(harness: Harn
         *(harness.imagine(f"busy {i}", user_id=user) for i, user in enumerate(members))
     )
     job_ids = [await queued_job_id(harness, r) for r in records]
-    await asyncio.gather(*(harness.result_for(j, timeout=20) for j in job_ids))
-    edits = harness.double.requests_to("PATCH", rf"/channels/{CHANNEL_ID}/messages/\d+")
-    assert edits, "members saw progress"
+    results = await asyncio.gather(*(harness.result_for(j, timeout=20) for j in job_ids))
+    assert [r.id for r in results] == [r.original.id for r in records if r.original]
+    assert harness.double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages") == []
+    assert harness.double.requests_to("PATCH", rf"/channels/{CHANNEL_ID}/messages/\d+") == []
+    progress = harness.double.requests_to("PATCH", r"/webhooks/\d+/[^/]+/messages/@original")
+    assert len(progress) > len(job_ids), "members saw progress, not only their results"
     assert harness.double.rate_limited_count == 0
 
 
@@ -236,33 +237,32 @@ async def test_channel_where_the_bot_cannot_post_refuses_up_front(harness: Harne
     assert await used_credits(harness, ALICE_ID) == 0
 
 
-async def test_discord_refusing_the_status_message_is_not_blamed_on_permissions(
-    harness: Harness,
-) -> None:
+async def test_a_channel_out_of_message_budget_still_gets_every_job(harness: Harness) -> None:
     harness.double.rate_limit("POST", rf"/channels/{CHANNEL_ID}/messages", limit=0, per=0.2)
-    reply = await harness.reply(await harness.imagine("busy busy"), timeout=60)
-    assert "try again in a moment" in (reply.content or "")
-    assert harness.api.submissions == []
-    assert await used_credits(harness, ALICE_ID) == 0
+    record = await harness.imagine("busy busy")
+    result = await harness.result_for(await queued_job_id(harness, record))
+    assert record.original is not None and result.id == record.original.id
+    assert harness.double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages") == []
+    assert await used_credits(harness, ALICE_ID) == 1
 
 
-async def test_status_post_forbidden_anyway_is_refunded(harness: Harness) -> None:
-    """Permissions can change between the interaction and the post: refund then too."""
-    original = harness.bot.services.generation.reserve
-
-    async def reserve_then_lose_permission(request):
-        job = await original(request)
-        channel = harness.double.guilds[GUILD_ID].channel(CHANNEL_ID)
-        assert channel is not None
-        bot_id = str(harness.double.bot_user_id)
-        channel.permission_overwrites.append(
-            {"id": bot_id, "type": 1, "allow": "0", "deny": str(1 << 11)}
-        )
-        return job
-
-    harness.bot.services.generation.reserve = reserve_then_lose_permission  # type: ignore[method-assign]
-    reply = await harness.reply(await harness.imagine("moving target"))
-    assert "can't post in this channel" in (reply.content or "")
-    assert "credits were not used" in (reply.content or "")
-    assert harness.api.submissions == []
-    assert await used_credits(harness, ALICE_ID) == 0
+async def test_a_status_discord_would_not_take_never_costs_the_job(harness: Harness) -> None:
+    """The response is refused (here: too late for Discord's 3 s): the job runs anyway, and its
+    result gets the one channel message the job then uses."""
+    harness.double.interaction_ack_timeout = 0
+    record = await harness.double.slash(
+        "imagine",
+        {"prompt": "late but fine"},
+        user_id=ALICE_ID,
+        guild_id=GUILD_ID,
+        channel_id=CHANNEL_ID,
+    )
+    await harness.double.wait_until(lambda: bool(record.rejected_callbacks))
+    result = await harness.double.wait_for_message(
+        lambda m: bool(m.attachments) and m.embeds[0].get("description") == "late but fine"
+    )
+    await harness.finished(job_id_of(result))
+    assert record.original is None
+    [post] = harness.double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages")
+    assert post.status == 200
+    assert await used_credits(harness, ALICE_ID) == 1

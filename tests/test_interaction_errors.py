@@ -111,24 +111,27 @@ async def test_a_failing_mod_command_says_nothing_about_charges(
 async def test_an_error_after_the_job_started_says_it_runs(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    launch, submit = harness.bot.services.generation.launch, harness.bot.services.pixeldojo.submit
+    presenter, submit = harness.bot.presenter, harness.bot.services.pixeldojo.submit
+    publish = presenter.publish
     answered = asyncio.Event()  # the job stays with the bot until the member has the reply
 
-    async def launch_then_fail(*args: Any, **kwargs: Any) -> Any:
-        await launch(*args, **kwargs)
+    async def publish_then_fail(*args: Any, **kwargs: Any) -> Any:
+        await publish(*args, **kwargs)
         raise Boom("after the job was handed to the runner")
 
     async def submit_after_the_reply(*args: Any, **kwargs: Any) -> Any:
         await answered.wait()
         return await submit(*args, **kwargs)
 
-    monkeypatch.setattr(harness.bot.services.generation, "launch", launch_then_fail)
+    monkeypatch.setattr(presenter, "publish", publish_then_fail)
     monkeypatch.setattr(harness.bot.services.pixeldojo, "submit", submit_after_the_reply)
-    reply = await private_reply(harness, await harness.imagine("a paper boat"))
+    record = await harness.imagine("a paper boat")
+    await harness.double.wait_until(lambda: bool(record.followups))  # after the status
+    reply = await private_reply(harness, record)
     answered.set()
     job = (await harness.bot.services.store.recent_for_user(GUILD_ID, ALICE_ID, limit=1))[0]
     assert reply.content == (
-        f"{APOLOGY} Job #{job.id} is still running and its status message is in the channel; "
+        f"{APOLOGY} Job #{job.id} is still running and its result will be posted in the channel; "
         "you are only charged if it posts images."
     )
     result = await harness.result_for(job.id)  # and it does run, once

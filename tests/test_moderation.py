@@ -26,6 +26,7 @@ from tests.helpers import (
     OTHER_GUILD_OWNER_ID,
     OWNER_ID,
     Harness,
+    outcome_text,
     queued_job_id,
 )
 from tests.python_re_guard import forbid_python_re
@@ -87,10 +88,8 @@ async def mod_message(
 
 
 async def imagine(harness: Harness, prompt: str = "a lighthouse at dawn", **options: Any) -> str:
-    """Run `/imagine`; the member's private answer ("Job #… is queued" or why not)."""
-    reply = await harness.reply(await harness.imagine(prompt, **options))
-    assert reply.ephemeral
-    return reply.content or ""
+    """Run `/imagine`: "Job #N" when it started, else why not (`outcome_text`)."""
+    return await outcome_text(harness, await harness.imagine(prompt, **options))
 
 
 def submitted(harness: Harness, text: str) -> bool:

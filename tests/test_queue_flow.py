@@ -39,6 +39,8 @@ from tests.helpers import (
     Harness,
     final_job_state,
     footer_has,
+    job_id_of,
+    outcome_text,
     settings_for,
     title_of,
 )
@@ -47,11 +49,9 @@ from tests.helpers import (
 async def ask(
     harness: Harness, prompt: str, user_id: int = ALICE_ID, channel_id: int = CHANNEL_ID
 ) -> str:
-    """Run `/imagine`; the member's private answer ("Job #… is queued" or why not)."""
+    """Run `/imagine`: "Job #N" when it started, else why not (`outcome_text`)."""
     record = await harness.imagine(prompt, user_id=user_id, channel_id=channel_id)
-    reply = await harness.reply(record)
-    assert reply.ephemeral
-    return reply.content or ""
+    return await outcome_text(harness, record)
 
 
 def job_of(answer: str) -> int:
@@ -60,11 +60,11 @@ def job_of(answer: str) -> int:
 
 
 def status_message(double: DiscordDouble, job_id: int) -> MessageRecord:
-    return next(
-        m
-        for m in double.messages.values()
-        if footer_has(m, f"Job #{job_id}") and not m.attachments and not m.ephemeral
-    )
+    """The job's one public message (its status, then its result)."""
+    [message] = [
+        m for m in double.messages.values() if footer_has(m, f"Job #{job_id}") and not m.ephemeral
+    ]
+    return message
 
 
 def position_of(message: MessageRecord) -> str | None:
@@ -320,9 +320,8 @@ async def test_killed_mid_queue_resumes_the_queue_after_the_crash(
             channel_id=CHANNEL_ID,
         )
         await record.wait_for_response(timeout=5)
-        if not record.followups:
-            await double.wait_for(lambda _e, r=record: bool(r.followups), 10)
-        job_ids.append(job_of(record.followups[0].content or ""))
+        assert record.original is not None  # the job's public status
+        job_ids.append(job_id_of(record.original))
     for job_id in job_ids[:2]:
         await double.wait_for_message(
             lambda m, j=job_id: footer_has(m, f"Job #{j}") and title_of(m).startswith("🎨")
@@ -362,7 +361,7 @@ async def test_a_rate_limited_submit_stays_queued_and_is_posted_later(
     assert result.embeds[0]["description"] == "patience"
     assert f"job {job_id}: PixelDojo is rate limiting; queued again" in caplog.text
     status = status_message(harness.double, job_id)
-    titles = [e["embeds"][0]["title"] for e in status.edits if e.get("embeds")]
+    titles = [e["embeds"][0].get("title", "") for e in status.edits if e.get("embeds")]
     assert not any(t.startswith("❌") for t in titles)  # never shown as a failure
     accepted = [r for r in harness.api.request_log if r[0] == "POST" and r[2] == 202]
     assert len(accepted) == 1

@@ -80,7 +80,9 @@ async def test_vary_opens_a_modal_and_keeps_the_seed(harness: Harness) -> None:
     varied = await harness.result_for(await queued_job_id(harness, submit))
     assert varied.embeds[0]["description"] == "a paper boat at night"
     assert harness.api.submissions[-1]["seed"] == 1234
-    assert len(submit.responses) == 1 and len(submit.followups) == 1  # answered once
+    # Answered once, with the new job's own public message, where its result landed.
+    assert len(submit.responses) == 1 and submit.followups == []
+    assert submit.original is not None and varied.id == submit.original.id
 
 
 async def test_vary_form_opened_before_a_restart_still_works(
@@ -111,9 +113,8 @@ async def test_vary_form_opened_before_a_restart_still_works(
             channel_id=CHANNEL_ID,
         )
         reply = await submit.wait_for_response()
-        assert reply["type"] == 5  # deferred: the submit was answered, not dropped
-        await double.wait_until(lambda: bool(submit.followups))
-        assert (submit.followups[0].content or "").startswith("Job #")
+        assert reply["type"] == 4  # answered with the new job's status, not dropped
+        assert submit.original is not None and job_id_of(submit.original) != job_id
         varied = await double.wait_for_message(
             lambda m: (
                 bool(m.attachments) and m.embeds[0]["description"] == "a paper boat in a storm"
@@ -265,6 +266,6 @@ async def test_image_attachment_of_the_wrong_type_is_refused(
             channel_id=CHANNEL_ID,
         )
         await record.wait_for_response()
-        await double.wait_until(lambda: bool(record.followups))
-    assert "notes.pdf" in (record.followups[0].content or "")
+    assert record.ephemeral and record.original is not None  # refused privately, at once
+    assert "notes.pdf" in (record.original.content or "")
     assert api.submissions == []

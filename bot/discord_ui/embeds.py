@@ -51,20 +51,49 @@ def _plural(count: int, word: str) -> str:
 
 
 def status(
-    job: Job, phase: Phase, elapsed: float, queue: QueuePosition | None = None
+    job: Job,
+    phase: Phase,
+    elapsed: float,
+    queue: QueuePosition | None = None,
+    expected: float | None = None,
 ) -> discord.Embed:
-    """The message that moves while a job runs; while it waits, its place in the queue."""
+    """The message that moves while a job runs: while it waits, its place in the queue; while
+    it generates, a progress bar against `expected` (the learned typical duration)."""
     title = _PHASE_TITLES[phase]
     if phase is Phase.GENERATING:
         title += f" · {elapsed:.0f} s"
     embed = discord.Embed(title=title, description=_member(job.prompt, 300), colour=BRAND)
     if phase is Phase.QUEUED and queue is not None:
         embed.add_field(name="Position", value=queue_position_text(queue), inline=False)
+    if phase is Phase.GENERATING:
+        embed.add_field(name="Progress", value=progress_text(elapsed, expected), inline=False)
     embed.add_field(name="Aspect ratio", value=job.aspect_ratio)
     embed.add_field(name="Images", value=str(job.num_outputs))
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>")
     embed.set_footer(text=f"{job_marker(job)} · {MODEL_NAME}")
     return embed
+
+
+PROGRESS_CELLS = 12
+PROGRESS_CAP = 0.95
+"""The bar never looks finished before the images are: past the estimate it stops here."""
+
+
+def progress_text(elapsed: float, expected: float | None) -> str:
+    """Like "▰▰▰▰▱▱▱▱▱▱▱▱ 35% · about 6 s left", honest when the estimate is passed ("any moment
+    now") or not known yet (just the time so far)."""
+    if expected is None or expected <= 0:
+        return f"Started {elapsed:.0f} s ago; I'll know how long jobs take after a few more."
+    share = max(0.0, elapsed / expected)
+    if share >= PROGRESS_CAP:
+        return f"{_bar(PROGRESS_CAP)} any moment now"
+    left = max(1, round(expected - elapsed))
+    return f"{_bar(share)} {share:.0%} · about {left} s left"
+
+
+def _bar(share: float) -> str:
+    filled = min(PROGRESS_CELLS, max(0, round(share * PROGRESS_CELLS)))
+    return "▰" * filled + "▱" * (PROGRESS_CELLS - filled)
 
 
 def queue_position_text(queue: QueuePosition) -> str:

@@ -1,14 +1,18 @@
-"""Shows jobs in Discord: the status message, the result post and failures.
+"""Shows jobs in Discord: one public message per job, from its status to its result.
 
-Everything goes through the channel (`channel.send`, message edits by id), not through an
-interaction token, so it works after the 15-minute token lifetime and after a restart. Only
-when the channel itself can no longer be posted in (deleted, or the bot lost access) does a
-failure notice go privately to the member: through the interaction that started the job
-while its token lives, else by DM.
+A job started from an interaction is shown in that interaction's public response, and every
+later change (progress, the result with its images and buttons, a failure, a cancel) is an edit
+of that one message (`bot.discord_ui.job_messages` decides the route: the interaction webhook
+while its token lives, the channel after). A job with no message to edit (the response could
+not be sent, or the message was deleted) gets one channel message for its outcome. Only when
+the channel itself can no longer be posted in (deleted, or the bot lost access) does a failure
+notice go privately to the member: through the interaction while its token lives, else by DM.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import io
 import logging
@@ -21,6 +25,7 @@ import aiohttp
 import discord
 
 from bot.discord_ui import embeds
+from bot.discord_ui.job_messages import JobMessage, JobMessages, NoJobMessage
 from bot.discord_ui.status_edits import StatusEditQueue
 from bot.generation.models import Job
 from bot.generation.runner import DeliveryError, Phase, QueuePosition, ResultImage
@@ -35,12 +40,21 @@ _RECOVERY_SCAN = 500
 
 
 @dataclass(frozen=True)
-class _Origin:
-    """How to reach the member who started a job privately: the interaction's follow-up
-    webhook. It holds the interaction token, so it stays in memory and is never logged."""
+class _Shown:
+    """The status a job's message should show."""
 
-    followup: discord.Webhook
-    expires_at: datetime.datetime
+    phase: Phase
+    elapsed: float
+    queue: QueuePosition | None = None
+
+
+@dataclass
+class _Running:
+    """A generating job whose progress bar moves on its own between polls."""
+
+    job: Job
+    started: float
+    """`clock()` when PixelDojo accepted it."""
 
 
 class DiscordPresenter:
@@ -53,25 +67,38 @@ class DiscordPresenter:
         edit_interval: float = 3.0,
         view_factory: Callable[[Job], discord.ui.View | None] | None = None,
         queued_view_factory: Callable[[Job], discord.ui.View | None] | None = None,
+        expected_duration: Callable[[], float | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        messages: JobMessages | None = None,
     ) -> None:
         self.client = client
         self.edit_interval = edit_interval
         self.view_factory = view_factory
         self.queued_view_factory = queued_view_factory
+        self.expected_duration = expected_duration or (lambda: None)
         self.clock = clock
+        self.messages = messages or JobMessages()
         self.edits = StatusEditQueue(clock=clock)
         self._last_edit: dict[int, tuple[float, Phase]] = {}
-        self._origins: dict[int, _Origin] = {}
+        self._running: dict[int, _Running] = {}
+        self._ticker: asyncio.Task[None] | None = None
 
     async def aclose(self) -> None:
-        """Stop the status edit queues (pending progress edits are dropped)."""
+        """Stop the progress ticker and the edit queues (pending progress edits are dropped)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
         await self.edits.close()
 
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
 
-    def _filesize_limit(self, job: Job) -> int:
+    def _filesize_limit(self, job: Job, handle: JobMessage | None) -> int:
+        """The interaction's own upload limit when known (it is the channel's real one), else
+        the guild's boost tier's."""
+        if handle is not None and handle.filesize_limit:
+            return handle.filesize_limit
         guild = self.client.get_guild(job.guild_id) if job.guild_id else None
         return guild.filesize_limit if guild is not None else DEFAULT_FILESIZE_LIMIT
 
@@ -79,14 +106,111 @@ class DiscordPresenter:
         """The buttons on a waiting job's status message (Cancel), if any."""
         return self.queued_view_factory(job) if self.queued_view_factory else None
 
+    # -- the interaction's response -------------------------------------------------------------
+
+    def open(self, job: Job, interaction: discord.Interaction) -> None:
+        """Before the job is handed to the runner: its message will be `interaction`'s
+        response, so anything the runner shows before that response is sent waits for it."""
+        shown = _Shown(Phase.QUEUED, 0.0)
+        first = self._status_parts(job, shown)  # built first: if it can't be, nothing started
+        handle = self.messages.open(job.id, job.channel_id, interaction)
+        handle.shown = shown
+        handle.first = first
+
+    async def publish(self, job: Job, *, deferred: bool) -> int | None:
+        """Send the job's status as its interaction's public response (or fill the deferred
+        one); return the message id, or None if Discord did not take it (the job still runs:
+        its outcome then gets a channel message)."""
+        handle = self.messages.get(job.id)
+        if handle is None or handle.interaction is None:
+            return None
+        interaction = handle.interaction
+        shown = handle.shown
+        embed, view = handle.first
+        kwargs: dict[str, Any] = {"view": view} if view is not None else {}
+        try:
+            if deferred:
+                message = await interaction.edit_original_response(
+                    embed=embed, allowed_mentions=NO_MENTIONS, **kwargs
+                )
+                handle.message_id = message.id
+            else:
+                response = await interaction.response.send_message(
+                    embed=embed, allowed_mentions=NO_MENTIONS, **kwargs
+                )
+                handle.message_id = response.message_id
+        except discord.HTTPException as exc:
+            log.warning(
+                "job %d: Discord did not take the status message (%s); the job runs anyway",
+                job.id,
+                exc,
+            )
+            handle.token_gone = True
+        finally:
+            if not handle.sent.done():
+                handle.sent.set_result(None)
+        if handle.message_id is not None and handle.shown is not shown and not handle.ended:
+            latest = handle.shown
+            if isinstance(latest, _Shown):  # it moved while the response was on its way
+                self._queue_edit(job, handle, latest, urgent=True)
+        return handle.message_id
+
+    def forget(self, job_id: int) -> None:
+        """The job was abandoned before it could be shown."""
+        self.messages.close(job_id)
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def _status_parts(
+        self, job: Job, shown: _Shown
+    ) -> tuple[discord.Embed, discord.ui.View | None]:
+        expected = self.expected_duration() if shown.phase is Phase.GENERATING else None
+        embed = embeds.status(job, shown.phase, shown.elapsed, shown.queue, expected)
+        # Cancel only while waiting: the first edit after the job starts removes the button.
+        view = self.queued_view(job) if shown.phase is Phase.QUEUED else None
+        return embed, view
+
+    def _edit_key(self, job: Job, handle: JobMessage | None) -> int:
+        """The edit queue a job's edits wait in: its own while they go through its token
+        (Discord limits those per token), the channel's once they go through the channel."""
+        return -job.id if self.messages.usable_token(handle) else job.channel_id
+
+    def _queue_edit(
+        self, job: Job, handle: JobMessage | None, shown: _Shown, *, urgent: bool
+    ) -> None:
+        embed, view = self._status_parts(job, shown)
+        channel = self._channel(job)
+        stored_id = job.status_message_id
+
+        async def send() -> None:
+            if handle is not None and handle.ended:
+                return  # the outcome is on its way: never show progress over it
+            await self.messages.edit(
+                handle, channel, stored_id, embed=embed, view=view, allowed_mentions=NO_MENTIONS
+            )
+
+        self.edits.tick(self._edit_key(job, handle), job.id, send, urgent=urgent)
+
     async def show_status(
         self, job: Job, phase: Phase, elapsed: float, queue: QueuePosition | None = None
     ) -> None:
         """Queue a progress edit: at most one per `edit_interval` per job unless the phase
         changed or the job moved in the queue, and never waited on, so a slow or
         rate-limited Discord never delays a job. Edits are coalesced per message and sent
-        within the channel's budget (`StatusEditQueue`), however often the queue moves."""
-        if job.status_message_id is None:
+        within the route's budget (`StatusEditQueue`), however often the queue moves. While a
+        job generates, its progress bar keeps moving between the runner's calls."""
+        handle = self.messages.get(job.id)
+        if handle is not None and handle.ended:
+            return
+        if phase is Phase.GENERATING:
+            self._track_progress(job, elapsed)
+        else:
+            self._running.pop(job.id, None)
+        shown = _Shown(phase, elapsed, queue)
+        if handle is not None and not handle.sent.done():
+            handle.shown = shown  # `publish` shows the newest once the response is sent
+            return
+        if (handle is None or handle.message_id is None) and job.status_message_id is None:
             return
         now = self.clock()
         last = self._last_edit.get(job.id)
@@ -96,47 +220,83 @@ class DiscordPresenter:
         # A job that starts (or finishes) says so before the queue's place-in-line updates.
         urgent = phase is not Phase.QUEUED and (last is None or last[1] != phase)
         self._last_edit[job.id] = (now, phase)
-        message = self._channel(job).get_partial_message(job.status_message_id)
-        embed = embeds.status(job, phase, elapsed, queue)
-        # Cancel only while waiting: the first edit after the job starts removes the button.
-        view = self.queued_view(job) if phase is Phase.QUEUED else None
-        self.edits.tick(
-            job.channel_id,
-            job.status_message_id,
-            lambda: message.edit(embed=embed, view=view, allowed_mentions=NO_MENTIONS),
-            urgent=urgent,
-        )
+        self._queue_edit(job, handle, shown, urgent=urgent)
+
+    def _track_progress(self, job: Job, elapsed: float) -> None:
+        running = self._running.get(job.id)
+        if running is None:
+            self._running[job.id] = _Running(job, self.clock() - elapsed)
+        else:
+            running.job = job
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick_progress(), name="status-progress")
+
+    async def _tick_progress(self) -> None:
+        """Move every generating job's progress bar once per `edit_interval`."""
+        while self._running:
+            await asyncio.sleep(self.edit_interval)
+            for running in list(self._running.values()):
+                job = running.job
+                handle = self.messages.get(job.id)
+                if handle is not None and handle.ended:
+                    self._running.pop(job.id, None)
+                    continue
+                try:
+                    await self.show_status(job, Phase.GENERATING, self.clock() - running.started)
+                except Exception:
+                    log.exception("job %d: could not move its progress bar", job.id)
+
+    def _ended(self, job: Job) -> JobMessage | None:
+        """The job's outcome is about to be shown: stop its progress edits."""
+        self._last_edit.pop(job.id, None)
+        self._running.pop(job.id, None)
+        handle = self.messages.get(job.id)
+        if handle is not None:
+            handle.ended = True
+        return handle
+
+    async def _final_edit(self, job: Job, handle: JobMessage | None, **fields: Any) -> int:
+        """Edit the job's message one last time, after any progress edit still waiting, and
+        wait until Discord took it. Raises `NoJobMessage` if there is no message to edit."""
+        if handle is not None:
+            await handle.wait_sent()
+        if (handle is None or handle.message_id is None) and job.status_message_id is None:
+            if not self.messages.usable_token(handle):
+                raise NoJobMessage
+        channel = self._channel(job)
+        edited: list[int] = []
+
+        async def send() -> None:
+            edited.append(
+                await self.messages.edit(handle, channel, job.status_message_id, **fields)
+            )
+
+        key = self._edit_key(job, handle)
+        try:
+            await self.edits.final(key, job.id, send)
+        finally:
+            self.edits.forget(-job.id, job.id)
+            self.edits.forget(job.channel_id, job.id)
+            self.edits.discard(-job.id)
+        return edited[0]
 
     async def show_cancelled(self, job: Job) -> None:
-        """Say on the status message that the queued job was cancelled and refunded (an edit
-        that lands after any progress edit still waiting)."""
-        self._last_edit.pop(job.id, None)
-        self._origins.pop(job.id, None)
-        embed = embeds.cancelled(job)
-        if job.status_message_id is None:
-            return
-        message = self._channel(job).get_partial_message(job.status_message_id)
-        await self.edits.final(
-            job.channel_id,
-            job.status_message_id,
-            lambda: message.edit(embed=embed, view=None, allowed_mentions=NO_MENTIONS),
-        )
-
-    def remember_interaction(self, job_id: int, interaction: discord.Interaction) -> None:
-        """Keep the interaction that started a job, so that a failure the channel can't show
-        still reaches the member (see `show_failure`). Forgotten when the job ends or the
-        token expires."""
-        now = discord.utils.utcnow()
-        for expired in [k for k, origin in self._origins.items() if origin.expires_at <= now]:
-            del self._origins[expired]
-        self._origins[job_id] = _Origin(interaction.followup, interaction.expires_at)
+        """Say on the job's message that the queued job was cancelled and refunded."""
+        handle = self._ended(job)
+        try:
+            await self._final_edit(
+                job, handle, embed=embeds.cancelled(job), view=None, allowed_mentions=NO_MENTIONS
+            )
+        except (NoJobMessage, discord.HTTPException) as exc:
+            log.info("job %d: could not show the cancel (%s)", job.id, exc)
+        finally:
+            self.messages.close(job.id)
 
     async def show_failure(self, job: Job, reason: str) -> None:
-        self._last_edit.pop(job.id, None)
-        origin = self._origins.pop(job.id, None)
+        handle = self._ended(job)
         embed = embeds.failure(job, reason)
         try:
-            await self._show_failure_in_channel(job, embed)
+            await self._show_failure_in_channel(job, handle, embed)
         except discord.HTTPException as exc:  # the channel is gone, or the bot lost access
             log.warning(
                 "job %d: could not show the failure in channel %d (%s); telling the member "
@@ -145,34 +305,34 @@ class DiscordPresenter:
                 job.channel_id,
                 exc,
             )
-            await self._tell_member_privately(job, origin, embed)
+            await self._tell_member_privately(job, handle, embed)
+        finally:
+            self.messages.close(job.id)
 
-    async def _show_failure_in_channel(self, job: Job, embed: discord.Embed) -> None:
-        channel = self._channel(job)
-        if job.status_message_id is not None:
-            message = channel.get_partial_message(job.status_message_id)
-            try:
-                await self.edits.final(
-                    job.channel_id,
-                    job.status_message_id,
-                    lambda: message.edit(embed=embed, view=None, allowed_mentions=NO_MENTIONS),
-                )
-                return
-            except discord.NotFound:
-                pass  # the status message was deleted: say it in a new message instead
-        await channel.send(embed=embed, allowed_mentions=NO_MENTIONS)
+    async def _show_failure_in_channel(
+        self, job: Job, handle: JobMessage | None, embed: discord.Embed
+    ) -> None:
+        try:
+            await self._final_edit(
+                job, handle, embed=embed, view=None, allowed_mentions=NO_MENTIONS
+            )
+            return
+        except (NoJobMessage, discord.NotFound):
+            pass  # no message, or it was deleted: say it in a new message instead
+        await self._channel(job).send(embed=embed, allowed_mentions=NO_MENTIONS)
 
     async def _tell_member_privately(
-        self, job: Job, origin: _Origin | None, embed: discord.Embed
+        self, job: Job, handle: JobMessage | None, embed: discord.Embed
     ) -> None:
         """An ephemeral follow-up while the interaction token lives (15 min), else a DM."""
         content = (
             f"I can't post in <#{job.channel_id}> any more, so here is what happened to "
             f"{embeds.job_marker(job)}."
         )
-        if origin is not None and discord.utils.utcnow() < origin.expires_at:
+        interaction = handle.interaction if handle is not None else None
+        if interaction is not None and discord.utils.utcnow() < interaction.expires_at:
             try:
-                await origin.followup.send(
+                await interaction.followup.send(
                     content, embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
                 )
                 return
@@ -184,25 +344,45 @@ class DiscordPresenter:
         except discord.HTTPException as exc:
             log.warning("job %d: could not DM the member either (%s)", job.id, exc)
 
+    # -- the result -----------------------------------------------------------------------------
+
     async def post_result(self, job: Job, images: list[ResultImage], elapsed: float) -> int:
+        """Put the images, the result embed and its buttons in the job's message (a new
+        channel message only if it has none); return that message's id."""
+        handle = self._ended(job)
         uploads = await fit_for_upload_async(
             [image.data for image in sorted(images, key=lambda i: i.index)],
-            file_limit=self._filesize_limit(job),
+            file_limit=self._filesize_limit(job, handle),
             stem=f"pixeldojo-{job.id}",
         )
-        files = [discord.File(_as_stream(u.data), filename=u.filename) for u in uploads]
+        embed = embeds.result(job, elapsed, reencoded=any(u.reencoded for u in uploads))
         view = self.view_factory(job) if self.view_factory else None
-        # Typed Any: discord.py's overloads take `view` only as a View, not the None send()
-        # defaults it to.
-        kwargs: dict[str, Any] = {"view": view} if view is not None else {}
+
+        def files() -> list[discord.File]:
+            return [discord.File(_as_stream(u.data), filename=u.filename) for u in uploads]
+
         try:
-            message = await self._channel(job).send(
-                embed=embeds.result(job, elapsed, reencoded=any(u.reencoded for u in uploads)),
-                files=files,
-                allowed_mentions=NO_MENTIONS,
-                nonce=job.nonce,
-                **kwargs,
-            )
+            try:
+                message_id = await self._final_edit(
+                    job,
+                    handle,
+                    embed=embed,
+                    attachments=files(),
+                    view=view,
+                    allowed_mentions=NO_MENTIONS,
+                )
+            except (NoJobMessage, discord.NotFound):
+                # Typed Any: discord.py's overloads take `view` only as a View, not the None
+                # send() defaults it to.
+                kwargs: dict[str, Any] = {"view": view} if view is not None else {}
+                message = await self._channel(job).send(
+                    embed=embed,
+                    files=files(),
+                    allowed_mentions=NO_MENTIONS,
+                    nonce=job.nonce,
+                    **kwargs,
+                )
+                message_id = message.id
         except discord.Forbidden as exc:
             raise DeliveryError(
                 "I am not allowed to post images in this channel.", permanent=True
@@ -216,30 +396,38 @@ class DiscordPresenter:
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             # The connection failed or broke (OSError covers timeouts): a short outage, so
-            # retry like a 5xx. The nonce keeps a post that did arrive from appearing twice.
+            # retry like a 5xx. An edit is idempotent, and the nonce keeps a new message that
+            # did arrive from appearing twice.
             raise DeliveryError(
                 f"Discord could not be reached ({type(exc).__name__}).", permanent=False
             ) from exc
-        self._last_edit.pop(job.id, None)
-        self._origins.pop(job.id, None)
-        await self._delete_status(job)
-        return message.id
+        self.messages.close(job.id)
+        return message_id
 
     async def find_posted_result(self, job: Job) -> int | None:
-        """Look for the job's result among the messages after its status message (the result
-        is always posted later), oldest first, at most `_RECOVERY_SCAN` of them."""
+        """After a crash: the job's own message if it already carries the result, else a result
+        among the messages after it (posted as a new message because the job's was gone),
+        oldest first, at most `_RECOVERY_SCAN` of them."""
         me = self.client.user
         keys = self._result_keys(job)
-        start = job.status_message_id or discord.utils.time_snowflake(_utc(job.created_at))
+        channel = self._channel(job)
         try:
-            async for message in self._channel(job).history(
+            if job.status_message_id is not None:
+                try:
+                    own = await channel.fetch_message(job.status_message_id)
+                except discord.NotFound:
+                    pass
+                else:
+                    if own.attachments and _carries_key(own, job, keys):
+                        return own.id
+            start = job.status_message_id or discord.utils.time_snowflake(_utc(job.created_at))
+            async for message in channel.history(
                 limit=_RECOVERY_SCAN, after=discord.Object(start), oldest_first=True
             ):
                 if me is not None and message.author.id != me.id:
                     continue
                 if message.attachments and _carries_key(message, job, keys):
-                    self._origins.pop(job.id, None)
-                    await self._delete_status(job)
+                    await self._delete_status(job)  # the stale status of a result posted apart
                     return message.id
         except discord.HTTPException as exc:
             log.info("job %d: could not read channel history (%s)", job.id, exc)
@@ -260,7 +448,7 @@ class DiscordPresenter:
     async def _delete_status(self, job: Job) -> None:
         if job.status_message_id is None:
             return
-        self.edits.forget(job.channel_id, job.status_message_id)
+        self.edits.forget(job.channel_id, job.id)
         try:
             await self._channel(job).get_partial_message(job.status_message_id).delete()
         except discord.HTTPException as exc:

@@ -89,6 +89,16 @@ class StatusEditQueue:
             if pending is not None and not pending.final:
                 del channel.pending[message_id]
 
+    def discard(self, channel_id: int) -> None:
+        """Stop the queue of `channel_id` (a key that will not be used again, such as one
+        job's own) once it has nothing left to send."""
+        channel = self._channels.get(channel_id)
+        if channel is None or channel.pending:
+            return
+        del self._channels[channel_id]
+        if channel.worker is not None:
+            channel.worker.cancel()
+
     async def close(self) -> None:
         workers = [c.worker for c in self._channels.values() if c.worker is not None]
         for worker in workers:

@@ -438,16 +438,10 @@ class JobRunner:
         task.add_done_callback(forget)
 
     def _resume(self, job: Job) -> None:
-        if job.state is JobState.QUEUED and job.status_message_id is not None:
-            # `active()` is oldest first, so the queue is rebuilt in its original order.
+        if job.state is JobState.QUEUED:
+            # `active()` is oldest first, so the queue is rebuilt in its original order. (A job
+            # whose message id was never recorded still runs: its outcome gets a new message.)
             self._queue.push((job.guild_id, job.user_id), job.id, job)
-        elif job.state is JobState.QUEUED:
-            # Reserved, but the process died before the job was shown and handed over: the
-            # member was never told it exists, so refund it (as `failure_note` promises).
-            self._spawn(
-                self._fail(job, "The bot restarted before this job started. Please try again."),
-                f"fail-{job.id}",
-            )
         elif job.state is JobState.RESERVED:
             # A crash between reserving and PixelDojo's reply: whether PixelDojo got the request
             # is unknowable (there is no lookup by our id), so refund rather than risk a double.

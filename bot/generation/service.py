@@ -107,11 +107,24 @@ class GenerationService:
         return job
 
     async def launch(self, job: Job, status_message_id: int | None) -> Job:
-        """Remember the status message and hand the job to the runner."""
+        """Remember an existing status message and hand the job to the runner (the CLI, which
+        has no message, passes None)."""
         if status_message_id is not None:
             job = await self.store.set_status_message(job.id, status_message_id)
-        self.runner.submit(job)
+        self.start(job)
         return job
+
+    def start(self, job: Job) -> None:
+        """Hand a reserved job to the runner (it queues it, and sends it in its turn)."""
+        self.runner.submit(job)
+
+    async def record_status_message(self, job_id: int, message_id: int) -> None:
+        """Remember which message shows the job, so a restart can still edit it. Best effort:
+        without it the job still runs, and after a restart its outcome gets a new message."""
+        try:
+            await self.store.set_status_message(job_id, message_id)
+        except Exception:
+            log.exception("job %d: could not record its message %d", job_id, message_id)
 
     async def cancel(self, job_id: int, *, by_moderator: bool = False) -> Job | None:
         """Cancel a job still waiting in the queue (refunded at once); None if it has started
@@ -148,12 +161,7 @@ class GenerationService:
             return f"Job #{job.id} did not run and its credits were returned; please try again."
         if job.state is JobState.POSTED:
             return f"Job #{job.id} finished anyway: its images are in the channel."
-        if job.status_message_id is None:  # reserved, but never handed to the runner
-            return (
-                f"Job #{job.id} did not start; its credits stay on hold until the bot restarts, "
-                "which returns them."
-            )
         return (
-            f"Job #{job.id} is still running and its status message is in the channel; "
+            f"Job #{job.id} is still running and its result will be posted in the channel; "
             "you are only charged if it posts images."
         )

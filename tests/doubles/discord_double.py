@@ -229,6 +229,7 @@ class _Drop:
     method: str
     pattern: re.Pattern[str]
     remaining: int
+    with_files: bool = False
 
 
 class _DroppedResponse(web.Response):
@@ -577,12 +578,14 @@ class DiscordDouble:
         """Remove every simulated bucket."""
         self._buckets.clear()
 
-    def drop_connections(self, method: str, path_regex: str, count: int = 1) -> None:
+    def drop_connections(
+        self, method: str, path_regex: str, count: int = 1, *, with_files: bool = False
+    ) -> None:
         """A network outage for the next ``count`` requests to ``method`` + a path fully
-        matching ``path_regex`` (as for :meth:`rate_limit`): the connection is closed without
-        an answer and the request has no effect, so the client sees an aiohttp connection
-        error rather than an HTTP status."""
-        self._drops.append(_Drop(method.upper(), re.compile(path_regex), count))
+        matching ``path_regex`` (as for :meth:`rate_limit`), only those uploading files if
+        ``with_files``: the connection is closed without an answer and the request has no
+        effect, so the client sees an aiohttp connection error rather than an HTTP status."""
+        self._drops.append(_Drop(method.upper(), re.compile(path_regex), count, with_files))
 
     async def drop_gateway(
         self,
@@ -954,7 +957,9 @@ class DiscordDouble:
             (
                 d
                 for d in self._drops
-                if d.method in ("*", entry.method) and d.pattern.fullmatch(entry.path)
+                if d.method in ("*", entry.method)
+                and d.pattern.fullmatch(entry.path)
+                and (not d.with_files or request.content_type.startswith("multipart/"))
             ),
             None,
         )
