@@ -7,8 +7,10 @@ reply privately. Every reply is ephemeral and pings nobody.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.credits import usage_chart
 from bot.credits.blocklist import TERM_MAX_LENGTH
 from bot.credits.moderation import (
     ALLOWANCE_MAX,
@@ -32,6 +35,7 @@ from bot.credits.moderation import (
     InvalidSetting,
     ModerationService,
 )
+from bot.credits.report import UsageReport
 from bot.discord_ui import embeds
 from bot.discord_ui.errors import set_failure_note
 from bot.discord_ui.members import can_moderate, role_ids_of
@@ -45,6 +49,10 @@ log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
 NOT_A_MODERATOR = "You need Manage Server or the moderator role to use this."
+NAME_LOOKUP_TIMEOUT = 5.0
+"""How long `/mod report` waits for Discord to name its chart's members (else it shows ids)."""
+CHART_FILENAME = "usage.png"
+CHART_DESCRIPTION = "Bar charts: credits spent over this period, and the top members"
 ONE_OF = "Give one of `credits`, `unlimited:True` or `clear:True`."
 
 Action = Callable[[], Awaitable[AuditEntry]]
@@ -95,6 +103,7 @@ async def _reply(
     content: str | None = None,
     *,
     embed: discord.Embed | None = None,
+    file: discord.File | None = None,
 ) -> None:
     """A private answer to the (deferred) interaction that pings nobody."""
     kwargs: dict[str, Any] = {"ephemeral": True, "allowed_mentions": NO_MENTIONS}
@@ -102,6 +111,8 @@ async def _reply(
         kwargs["content"] = content[:2000]
     if embed is not None:
         kwargs["embed"] = embed
+    if file is not None:
+        kwargs["file"] = file
     await interaction.followup.send(**kwargs)
 
 
@@ -597,7 +608,8 @@ class Moderation(commands.Cog):
         services = self.bot.services
         operator = guild_id == services.settings.operator_guild_id
         account = services.pixeldojo.last_credits_remaining if operator else None
-        await _reply(interaction, embed=embeds.usage_report(report, account, show_account=operator))
+        embed = embeds.usage_report(report, account, show_account=operator)
+        await _reply(interaction, embed=embed, file=await _usage_chart(interaction, report))
 
     @mod.command(name="audit", description="Recent moderator actions and generations")
     @app_commands.describe(limit=f"How many entries (default 15, at most {AUDIT_PAGE_MAX})")
@@ -626,6 +638,64 @@ class Moderation(commands.Cog):
             await interaction.response.send_message(
                 f"⚠️ {message}", ephemeral=True, allowed_mentions=NO_MENTIONS
             )
+
+
+async def _usage_chart(
+    interaction: discord.Interaction, report: UsageReport
+) -> discord.File | None:
+    """The report's chart to attach, or None: when the period has no usage, or the chart could
+    not be drawn or would not fit the upload limit (logged; the text report posts alone)."""
+    if not usage_chart.has_usage(report):
+        return None
+    members = [u.user_id for u in report.top_users[: usage_chart.CHART_MEMBERS] if u.credits > 0]
+    names = await _display_names(interaction.guild, members)
+    try:
+        png = await asyncio.to_thread(usage_chart.render_usage_chart, report, names)
+    except Exception:
+        log.exception("guild %s: could not draw the usage chart", report.guild_id)
+        return None
+    if png is None:
+        return None
+    if len(png) > interaction.filesize_limit:
+        log.warning(
+            "guild %s: usage chart (%d bytes) is over the upload limit (%d bytes); not attached",
+            report.guild_id,
+            len(png),
+            interaction.filesize_limit,
+        )
+        return None
+    return discord.File(io.BytesIO(png), filename=CHART_FILENAME, description=CHART_DESCRIPTION)
+
+
+async def _display_names(guild: discord.Guild | None, user_ids: Sequence[int]) -> dict[int, str]:
+    """Members' display names (raw member text): from the cache, else asked of Discord, one
+    request each, all within `NAME_LOOKUP_TIMEOUT`. A member who left, or whom Discord did not
+    name in time, is missing from the answer."""
+    names: dict[int, str] = {}
+    if guild is None:
+        return names
+
+    async def fetch(user_id: int) -> None:
+        try:
+            names[user_id] = (await guild.fetch_member(user_id)).display_name
+        except discord.NotFound:
+            pass  # left the server: the chart shows the id instead
+        except Exception:  # a name is decoration: never let it cost the report
+            log.warning("guild %s: could not fetch member %d's name", guild.id, user_id)
+
+    missing = []
+    for user_id in user_ids:
+        member = guild.get_member(user_id)
+        if member is not None:
+            names[user_id] = member.display_name
+        else:
+            missing.append(user_id)
+    try:
+        async with asyncio.timeout(NAME_LOOKUP_TIMEOUT):
+            await asyncio.gather(*(fetch(user_id) for user_id in missing))
+    except TimeoutError:
+        log.info("guild %s: Discord named only %d of the chart's members", guild.id, len(names))
+    return names
 
 
 async def setup(bot: PixelDojoBot) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.credits.periods import Period, next_reset, period_start, previous_period_start
 from bot.generation.models import ACTIVE_STATES, JobState
@@ -17,6 +17,30 @@ class UserUsage:
     user_id: int
     credits: int
     jobs: int
+
+
+DAY_SECONDS = 86400
+HOUR_SECONDS = 3600
+ALL_TIME_DAYS = 30
+"""How many days the series of a guild whose credits never reset covers (up to today)."""
+
+
+@dataclass(frozen=True)
+class SpendSeries:
+    """Credits spent (as in `UsageReport.total_credits`) in consecutive spans of time: by
+    the hour in a daily period, by the day in longer ones, and over the last
+    `ALL_TIME_DAYS` days when credits never reset. Days begin at the guild's reset hour."""
+
+    start: float
+    """When the first span begins (epoch seconds)."""
+    step: int
+    """Each span's length in seconds: `HOUR_SECONDS` or `DAY_SECONDS`."""
+    credits: tuple[int, ...] = ()
+
+    @property
+    def starts(self) -> tuple[float, ...]:
+        """When each span begins."""
+        return tuple(self.start + index * self.step for index in range(len(self.credits)))
 
 
 @dataclass(frozen=True)
@@ -40,6 +64,8 @@ class UsageReport:
     jobs_failed: int
     jobs_active: int
     spend_cap: int | None
+    spend_series: SpendSeries = field(default_factory=lambda: SpendSeries(0.0, DAY_SECONDS))
+    """The period's spending over time, for the chart."""
 
     @property
     def cap_used(self) -> int:
@@ -50,6 +76,17 @@ class UsageReport:
     def cap_fraction(self) -> float | None:
         """How much of the cap is used (1.0 = all of it); None without a cap."""
         return None if self.spend_cap is None else self.total_credits / self.spend_cap
+
+
+def _series_spans(
+    period: Period, reset_hour: int, begin: float, end: float | None, now: float
+) -> tuple[float, int, int]:
+    """(first span's start, span length, how many spans) for a period's `SpendSeries`."""
+    if end is None:
+        today = period_start(Period.DAY, reset_hour, now)
+        return today - (ALL_TIME_DAYS - 1) * DAY_SECONDS, DAY_SECONDS, ALL_TIME_DAYS
+    step = HOUR_SECONDS if period is Period.DAY else DAY_SECONDS
+    return begin, step, round((end - begin) / step)
 
 
 def build_usage_report(
@@ -68,6 +105,8 @@ def build_usage_report(
     previous = previous_period_start(settings.period, settings.reset_hour, moment)
     rows = ledger.top_spenders(conn, guild_id, begin, end, limit=max(1, top))
     states = ledger.job_states(conn, guild_id, begin, end)
+    origin, step, count = _series_spans(settings.period, settings.reset_hour, begin, end, now)
+    series = ledger.spend_by_time(conn, guild_id, begin, end, origin=origin, step=step, count=count)
     return UsageReport(
         guild_id=guild_id,
         period=settings.period,
@@ -84,4 +123,5 @@ def build_usage_report(
         jobs_failed=states.get(JobState.FAILED.value, 0),
         jobs_active=sum(states.get(state.value, 0) for state in ACTIVE_STATES),
         spend_cap=settings.spend_cap,
+        spend_series=SpendSeries(origin, step, tuple(series)),
     )

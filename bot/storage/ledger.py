@@ -202,6 +202,41 @@ def top_spenders(
     return [(int(row[0]), int(row[1]), int(row[2])) for row in rows]
 
 
+def spend_by_time(
+    conn: sqlite3.Connection,
+    guild_id: int,
+    start: float,
+    end: float | None,
+    *,
+    origin: float,
+    step: float,
+    count: int,
+) -> list[int]:
+    """Of `guild_spend` in `[start, end)`, the credits of each of `count` spans of `step`
+    seconds from `origin`, by when each job was reserved (its settlement and refund count
+    where its reservation does, as they do for the period). Rows outside the spans are left
+    out."""
+    where, bounds = _range(start, end, "l.period_start")
+    reserved = "COALESCE(j.created_at, l.created_at)"
+    rows = conn.execute(
+        f"""
+        SELECT CAST(({reserved} - ?) / ? AS INTEGER) AS span,
+               COALESCE(SUM(l.amount + CASE WHEN l.kind = 'refund'
+                                            THEN COALESCE(j.provider_charged, 0) ELSE 0 END), 0)
+        FROM ledger l LEFT JOIN jobs j ON j.id = l.job_id
+        WHERE l.guild_id = ? AND {where} AND l.kind IN ('reserve', 'settle', 'refund')
+          AND {reserved} >= ? AND {reserved} < ?
+        GROUP BY span
+        """,
+        (origin, step, guild_id, *bounds, origin, origin + step * count),
+    )
+    spans = [0] * count
+    for span, credits in rows:
+        if 0 <= int(span) < count:
+            spans[int(span)] = int(credits)
+    return spans
+
+
 def job_states(
     conn: sqlite3.Connection, guild_id: int, start: float, end: float | None
 ) -> dict[str, int]:
