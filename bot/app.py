@@ -34,18 +34,23 @@ def point_discord_at(api_base: str | None, gateway_url: str | None) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
-class PixelDojoBot(commands.Bot):
+class PixelDojoBot(commands.AutoShardedBot):
     """discord.py bot that owns the services for its lifetime (built in `setup_hook`).
 
     It only wires and starts: the commands are in `cogs/`, the behaviour in the services.
+    Sharded as Discord recommends (`GET /gateway/bot`; one shard for a small bot), all shards
+    in this process.
     """
 
     services: Services
     presenter: DiscordPresenter
 
     def __init__(self, settings: Settings, **options: Any) -> None:
+        # Only GUILDS: the guild cache (upload limits, roles for permissions, channels). The
+        # bot reads no messages (slash commands and buttons arrive as interactions, with the
+        # member and their roles), so no message, member or presence intent, none privileged.
         intents = discord.Intents.none()
-        intents.guilds = True  # guild cache: upload limits, roles, channel names
+        intents.guilds = True
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(
             command_prefix=commands.when_mentioned,
