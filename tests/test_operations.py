@@ -1,4 +1,5 @@
-"""For operators: the health signal (heartbeat + `python -m bot --check`) and the start-up log."""
+"""For operators: the health signal (heartbeat + `python -m bot --check`), the start-up log, and
+the Docker files."""
 
 from __future__ import annotations
 
@@ -288,3 +289,63 @@ async def test_start_up_logs_shards_guilds_and_limits_and_no_secret(
     assert "webhooks off (polling)" in limits and "job timeout 120 s" in limits
     text = "\n".join(lines.lines)
     assert settings.discord_token not in text and settings.pixeldojo_api_key not in text
+
+
+# -- Docker ----------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments left out."""
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    logical = re.sub(r"\\\n\s*", " ", text)
+    found = []
+    for line in logical.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            found.append((word.upper(), rest.strip()))
+    return found
+
+
+def test_the_dockerfile_runs_the_installed_bot_as_a_user_with_data_and_a_health_check() -> None:
+    instructions = dockerfile_instructions()
+    words = [word for word, _ in instructions]
+    args = dict(reversed(instructions))  # the first of each instruction
+    last = {word: rest for word, rest in instructions}
+    assert re.fullmatch(r"python:3\.1[12]-slim", args["FROM"])
+    assert any(w == "RUN" and "pip install ." in rest for w, rest in instructions)
+    assert "DATABASE_PATH=/data/" in " ".join(r for w, r in instructions if w == "ENV")
+    assert json.loads(last["VOLUME"]) == ["/data"]
+    # A non-root user for everything after the installation, the bot itself included.
+    user = last["USER"]
+    assert user not in ("root", "0", "") and words.index("USER") > words.index("RUN")
+    assert words.index("USER") < words.index("CMD")
+    healthcheck = last["HEALTHCHECK"]
+    assert re.search(r'CMD \["pixeldojo-bot", "--check"\]$', healthcheck), healthcheck
+    assert json.loads(last["CMD"]) == ["pixeldojo-bot"]
+    ignored = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignored and "!.env" not in ignored  # secrets never enter the image
+
+
+def test_compose_file_keeps_data_in_a_named_volume_and_restarts_unless_stopped() -> None:
+    # No YAML parser is a dependency: check the structure by indentation.
+    text = (REPO_ROOT / "compose.yaml").read_text()
+    lines = [
+        line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert "\t" not in text
+    top = [line for line in lines if not line.startswith(" ")]
+    assert top == ["services:", "volumes:"]
+    service = lines[lines.index("services:") + 1 : lines.index("volumes:")]
+    assert service[0] == "  bot:"
+    keys = {
+        line.strip().split(":", 1)[0]: line.split(":", 1)[1].strip()
+        for line in service
+        if re.match(r"    \S", line)
+    }
+    assert keys["env_file"] == ".env"
+    assert keys["restart"] == "unless-stopped"
+    assert "      - bot-data:/data" in lines
+    assert "DATABASE_PATH: /data/" in text
+    volumes = lines[lines.index("volumes:") + 1 :]
+    assert volumes == ["  bot-data:"]
