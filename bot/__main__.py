@@ -1,4 +1,5 @@
-"""Command line: `python -m bot` runs the bot; `python -m bot imagine PROMPT` generates once.
+"""Command line: `python -m bot` runs the bot; `python -m bot imagine PROMPT` generates once;
+`python -m bot --check` says whether the running bot is healthy (exit status 0 or 1).
 
 The `imagine` subcommand goes through the same PixelDojo client and job runner as the bot,
 which makes it the quickest check that an API key and the network work, without Discord.
@@ -11,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     from bot.pixeldojo.models import ASPECT_RATIOS
 
     parser = argparse.ArgumentParser(prog="pixeldojo-bot", description=__doc__)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if the running bot's heartbeat is fresh and healthy, else 1 with the reason",
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the Discord bot (the default)")
     imagine = sub.add_parser("imagine", help="generate images from the command line")
@@ -40,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.check:
+        return health_check()
     is_cli = args.command == "imagine"
     try:
         settings = load_settings(require_discord=not is_cli)
@@ -61,6 +70,18 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     return run_bot(settings)
+
+
+def health_check() -> int:
+    """For a supervisor: 0 and one line if the bot's heartbeat is fresh and healthy, else 1 and
+    one line saying why. Reads only `HEARTBEAT_PATH` / `DATABASE_PATH` (no secrets needed);
+    never 2, which Docker reserves."""
+    from bot.config import heartbeat_file
+    from bot.health import check
+
+    verdict = check(heartbeat_file(), now=time.time())
+    print(f"pixeldojo-bot: {verdict.line}", file=sys.stdout if verdict.healthy else sys.stderr)
+    return 0 if verdict.healthy else 1
 
 
 def run_bot(settings: Settings) -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 import discord
@@ -15,7 +17,8 @@ from bot.config import Settings
 from bot.discord_ui.errors import ReportingCommandTree
 from bot.discord_ui.moderator_log import log_channel_poster
 from bot.discord_ui.presenter import DiscordPresenter
-from bot.services import Services, build_services
+from bot.health import Heartbeat, keep_beating
+from bot.services import Services, build_services, limits_in_force
 from cogs import queued, results
 
 log = logging.getLogger(__name__)
@@ -34,18 +37,24 @@ def point_discord_at(api_base: str | None, gateway_url: str | None) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
-class PixelDojoBot(commands.Bot):
+class PixelDojoBot(commands.AutoShardedBot):
     """discord.py bot that owns the services for its lifetime (built in `setup_hook`).
 
     It only wires and starts: the commands are in `cogs/`, the behaviour in the services.
+    Sharded as Discord recommends (`GET /gateway/bot`; one shard for a small bot), all shards
+    in this process.
     """
 
     services: Services
     presenter: DiscordPresenter
+    heartbeat: Heartbeat
 
     def __init__(self, settings: Settings, **options: Any) -> None:
+        # Only GUILDS: the guild cache (upload limits, roles for permissions, channels). The
+        # bot reads no messages (slash commands and buttons arrive as interactions, with the
+        # member and their roles), so no message, member or presence intent, none privileged.
         intents = discord.Intents.none()
-        intents.guilds = True  # guild cache: upload limits, roles, channel names
+        intents.guilds = True
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -54,6 +63,7 @@ class PixelDojoBot(commands.Bot):
             **options,
         )
         self.settings = settings
+        self._beating: asyncio.Task[None] | None = None
 
     async def setup_hook(self) -> None:
         settings = self.settings
@@ -81,6 +91,25 @@ class PixelDojoBot(commands.Bot):
             await self.load_extension(extension)
         await self._sync_commands()
         await self.services.start()
+        log.info("%s", limits_in_force(self.services))
+        self.heartbeat = Heartbeat(settings.heartbeat_file, settings.heartbeat_interval)
+        self._beating = asyncio.create_task(
+            keep_beating(self.heartbeat, self.health_problem), name="heartbeat"
+        )
+
+    def health_problem(self) -> str | None:
+        """Why the bot cannot serve members right now; None when every shard is connected
+        and the job loops run."""
+        if self.is_closed():
+            return "shutting down"
+        if not self.is_ready():
+            return "not connected to Discord yet"
+        down = sorted(shard_id for shard_id, shard in self.shards.items() if shard.is_closed())
+        if down:
+            return f"gateway shard(s) {', '.join(map(str, down))} disconnected"
+        if not self.services.runner.running:
+            return "the job loops have stopped"
+        return None
 
     async def _sync_commands(self) -> None:
         """Sync slash commands only when they changed: global syncs are rate limited."""
@@ -101,16 +130,27 @@ class PixelDojoBot(commands.Bot):
         log.info("synced %d slash command(s) to %s", len(synced), where)
 
     async def on_ready(self) -> None:
+        per_shard = Counter(guild.shard_id for guild in self.guilds)
         log.info(
-            "logged in as %s (%s) in %d guild(s)",
+            "logged in as %s (%s) on %d shard(s) [%s] of %s, in %d guild(s) (%s)",
             self.user,
             getattr(self.user, "id", "?"),
+            len(self.shards),
+            ", ".join(map(str, sorted(self.shards))),
+            self.shard_count,
             len(self.guilds),
+            ", ".join(f"shard {i}: {per_shard[i]}" for i in sorted(self.shards)),
         )
+        if self._beating is not None:
+            self.heartbeat.beat(self.health_problem())  # healthy now, not a beat later
 
     async def close(self) -> None:
         """Stop the services (see `Services.close` for the order), leaving Discord just
         before the database closes."""
+        if self._beating is not None:
+            self._beating.cancel()
+            self._beating = None
+            self.heartbeat.remove()
         services = getattr(self, "services", None)  # None if setup_hook failed before it
         if services is None:
             await super().close()

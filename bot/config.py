@@ -12,6 +12,7 @@ from bot.generation.runner import RunnerSettings
 
 DEFAULT_API_BASE = "https://pixeldojo.ai/api/v1"
 DEFAULT_DATABASE_PATH = "data/pixeldojo-bot.sqlite3"
+DEFAULT_HEARTBEAT_INTERVAL = 20.0
 _RUNNER = RunnerSettings()
 """The runner's defaults, which are also the environment's (one place to change them)."""
 
@@ -47,6 +48,19 @@ class Settings:
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 8080
     webhook_fallback_poll: float = 30.0
+    heartbeat_path: Path | None = None
+    """Where the health heartbeat is written; None: next to the database."""
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+
+    @property
+    def heartbeat_file(self) -> Path:
+        """The heartbeat file: `heartbeat_path`, or the database's name with `.heartbeat`."""
+        return self.heartbeat_path or default_heartbeat_path(self.database_path)
+
+
+def default_heartbeat_path(database_path: Path) -> Path:
+    """`data/pixeldojo-bot.sqlite3` -> `data/pixeldojo-bot.heartbeat`."""
+    return database_path.with_suffix(".heartbeat")
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -142,6 +156,29 @@ def _snowflake(env: Mapping[str, str], name: str) -> int | None:
 _TOKEN_SHAPE_MIN_LENGTH = 20
 
 
+def _environment() -> Mapping[str, str]:
+    from dotenv import load_dotenv
+
+    # The working directory's .env, not one found from this module's location (which is
+    # site-packages after `pip install .`). Variables already set in the environment win.
+    load_dotenv(Path.cwd() / ".env", override=False)
+    return os.environ
+
+
+def _heartbeat_path(env: Mapping[str, str]) -> Path | None:
+    raw = _get(env, "HEARTBEAT_PATH")
+    return Path(raw) if raw else None
+
+
+def heartbeat_file(env: Mapping[str, str] | None = None) -> Path:
+    """The heartbeat file the bot writes, from `HEARTBEAT_PATH` or `DATABASE_PATH` alone (for
+    `python -m bot --check`, which needs no secret)."""
+    env = _environment() if env is None else env
+    return _heartbeat_path(env) or default_heartbeat_path(
+        Path(_get(env, "DATABASE_PATH") or DEFAULT_DATABASE_PATH)
+    )
+
+
 def load_settings(
     env: Mapping[str, str] | None = None, *, require_discord: bool = True
 ) -> Settings:
@@ -150,14 +187,7 @@ def load_settings(
     Raises `ConfigError` with a one-line message naming the first bad setting.
     `require_discord=False` is for the command-line generator, which needs no bot token.
     """
-    if env is None:
-        from dotenv import load_dotenv
-
-        # The working directory's .env, not one found from this module's location (which is
-        # site-packages after `pip install .`). Variables already set in the environment win.
-        load_dotenv(Path.cwd() / ".env", override=False)
-        env = os.environ
-
+    env = _environment() if env is None else env
     sandbox = _flag(env, "PIXELDOJO_SANDBOX")
     token = (
         _require(env, "DISCORD_TOKEN") if require_discord else (_get(env, "DISCORD_TOKEN") or "")
@@ -215,4 +245,6 @@ def load_settings(
         webhook_host=_get(env, "WEBHOOK_HOST") or "127.0.0.1",
         webhook_port=_port(env, "WEBHOOK_PORT", 8080),
         webhook_fallback_poll=_positive_float(env, "WEBHOOK_FALLBACK_POLL", 30.0),
+        heartbeat_path=_heartbeat_path(env),
+        heartbeat_interval=_positive_float(env, "HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL),
     )

@@ -27,6 +27,7 @@ from bot.pixeldojo.schema import CapabilityCache, ImageFetcher
 from bot.pixeldojo.transport import DOCUMENTED_REQUESTS_PER_MINUTE
 from bot.pixeldojo.webhooks import WebhookReceiver, WebhookTokens
 from bot.storage import Database
+from bot.storage.guild_settings import GuildSettings
 from bot.storage.jobs import JobStore
 
 if TYPE_CHECKING:
@@ -48,6 +49,33 @@ def runner_settings(settings: Settings) -> RunnerSettings:
         max_concurrent_polls=settings.max_concurrent_polls,
         webhooks=settings.pixeldojo_webhook_url is not None,
         webhook_fallback_poll=settings.webhook_fallback_poll,
+    )
+
+
+def limits_in_force(services: Services) -> str:
+    """The limits this process runs with, for the start-up log (names no secret)."""
+    settings = services.settings
+    budget = services.pixeldojo.budget
+    if budget is None:
+        requests = "PixelDojo requests unpaced (sandbox)"
+    elif budget.ceiling is not None:
+        requests = f"PixelDojo requests at most {budget.limit}/min (PIXELDOJO_REQUESTS_PER_MINUTE)"
+    else:
+        requests = (
+            f"PixelDojo requests {budget.limit}/min until its rate-limit headers say otherwise"
+        )
+    defaults = GuildSettings(guild_id=0)
+    webhooks = (
+        f"webhooks on (listening on {settings.webhook_host}:{settings.webhook_port})"
+        if services.webhooks is not None
+        else "webhooks off (polling)"
+    )
+    return (
+        f"limits: {requests}; {settings.max_concurrent_submits} submissions and "
+        f"{settings.max_concurrent_polls} polls in flight; per member "
+        f"{defaults.max_concurrent} at once and {defaults.max_queued} queued by default "
+        f"(/mod settings changes them per server); {webhooks}; "
+        f"job timeout {settings.job_timeout:g} s"
     )
 
 

@@ -120,7 +120,9 @@ async def test_sigterm_shuts_down_cleanly(
     assert code == 0
     log = bot_process.log()
     assert "received SIGTERM: shutting down" in log and log.rstrip().endswith("bot: shut down")
-    assert settings.discord_token not in log
+    # Logged before the gateway connects: the limits in force, and never a secret.
+    assert "limits: PixelDojo requests" in log and "job timeout" in log
+    assert settings.discord_token not in log and settings.pixeldojo_api_key not in log
 
 
 def _garbage(path: Path) -> Path:

@@ -267,6 +267,12 @@ class JobRunner:
         return self._accepting
 
     @property
+    def running(self) -> bool:
+        """Whether the poll scheduler and the dispatcher are alive: False before `start()`,
+        after `stop()`, and if either loop died (the health check reports it)."""
+        return all(t is not None and not t.done() for t in (self._scheduler, self._dispatcher))
+
+    @property
     def in_flight(self) -> int:
         """Jobs the scheduler is tracking (waiting for their next poll or being polled)."""
         return len(self._polling)

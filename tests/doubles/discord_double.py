@@ -33,7 +33,10 @@ Discord behaviour the double reproduces (so tests catch the bugs it causes):
   MESSAGE_CONTENT intent with empty content;
 * ephemeral messages are invisible to channel routes and history;
 * ``drop_connections`` closes the connection of chosen requests without an answer, as a
-  network outage would (logged with status 0).
+  network outage would (logged with status 0);
+* sharding: ``GET /gateway/bot`` recommends ``shards`` sessions; a session identified with
+  ``shard: [id, count]`` is sent only the guilds where ``(guild_id >> 22) % count == id`` (in
+  READY and GUILD_CREATE) and only their events and interactions, DMs going to shard 0.
 
 What it does not model: threads, voice, reactions by users, presence, audit logs, and most
 guild management endpoints (any route it lacks answers 404 and is listed in ``unhandled``).
@@ -256,8 +259,11 @@ class DiscordDouble:
         interaction_token_ttl: float = 15 * 60,
         heartbeat_interval_ms: int = 41250,
         clock: Callable[[], float] = time.monotonic,
+        shards: int = 1,
     ) -> None:
         self.application_id = application_id
+        #: The shard count ``GET /gateway/bot`` recommends (an AutoShardedClient uses it).
+        self.shards = shards
         #: The seconds rate-limit buckets count in, read once per request a bucket matches (and
         #: again for its headers with ``send_headers``); a test passes its own to make windows
         #: exact whatever the machine's speed.
@@ -362,6 +368,22 @@ class DiscordDouble:
     def connected(self) -> bool:
         """Whether a client is connected and identified (or resumed)."""
         return self._gateway.active_session() is not None
+
+    @property
+    def identified_shards(self) -> list[list[int] | None]:
+        """The ``shard`` of every IDENTIFY the gateway accepted, in order (None: unsharded)."""
+        return [session.shard for session in self._gateway.sessions]
+
+    @property
+    def identified_intents(self) -> list[int]:
+        """The ``intents`` of every IDENTIFY the gateway accepted, in order."""
+        return [session.intents for session in self._gateway.sessions]
+
+    def dispatched(self, shard: list[int] | None, event: str) -> list[dict[str, Any]]:
+        """The data of every ``event`` dispatched to the latest session identified with
+        ``shard`` (of its last 2,000 dispatches), oldest first."""
+        session = next(s for s in reversed(self._gateway.sessions) if s.shard == shard)
+        return [p["d"] for p in session.log if p["t"] == event]
 
     # ------------------------------------------------------------------------------------------
     # Waiting
@@ -813,7 +835,9 @@ class DiscordDouble:
                 message.deleted, message.deleted_at = True, now
         data = self.world.channel_json(guild, channel)
         await self._gateway.broadcast(
-            "CHANNEL_DELETE", lambda s: data if s.intents & INTENT_GUILDS else None
+            "CHANNEL_DELETE",
+            lambda s: data if s.intents & INTENT_GUILDS else None,
+            guild_id=guild.id,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -825,7 +849,9 @@ class DiscordDouble:
         data: dict[str, Any] = {
             "v": 10,
             "user": self.world.bot_user_json(),
-            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+            "guilds": [
+                {"id": str(g), "unavailable": True} for g in self.guilds if session.serves(g)
+            ],
             "session_id": session.session_id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -843,8 +869,10 @@ class DiscordDouble:
         return data
 
     def guild_create_payloads(self, session: GatewaySession) -> list[dict[str, Any]]:
-        """GUILD_CREATE payloads following READY."""
-        return [self.world.guild_create_json(g) for g in self.guilds.values()]
+        """GUILD_CREATE payloads following READY: the guilds of the session's shard."""
+        return [
+            self.world.guild_create_json(g) for g in self.guilds.values() if session.serves(g.id)
+        ]
 
     def member_chunk_payloads(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         """GUILD_MEMBERS_CHUNK answers to REQUEST_GUILD_MEMBERS."""
@@ -1271,7 +1299,9 @@ class DiscordDouble:
             data["guild_id"] = str(message.guild_id)
         intent = INTENT_GUILD_MESSAGES if message.guild_id else INTENT_DIRECT_MESSAGES
         await self._gateway.broadcast(
-            "MESSAGE_DELETE", lambda s: data if s.intents & intent else None
+            "MESSAGE_DELETE",
+            lambda s: data if s.intents & intent else None,
+            guild_id=message.guild_id,
         )
 
     async def _broadcast_message(self, event: str, message: MessageRecord) -> None:
@@ -1300,7 +1330,7 @@ class DiscordDouble:
                 return {**base, "content": "", "embeds": [], "attachments": [], "components": []}
             return base
 
-        await self._gateway.broadcast(event, build)
+        await self._gateway.broadcast(event, build, guild_id=message.guild_id)
 
     # ------------------------------------------------------------------------------------------
     # Basic REST routes
@@ -1313,7 +1343,7 @@ class DiscordDouble:
         return json_response(
             {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": self.shards,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 1000,
@@ -1627,7 +1657,8 @@ class DiscordDouble:
         )
         if message is not None:
             payload["message"] = self.world.message_json(message)
-        waiting = asyncio.ensure_future(self._gateway.wait_active(5))
+        # Delivered on the session of the guild's shard, as Discord does.
+        waiting = asyncio.ensure_future(self._gateway.wait_active(5, guild_id=guild_id))
         session: GatewaySession = await self._await(waiting, 5, "a connected gateway client")
         loop = asyncio.get_running_loop()
         record = InteractionRecord(

@@ -4,6 +4,10 @@ Speaks enough of the v10 gateway protocol for discord.py: HELLO, heartbeats, IDE
 GUILD_CREATE, RESUME -> replay + RESUMED, REQUEST_GUILD_MEMBERS -> GUILD_MEMBERS_CHUNK, and
 DISPATCH of whatever the double broadcasts. Frames are plain text JSON (discord.py asks for
 zlib-stream but only inflates binary frames).
+
+Sharding as Discord does it: an IDENTIFY with ``shard: [id, count]`` opens a session for the
+guilds where ``(guild_id >> 22) % count == id``; events about a guild go only to the sessions
+of its shard, and DMs to shard 0. A session identified without ``shard`` receives everything.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ CLOSE_DECODE_ERROR = 4002
 CLOSE_NOT_AUTHENTICATED = 4003
 CLOSE_AUTHENTICATION_FAILED = 4004
 CLOSE_ALREADY_AUTHENTICATED = 4005
+CLOSE_INVALID_SHARD = 4010
 # A client closing with one of these ends its session (it cannot be resumed).
 SESSION_ENDING_CLOSE_CODES = {1000, 1001}
 
@@ -98,6 +103,15 @@ class GatewaySession:
         """Attached to an open connection."""
         return self.connection is not None and not self.connection.closed and not self.invalid
 
+    def serves(self, guild_id: int | None) -> bool:
+        """Whether events about ``guild_id`` (None: a DM) belong to this session's shard."""
+        if self.shard is None:
+            return True
+        shard_id, count = self.shard
+        if guild_id is None:
+            return shard_id == 0
+        return (guild_id >> 22) % count == shard_id
+
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         """Number, remember and (if connected) send a DISPATCH."""
         async with self.lock:
@@ -125,26 +139,33 @@ class Gateway:
 
     # -- queries -------------------------------------------------------------------------------
 
-    def active_session(self) -> GatewaySession | None:
-        """The most recently identified or resumed live session."""
-        live = [s for s in self.sessions if s.live]
+    def active_session(self, guild_id: int | None = None) -> GatewaySession | None:
+        """The most recently identified or resumed live session, of the shard ``guild_id``'s
+        events go to when given (None: any shard)."""
+        live = [s for s in self.sessions if s.live and (guild_id is None or s.serves(guild_id))]
         return max(live, key=lambda s: s.attached_at) if live else None
 
     async def wait_active(
-        self, within: float, *, min_identifies: int = 0, min_resumes: int = 0
+        self,
+        within: float,
+        *,
+        min_identifies: int = 0,
+        min_resumes: int = 0,
+        guild_id: int | None = None,
     ) -> GatewaySession:
-        """Wait until there is a live session (and enough IDENTIFYs/RESUMEs happened)."""
+        """Wait until there is a live session (of ``guild_id``'s shard when given) and enough
+        IDENTIFYs/RESUMEs happened."""
 
         def ready() -> bool:
             return (
-                self.active_session() is not None
+                self.active_session(guild_id) is not None
                 and self.identify_count >= min_identifies
                 and self.resume_count >= min_resumes
             )
 
         async with self.changed:
             await asyncio.wait_for(self.changed.wait_for(ready), within)
-        session = self.active_session()
+        session = self.active_session(guild_id)
         assert session is not None
         return session
 
@@ -154,11 +175,14 @@ class Gateway:
         self,
         event: str,
         build: Callable[[GatewaySession], dict[str, Any] | None],
+        *,
+        guild_id: int | None,
     ) -> None:
-        """Dispatch ``event`` to every resumable session; ``build`` may return None to skip one
-        (e.g. when the session lacks the needed intent)."""
+        """Dispatch ``event`` about ``guild_id`` (None: a DM) to every resumable session of
+        that guild's shard; ``build`` may return None to skip one (e.g. when the session lacks
+        the needed intent)."""
         for session in list(self.sessions):
-            if session.invalid:
+            if session.invalid or not session.serves(guild_id):
                 continue
             data = build(session)
             if data is not None:
@@ -230,8 +254,10 @@ class Gateway:
                     code=CLOSE_NOT_AUTHENTICATED, message=b"Not authenticated"
                 )
                 return
+            session = connection.session
             for chunk in self.host.member_chunk_payloads(data or {}):
-                await connection.session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
+                if session.serves(int(chunk["guild_id"])):
+                    await session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
         # PRESENCE_UPDATE (3), VOICE_STATE_UPDATE (4) and others are accepted and ignored.
 
     async def _identify(self, connection: GatewayConnection, data: dict[str, Any]) -> None:
@@ -245,7 +271,11 @@ class Gateway:
                 code=CLOSE_AUTHENTICATION_FAILED, message=b"Authentication failed"
             )
             return
-        session = GatewaySession(int(data.get("intents") or 0), data.get("shard"))
+        shard = data.get("shard")
+        if shard is not None and not _valid_shard(shard):
+            await connection.ws.close(code=CLOSE_INVALID_SHARD, message=b"Invalid shard")
+            return
+        session = GatewaySession(int(data.get("intents") or 0), shard)
         self.sessions.append(session)
         async with session.lock:
             session.connection = connection
@@ -293,3 +323,13 @@ class Gateway:
     async def _notify(self) -> None:
         async with self.changed:
             self.changed.notify_all()
+
+
+def _valid_shard(shard: Any) -> bool:
+    """``[shard_id, shard_count]`` with ``0 <= shard_id < shard_count``, as Discord requires."""
+    return (
+        isinstance(shard, list)
+        and len(shard) == 2
+        and all(type(n) is int for n in shard)
+        and 0 <= shard[0] < shard[1]
+    )
