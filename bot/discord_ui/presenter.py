@@ -80,6 +80,7 @@ class DiscordPresenter:
         self.messages = messages or JobMessages()
         self.edits = StatusEditQueue(clock=clock)
         self._last_edit: dict[int, tuple[float, Phase]] = {}
+        self._last_embed: dict[int, dict[str, Any]] = {}
         self._running: dict[int, _Running] = {}
         self._ticker: asyncio.Task[None] | None = None
 
@@ -139,6 +140,7 @@ class DiscordPresenter:
                     embed=embed, allowed_mentions=NO_MENTIONS, **kwargs
                 )
                 handle.message_id = response.message_id
+            self._last_embed[job.id] = dict(embed.to_dict())
         except discord.HTTPException as exc:
             log.warning(
                 "job %d: Discord did not take the status message (%s); the job runs anyway",
@@ -179,6 +181,10 @@ class DiscordPresenter:
         self, job: Job, handle: JobMessage | None, shown: _Shown, *, urgent: bool
     ) -> None:
         embed, view = self._status_parts(job, shown)
+        rendered: dict[str, Any] = dict(embed.to_dict())
+        if self._last_embed.get(job.id) == rendered and shown.queue is None:
+            return  # nothing a member could see has changed: no edit
+        self._last_embed[job.id] = rendered
         channel = self._channel(job)
         stored_id = job.status_message_id
 
@@ -249,6 +255,7 @@ class DiscordPresenter:
     def _ended(self, job: Job) -> JobMessage | None:
         """The job's outcome is about to be shown: stop its progress edits."""
         self._last_edit.pop(job.id, None)
+        self._last_embed.pop(job.id, None)
         self._running.pop(job.id, None)
         handle = self.messages.get(job.id)
         if handle is not None:

@@ -1828,10 +1828,12 @@ class DiscordDouble:
         if (
             original is not None
             and original.loading
+            and not original.deleted
             and original.interaction_id == record.id
             and not record.followups
         ):
-            # Discord fills the deferred "thinking" message with the first follow-up.
+            # Discord fills the deferred "thinking" message with the first follow-up (once it
+            # was deleted, a follow-up is a message of its own, ephemeral if flagged so).
             message = await self._edit_message(original, payload, uploads, source="webhook")
         else:
             message = await self._create_message(
