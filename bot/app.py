@@ -50,9 +50,9 @@ class PixelDojoBot(commands.AutoShardedBot):
     heartbeat: Heartbeat
 
     def __init__(self, settings: Settings, **options: Any) -> None:
-        # Only GUILDS: the guild cache (upload limits, roles for permissions, channels). The
-        # bot reads no messages (slash commands and buttons arrive as interactions, with the
-        # member and their roles), so no message, member or presence intent, none privileged.
+        # Only GUILDS: the guild cache (upload limits after a restart, roles for permissions,
+        # channels). The bot reads no messages (slash commands and buttons arrive as interactions,
+        # with the member and their roles), so no message, member or presence intent.
         intents = discord.Intents.none()
         intents.guilds = True
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
