@@ -6,7 +6,7 @@ import asyncio
 import io
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 import discord
@@ -32,6 +32,7 @@ OWNER_ID = 1_100_000_000_000_000_003
 ALICE_ID = 1_100_000_000_000_000_004
 MOD_ID = 1_100_000_000_000_000_005
 MOD_ROLE_ID = 1_100_000_000_000_000_006
+SECOND_CHANNEL_ID = 1_100_000_000_000_000_007
 
 
 def make_guild() -> GuildSpec:
@@ -546,6 +547,139 @@ async def test_rate_limit_is_retried_transparently(double: DiscordDouble, bot: D
     statuses = [r.status for r in double.requests_to("POST", r"/channels/\d+/messages")]
     assert statuses == [200, 429, 200, 429, 200]
     assert double.rate_limited_count == 2
+
+
+class SetClock:
+    """A clock that says what the test last set."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def raw_request(
+    double: DiscordDouble, method: str, path: str, body: dict[str, object]
+) -> tuple[int, dict[str, object], dict[str, str]]:
+    """One API request outside discord.py (which would wait instead of showing the 429)."""
+    auth = {"Authorization": f"Bot {double.token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.request(
+            method, f"{double.api_base}{path}", json=body, headers=auth
+        ) as response:
+            return response.status, await response.json(), dict(response.headers)
+
+
+async def test_keyed_buckets_give_each_channel_its_own(double: DiscordDouble, bot: DemoBot) -> None:
+    double.clock = SetClock()  # the windows never end: only the keys decide
+    double.guilds[GUILD_ID].channels.append(ChannelSpec(SECOND_CHANNEL_ID, "second"))
+    double.rate_limit(
+        "POST",
+        r"/channels/(\d+)/messages",
+        limit=3,
+        per=60,
+        send_headers=True,
+        per_match=True,
+        kind="channel create",
+    )
+    # Two sends per channel: had the channels shared a bucket, discord.py would have been
+    # refused on the fourth and retried only a minute later. (It leaves the last request of a
+    # bucket only once the bucket resets, so stay one under the limit.)
+    for channel in (bot.text_channel(), bot.get_partial_messageable(SECOND_CHANNEL_ID)):
+        for i in range(2):
+            await asyncio.wait_for(channel.send(f"hello {i}"), 5)
+    assert [len(double.channel_messages(c)) for c in (CHANNEL_ID, SECOND_CHANNEL_ID)] == [2, 2]
+    assert double.rate_limited_count == 0
+
+    path = f"/channels/{CHANNEL_ID}/messages"
+    third = await raw_request(double, "POST", path, {"content": "third"})
+    status, body, headers = await raw_request(double, "POST", path, {"content": "fourth"})
+    assert third[0] == 200 and third[2]["X-RateLimit-Remaining"] == "0"
+    assert status == 429
+    assert body == {"message": "You are being rate limited.", "retry_after": 60.0, "global": False}
+    assert headers["X-RateLimit-Scope"] == "user" and headers["X-RateLimit-Remaining"] == "0"
+    assert [m.content for m in double.channel_messages(CHANNEL_ID)] == [
+        "hello 0",
+        "hello 1",
+        "third",
+    ]
+    assert double.rate_limited_by_kind == {"channel create": 1}
+
+
+async def test_keyed_buckets_give_each_webhook_token_its_own(
+    double: DiscordDouble, bot: DemoBot
+) -> None:
+    double.clock = SetClock()
+    first = await double.slash("secret", **slash_kwargs())
+    second = await double.slash("secret", **slash_kwargs())
+    for record in (first, second):
+        await record.wait_for_response()
+    double.rate_limit(
+        "*",
+        r"/webhooks/(\d+/[^/]+)(?:/.*)?",
+        limit=1,
+        per=2,
+        send_headers=True,
+        per_match=True,
+        kind="interaction webhook",
+    )
+
+    def edit(token: str, content: str) -> Awaitable[tuple[int, dict[str, object], dict[str, str]]]:
+        path = f"/webhooks/{double.application_id}/{token}/messages/@original"
+        return raw_request(double, "PATCH", path, {"content": content})
+
+    accepted, _, first_headers = await edit(first.token, "edited once")
+    refused, body, refused_headers = await edit(first.token, "edited twice")
+    other, _, other_headers = await edit(second.token, "edited once")
+    assert (accepted, refused, other) == (200, 429, 200)
+    assert body == {"message": "You are being rate limited.", "retry_after": 2.0, "global": False}
+    assert first.original is not None and first.original.content == "edited once"
+    assert second.original is not None and second.original.content == "edited once"
+    # Discord's bucket hash names the route's limit; the token keeps the counts apart.
+    assert first_headers["X-RateLimit-Bucket"] == other_headers["X-RateLimit-Bucket"]
+    assert first_headers["X-RateLimit-Remaining"] == other_headers["X-RateLimit-Remaining"] == "0"
+    assert refused_headers["X-RateLimit-Scope"] == "user"
+    assert double.rate_limited_by_kind == {"interaction webhook": 1}
+
+
+async def test_fixed_window_refills_when_it_resets(double: DiscordDouble, bot: DemoBot) -> None:
+    clock = SetClock()
+    double.clock = clock
+    route = r"/channels/(\d+)/messages"
+    double.rate_limit("POST", route, limit=2, per=1, send_headers=True, fixed_window=True)
+    path = f"/channels/{CHANNEL_ID}/messages"
+    statuses = []
+    for at in (0.0, 0.5, 0.9):
+        clock.now = at
+        status, body, headers = await raw_request(double, "POST", path, {"content": f"{at}"})
+        statuses.append(status)
+    assert statuses == [200, 200, 429]
+    assert body["retry_after"] == 0.1 and headers["X-RateLimit-Reset-After"] == "0.100"
+    # The window opened at 0 closes at 1: the whole limit is back (a sliding window would
+    # still count the request at 0.5), as the Reset-After header promised.
+    clock.now = 1.0
+    status, _, headers = await raw_request(double, "POST", path, {"content": "1.0"})
+    assert status == 200
+    assert headers["X-RateLimit-Remaining"] == "1" and headers["X-RateLimit-Reset-After"] == "1.000"
+    assert double.rate_limited_by_kind == {f"POST {route}": 1}
+
+
+async def test_fixed_window_headers_describe_the_window_the_request_counted_in(
+    double: DiscordDouble, bot: DemoBot
+) -> None:
+    # Counted at 0, answered at 1.2: the window closed while the request was handled. The
+    # headers still describe it (a fresh window would tell the client to send a whole
+    # limit's worth before the window the next request opens has closed).
+    double.clock = SteppingClock(1.2)
+    double.rate_limit(
+        "POST", r"/channels/(\d+)/messages", limit=2, per=1, send_headers=True, fixed_window=True
+    )
+    status, _, headers = await raw_request(
+        double, "POST", f"/channels/{CHANNEL_ID}/messages", {"content": "slow"}
+    )
+    assert status == 200
+    assert headers["X-RateLimit-Remaining"] == "1" and headers["X-RateLimit-Reset-After"] == "0.001"
 
 
 async def test_interaction_not_acknowledged_in_time_is_unknown() -> None:

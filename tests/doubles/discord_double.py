@@ -32,6 +32,8 @@ Discord behaviour the double reproduces (so tests catch the bugs it causes):
   ``dms_closed`` fail (403 / 50007), users' messages reach sessions without the
   MESSAGE_CONTENT intent with empty content;
 * ephemeral messages are invisible to channel routes and history;
+* ``rate_limit`` buckets answer 429 with Discord's body and headers, optionally one bucket per
+  top-level resource (channel, webhook id + token) and with Discord's fixed windows;
 * ``drop_connections`` closes the connection of chosen requests without an answer, as a
   network outage would (logged with status 0);
 * sharding: ``GET /gateway/bot`` recommends ``shards`` sessions; a session identified with
@@ -54,7 +56,7 @@ import secrets
 import socket
 import time
 import urllib.parse
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -214,6 +216,16 @@ class _Upload:
 
 
 @dataclass
+class _Window:
+    """One bucket's requests for one key: accepted hit times (sliding), or the start and count
+    of the current window (fixed)."""
+
+    hits: deque[float] = field(default_factory=deque)
+    started: float = 0.0
+    count: int = 0
+
+
+@dataclass
 class _RateBucket:
     method: str
     pattern: re.Pattern[str]
@@ -221,10 +233,53 @@ class _RateBucket:
     per: float
     send_headers: bool
     name: str
-    hits: deque[float] = field(default_factory=deque)
+    kind: str
+    per_match: bool = False
+    fixed_window: bool = False
+    scope: str = "user"
+    windows: dict[str, _Window] = field(default_factory=dict)
 
-    def matches(self, method: str, path: str) -> bool:
-        return self.method in ("*", method) and self.pattern.fullmatch(path) is not None
+    def key(self, method: str, path: str) -> str | None:
+        """The bucket key a request counts under (its first group with ``per_match``, else
+        ``""``), or None if the request is not in this bucket."""
+        if self.method not in ("*", method):
+            return None
+        match = self.pattern.fullmatch(path)
+        if match is None:
+            return None
+        return match.group(1) if self.per_match else ""
+
+    def window(self, key: str, now: float, *, expire: bool = True) -> _Window:
+        """``key``'s window with requests older than ``per`` forgotten. A fixed window is only
+        closed by a request (``expire``): headers describe the window the request counted in,
+        as Discord's do, even when it closed while the request was being handled."""
+        window = self.windows.setdefault(key, _Window())
+        if self.fixed_window:
+            if expire and window.count and now - window.started >= self.per:
+                window.count = 0
+        else:
+            while window.hits and now - window.hits[0] >= self.per:
+                window.hits.popleft()
+        return window
+
+    def used(self, window: _Window) -> int:
+        return window.count if self.fixed_window else len(window.hits)
+
+    def reset_after(self, window: _Window, now: float) -> float:
+        """Seconds until ``window`` has room again (the whole ``per`` if it is empty)."""
+        if self.fixed_window:
+            start = window.started if window.count else now
+        else:
+            start = window.hits[0] if window.hits else now
+        return start + self.per - now
+
+    def record(self, window: _Window, now: float) -> None:
+        if not self.fixed_window:
+            window.hits.append(now)
+            return
+        if window.count == 0:
+            window.started = now
+        window.count += 1
 
 
 @dataclass
@@ -290,6 +345,8 @@ class DiscordDouble:
         self.requests: list[RequestLog] = []
         self.unhandled: list[RequestLog] = []
         self.rate_limited_count = 0
+        #: 429s answered, by the ``kind`` each :meth:`rate_limit` bucket was given.
+        self.rate_limited_by_kind: Counter[str] = Counter()
         self.events: list[Event] = []
         #: Users whose DMs are closed: sending them a DM answers 403 (50007).
         self.dms_closed: set[int] = set()
@@ -585,15 +642,47 @@ class DiscordDouble:
         limit: int,
         per: float,
         send_headers: bool = False,
+        per_match: bool = False,
+        fixed_window: bool = False,
+        kind: str | None = None,
+        scope: str = "user",
     ) -> None:
         """Simulate a per-route bucket: more than ``limit`` requests within ``per`` seconds to
         ``method`` (or ``"*"``) + a path fully matching ``path_regex`` (relative to the API base,
         e.g. ``r"/channels/\\d+/messages/\\d+"``) answer 429 with ``Via`` and JSON
         ``retry_after``, which discord.py retries transparently. With ``send_headers`` accepted
-        requests carry ``X-RateLimit-*`` headers too, so discord.py throttles pre-emptively."""
+        requests carry ``X-RateLimit-*`` headers too, so discord.py throttles pre-emptively.
+
+        ``per_match`` counts requests separately per value of the regex's first group, as
+        Discord does per top-level resource (``r"/channels/(\\d+)/messages"``: one bucket per
+        channel; ``r"/webhooks/(\\d+/[^/]+)(?:/.*)?"``: one per webhook id + token). Every key
+        reports the same ``X-RateLimit-Bucket``: Discord's hash names the route's limit, not the
+        resource, and clients (discord.py too) key their state by hash + major parameters.
+
+        By default the window slides (a request counts for ``per`` seconds after it arrived),
+        which refuses some requests Discord would take. ``fixed_window`` models Discord's
+        buckets instead: the first request opens a window of ``per`` seconds and the whole
+        ``limit`` is available again once it closes, as ``X-RateLimit-Reset-After`` says.
+
+        ``kind`` names the bucket in :attr:`rate_limited_by_kind` (default: method and regex);
+        ``scope`` is the 429's ``X-RateLimit-Scope`` (``user``, ``shared`` or ``global``)."""
+        pattern = re.compile(path_regex)
+        if per_match and pattern.groups < 1:
+            raise ValueError(f"per_match needs a group in {path_regex!r} to key buckets by")
         name = f"bucket{len(self._buckets)}"
         self._buckets.append(
-            _RateBucket(method.upper(), re.compile(path_regex), limit, per, send_headers, name)
+            _RateBucket(
+                method.upper(),
+                pattern,
+                limit,
+                per,
+                send_headers,
+                name,
+                kind or f"{method.upper()} {path_regex}",
+                per_match=per_match,
+                fixed_window=fixed_window,
+                scope=scope,
+            )
         )
 
     def clear_rate_limits(self) -> None:
@@ -1006,30 +1095,32 @@ class DiscordDouble:
         except ApiError as exc:
             response = json_response(exc.body, status=exc.status)
         for bucket in self._buckets:
-            if bucket.send_headers and bucket.matches(entry.method, entry.path):
-                response.headers.update(self._rate_headers(bucket))
+            key = bucket.key(entry.method, entry.path) if bucket.send_headers else None
+            if key is not None:
+                response.headers.update(self._rate_headers(bucket, key))
         return response
 
     def _check_rate_limit(self, entry: RequestLog) -> web.Response | None:
         now: float | None = None
         for bucket in self._buckets:
-            if not bucket.matches(entry.method, entry.path):
+            key = bucket.key(entry.method, entry.path)
+            if key is None:
                 continue
             if now is None:
                 now = self.clock()
-            while bucket.hits and now - bucket.hits[0] >= bucket.per:
-                bucket.hits.popleft()
-            if len(bucket.hits) >= bucket.limit:
-                oldest = bucket.hits[0] if bucket.hits else now  # limit 0: every request is over
-                retry_after = max(round(oldest + bucket.per - now, 3), 0.001)
+            window = bucket.window(key, now)
+            if bucket.used(window) >= bucket.limit:
+                # limit 0: every request is over, and a full `per` away from room
+                retry_after = max(round(bucket.reset_after(window, now), 3), 0.001)
                 self.rate_limited_count += 1
+                self.rate_limited_by_kind[bucket.kind] += 1
                 headers = {
                     "Via": "1.1 google",
                     "Retry-After": str(max(1, int(retry_after + 0.999))),
-                    "X-RateLimit-Scope": "user",
+                    "X-RateLimit-Scope": bucket.scope,
                 }
                 if bucket.send_headers:
-                    headers.update(self._rate_headers(bucket))
+                    headers.update(self._rate_headers(bucket, key))
                 return json_response(
                     {
                         "message": "You are being rate limited.",
@@ -1039,16 +1130,16 @@ class DiscordDouble:
                     status=429,
                     headers=headers,
                 )
-            bucket.hits.append(now)
+            bucket.record(window, now)
         return None
 
-    def _rate_headers(self, bucket: _RateBucket) -> dict[str, str]:
+    def _rate_headers(self, bucket: _RateBucket, key: str) -> dict[str, str]:
         now = self.clock()
-        reset_after = bucket.hits[0] + bucket.per - now if bucket.hits else bucket.per
-        reset_after = max(reset_after, 0.001)
+        window = bucket.window(key, now, expire=False)
+        reset_after = max(bucket.reset_after(window, now), 0.001)
         return {
             "X-RateLimit-Limit": str(bucket.limit),
-            "X-RateLimit-Remaining": str(max(bucket.limit - len(bucket.hits), 0)),
+            "X-RateLimit-Remaining": str(max(bucket.limit - bucket.used(window), 0)),
             "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
             "X-RateLimit-Reset-After": f"{reset_after:.3f}",
             "X-RateLimit-Bucket": bucket.name,
