@@ -179,7 +179,8 @@ async def read_database(path: Path) -> tuple[dict[int, dict], int]:
     await db.connect()
     try:
         rows = await db.fetchall(
-            "SELECT id, state, api_job_id, num_outputs, credits_charged, polls FROM jobs "
+            "SELECT id, state, api_job_id, num_outputs, credits_charged, polls, "
+            "status_message_id FROM jobs "
             "WHERE guild_id = ?",
             (GUILD_ID,),
         )
@@ -242,10 +243,24 @@ async def run(args: argparse.Namespace) -> int:
                 # message create 5 per 5 s, edit 5 per 5 s, delete 5 per 1 s.
                 message = r"/channels/\d+/messages/\d+"
                 double.rate_limit(
-                    "POST", r"/channels/\d+/messages", limit=5, per=5, send_headers=True
+                    "POST",
+                    r"/channels/\d+/messages",
+                    limit=5,
+                    per=5,
+                    send_headers=True,
+                    kind="channel message create",
                 )
-                double.rate_limit("PATCH", message, limit=5, per=5, send_headers=True)
-                double.rate_limit("DELETE", message, limit=5, per=1, send_headers=True)
+                double.rate_limit(
+                    "PATCH", message, limit=5, per=5, send_headers=True, kind="channel message edit"
+                )
+                double.rate_limit(
+                    "DELETE",
+                    message,
+                    limit=5,
+                    per=1,
+                    send_headers=True,
+                    kind="channel message delete",
+                )
             settings = replace(
                 settings_for(double, api, database),
                 poll_initial_interval=args.poll_initial * scale,
@@ -440,12 +455,20 @@ async def drive(
     ]
     show("channel message POSTs in busiest 5 s (Discord allows ~5)", peak_per_window(creates, 5.0))
     show("Discord 429 responses", double.rate_limited_count)
+    for kind, count in sorted(double.rate_limited_by_kind.items()):
+        show(f"  429s {kind}", count)
     show("Discord non-2xx responses", sum(not 200 <= r.status < 300 for r in load))
 
     # (e) Totals and consistency.
     requested = sum(a[2] for a in asks)
     posted_jobs = [j for j in jobs.values() if j["state"] == "posted"]
     posted_outputs = sum(j["num_outputs"] for j in posted_jobs)
+    # A job whose public message Discord never took is abandoned (refunded) before it starts:
+    # its member was refused although nothing but Discord's rate limits stood in the way.
+    never_shown = [
+        j for j in jobs.values() if j["state"] == "failed" and not j["status_message_id"]
+    ]
+    show("members refused because Discord did not accept their job's post", len(never_shown))
     show("wall time burst to last result", wall, "s")
     show("results posted", f"{len(results)}/{len(records)}")
     show("jobs in state posted", f"{len(posted_jobs)}/{len(jobs)}")
@@ -460,6 +483,11 @@ async def drive(
     show("bench runtime", time.monotonic() - bench_started, "s")
 
     failures = []
+    if never_shown:
+        failures.append(
+            f"{len(never_shown)} of {len(records)} members were refused because Discord "
+            "rate-limited (did not accept) their job's post"
+        )
     if len(results) != len(records):
         failures.append(f"only {len(results)} of {len(records)} results posted")
     if len(posted_jobs) != len(records):
