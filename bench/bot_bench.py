@@ -12,7 +12,10 @@ STATUS_EDIT_INTERVAL 3, job durations drawn from 6-10 s (seeded). `--fast` multi
 and intervals by `--fast-scale` (0.1) for a quick smoke run.
 
 Prints one "name: value unit" figure per line, then OK, or FAIL lines and exit status 1 when
-a result is missing or the ledger does not match the images posted. Caveat: the doubles share
+a result is missing, the ledger does not match the images posted, or a member was refused
+because Discord did not accept their job's message. A result is a public message with images
+and the job's result buttons, timed when it is created or edited in (bench/job_messages.py);
+each /imagine has a unique prompt, which maps it to its job row. Caveat: the doubles share
 this process's event loop, so their timestamps include this process's own scheduling delay
 (printed as "bench loop lag"). Without `--discord-limits` the Discord double enforces no rate
 limits (and sends no rate-limit headers, so discord.py sends one request per route and channel
@@ -39,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.history import seed_history
+from bench.job_messages import ResultWatch, private_text
 from bench.loop_lag import LoopLag
 from bench.verdict import verdict
 from bot.credits.admission import Limits
@@ -48,14 +52,12 @@ from bot.storage import Database
 from tests.doubles.discord_double import (
     ChannelSpec,
     DiscordDouble,
-    Event,
     GuildSpec,
     InteractionRecord,
     MemberSpec,
-    MessageRecord,
 )
 from tests.doubles.pixeldojo import FakePixelDojo
-from tests.helpers import BotProcess, job_id_of, job_named_by, settings_for
+from tests.helpers import BotProcess, settings_for
 
 GUILD_ID = 1_300_000_000_000_000_001
 CHANNEL_ID = 1_300_000_000_000_000_002
@@ -179,7 +181,7 @@ async def read_database(path: Path) -> tuple[dict[int, dict], int]:
     await db.connect()
     try:
         rows = await db.fetchall(
-            "SELECT id, state, api_job_id, num_outputs, credits_charged, polls, "
+            "SELECT id, prompt, state, api_job_id, num_outputs, credits_charged, polls, "
             "status_message_id FROM jobs "
             "WHERE guild_id = ?",
             (GUILD_ID,),
@@ -193,10 +195,6 @@ async def read_database(path: Path) -> tuple[dict[int, dict], int]:
     return {row["id"]: dict(row) for row in rows}, int(used[0])
 
 
-def is_result(message: MessageRecord) -> bool:
-    return bool(message.attachments) and not message.deleted and job_named_by(message) is not None
-
-
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -206,10 +204,11 @@ async def run(args: argparse.Namespace) -> int:
     durations = [
         rng.uniform(args.min_duration, args.max_duration) * scale for _ in range(args.requests)
     ]
+    # Prompts are unique per command: they map each /imagine to its job row.
     asks = [
         (
             FIRST_MEMBER_ID + i % args.members,
-            rng.choice(PROMPTS),
+            f"{rng.choice(PROMPTS)}, take {i + 1}",
             rng.randint(1, 4),
             rng.choice(ASPECT_RATIOS),
         )
@@ -302,7 +301,10 @@ async def drive(
     pid = process.process.pid
     lag.samples.clear()
 
-    # (a) The burst: every /imagine dispatched within ~burst_seconds.
+    # (a) The burst: every /imagine dispatched within ~burst_seconds. Results are collected as
+    # they are created or edited in, whether into a new message or the job's status message.
+    watch = ResultWatch(expected=len(asks))
+    watching = asyncio.ensure_future(double.wait_for(watch.observe, timeout=24 * 3600))
     requests_before = len(double.requests)
     spacing = args.burst_seconds / max(1, len(asks))
     burst_at = loop.time() + 0.1
@@ -332,47 +334,37 @@ async def drive(
     over_3s = sum(a > 3.0 for a in acks)
     show("acks over 3 s", over_3s)
 
-    # Every member should be told "Job #N is queued"; anything else is a refusal.
     scale = args.fast_scale if args.fast else 1.0
     # With Discord's limits each status message waits for the channel's create bucket (~1/s).
     slack = 2.5 * len(records) if args.discord_limits else 0.0
-    # The double checks the condition after every event (each request is one, and a follow-up's
-    # request event comes after the follow-up is recorded).
-    with contextlib.suppress(TimeoutError):
-        await double.wait_until(lambda: all(r.followups for r in records), timeout=30 + slack)
-    queued: dict[int, InteractionRecord] = {}
-    refusals: Counter[str] = Counter()
-    for record in records:
-        content = record.followups[0].content if record.followups else None
-        if content and content.startswith("Job #"):
-            queued[int(content.split()[1].lstrip("#"))] = record
-        else:
-            refusals[(content or "<no follow-up>")[:80]] += 1
-    show("jobs queued", len(queued))
-    for text, count in refusals.most_common(3):
-        show("refused", f"{count}x {text!r}")
-
-    # Wait for every result message: collect them as they are created or edited.
+    # Wait for every result (a refused member's never comes: then until the timeout).
     timeout = args.timeout or 60 + 30 * scale + slack
-    results = {job_id_of(m): m for m in list(double.messages.values()) if is_result(m)}
-
-    def all_results(event: Event) -> bool:
-        message = event.message
-        if event.kind in ("message_create", "message_update") and message is not None:
-            if is_result(message):
-                results[job_id_of(message)] = message
-        return len(results) >= len(queued)
-
-    if len(results) < len(queued):
-        with contextlib.suppress(TimeoutError):
-            await double.wait_for(all_results, timeout=timeout)
-    results = {job_id_of(m): m for m in list(double.messages.values()) if is_result(m)}
-    wall = max((m.created_at for m in results.values()), default=time.monotonic()) - burst_started
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(watch.complete.wait(), timeout)
+    wall = max(watch.first_seen.values(), default=time.monotonic()) - burst_started
     stats = proc_stats(pid)
     # Let the last status deletes land before stopping (they count as REST traffic).
     await asyncio.sleep(min(2.0, 10 * scale))
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
     await asyncio.to_thread(process.stop)
     jobs, credits_used = await read_database(database)
+
+    # Each member should have a job; one that was never shown was refused, however it is told.
+    by_prompt = {job["prompt"]: job for job in jobs.values()}
+    queued: dict[int, InteractionRecord] = {}
+    refusals: Counter[str] = Counter()
+    for record, (_, prompt, _, _) in zip(records, asks, strict=True):
+        job = by_prompt.get(prompt)
+        if job is None or (job["state"] == "failed" and not job["status_message_id"]):
+            refusals[private_text(record)] += 1
+        else:
+            queued[job["id"]] = record
+    show("jobs queued", len(queued))
+    for text, count in refusals.most_common(3):
+        show("refused", f"{count}x {text!r}")
+    results = {job_id: seen for job_id, seen in watch.first_seen.items() if job_id in jobs}
 
     # (b) API completion -> result message in the channel.
     to_post: list[float] = []
@@ -380,14 +372,14 @@ async def drive(
     deliver: list[float] = []
     polls: list[int] = []
     poll_rates: list[float] = []
-    for job_id, message in results.items():
+    for job_id, shown_at in results.items():
         fake = api.jobs.get(jobs.get(job_id, {}).get("api_job_id") or "")
         if fake is None:
             continue
-        to_post.append(message.created_at - fake.complete_at)
+        to_post.append(shown_at - fake.complete_at)
         if fake.completed_seen_at is not None:
             detect.append(fake.completed_seen_at - fake.complete_at)
-            deliver.append(message.created_at - fake.completed_seen_at)
+            deliver.append(shown_at - fake.completed_seen_at)
         polls.append(fake.polls)
         poll_rates.append(fake.polls / max(1e-9, fake.complete_at - fake.created_at))
     submit_delay = []
@@ -397,8 +389,8 @@ async def drive(
         fake = api.jobs.get(jobs.get(job_id, {}).get("api_job_id") or "")
         if fake is not None:
             submit_delay.append(fake.created_at - record.received_at)
-        # "Job #N is queued: <status message link>": when its status message was created.
-        status = double.messages.get(int(record.followups[0].content.rsplit("/", 1)[-1]))
+        # The public message the job was first shown in (its status), as the bot recorded it.
+        status = double.messages.get(jobs[job_id]["status_message_id"] or 0)
         if status is not None:
             status_delay.append(status.created_at - record.received_at)
             submitted_after_status += fake is not None and fake.created_at >= status.created_at

@@ -37,8 +37,8 @@ import re
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field, fields, replace
+from collections import Counter
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +55,16 @@ from bench.bot_bench import (
     proc_stats,
     show,
 )
+from bench.job_messages import ResultWatch, private_text
 from bench.loop_lag import LoopLag
 from bench.verdict import verdict
 from bot.config import Settings
 from bot.pixeldojo.models import ASPECT_RATIOS
 from bot.storage import Database
-from tests.doubles.discord_double import DiscordDouble, Event, InteractionRecord, MessageRecord
+from tests.doubles.discord_double import DiscordDouble, InteractionRecord
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.helpers import BotProcess, settings_for
 
-# The result view's buttons (cogs/results.py): every one names the job it belongs to.
-RESULT_BUTTON = re.compile(r"pdj:(?:reroll|vary|info|delete):([0-9]+)")
 CHANNEL_CREATE = r"/channels/\d+/messages"
 CHANNEL_MESSAGE = r"/channels/\d+/messages/\d+"
 WEBHOOK_MESSAGE = r"/webhooks/\d+/[^/]+/messages/[^/]+"
@@ -105,47 +104,6 @@ def limit_like_discord(double: DiscordDouble, scale: float, *, fixed: bool) -> N
         )
 
 
-def result_job_ids(message: MessageRecord) -> set[int]:
-    """Jobs whose result `message` shows: result buttons naming them, and images attached.
-    Private (ephemeral) messages are nobody else's result."""
-    if message.ephemeral or message.deleted or not message.attachments:
-        return set()
-    found = set()
-    for component in message.iter_components():
-        match = RESULT_BUTTON.fullmatch(str(component.get("custom_id", "")))
-        if match:
-            found.add(int(match.group(1)))
-    return found
-
-
-@dataclass
-class ResultWatch:
-    """Every message that carried each job's result, seen at the moment it was created or
-    edited (a message's record is mutated later, so it is read in the event, not after)."""
-
-    expected: int
-    first_seen: dict[int, float] = field(default_factory=dict)
-    messages: defaultdict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
-    images: dict[int, int] = field(default_factory=dict)
-    public_created: set[int] = field(default_factory=set)
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def observe(self, event: Event) -> bool:
-        """A `DiscordDouble.wait_for` predicate that records and never matches."""
-        message = event.message
-        if event.kind not in ("message_create", "message_update") or message is None:
-            return False
-        if event.kind == "message_create" and not message.ephemeral:
-            self.public_created.add(message.id)
-        for job_id in result_job_ids(message):
-            self.first_seen.setdefault(job_id, event.at)
-            self.messages[job_id].add(message.id)
-            self.images[job_id] = len(message.attachments)
-        if len(self.first_seen) >= self.expected:
-            self.complete.set()
-        return False
-
-
 async def read_jobs(path: Path) -> list[dict[str, Any]]:
     db = Database(path)
     await db.connect()
@@ -173,12 +131,6 @@ def show_latency(name: str, seconds: list[float], percentiles: tuple[int, ...]) 
     for p in percentiles:
         show(f"{name} p{p}", pct(seconds, p), "s")
     show(f"{name} max", max(seconds) if seconds else math.nan, "s")
-
-
-def private_text(record: InteractionRecord) -> str:
-    """What the member alone was told (for a refusal's reason; never used to identify)."""
-    texts = [m.content for m in [record.original, *record.followups] if m and m.content]
-    return (texts[-1] if texts else "<nothing>")[:80]
 
 
 # -- the run -----------------------------------------------------------------------------------
