@@ -17,9 +17,11 @@ COPY bot ./bot
 COPY cogs ./cogs
 RUN pip install . && rm -rf /src
 
-# The database, and next to it the heartbeat file the health check reads.
+# The database, and next to it the heartbeat file the health check reads. matplotlib (the
+# /mod report chart) keeps its font cache in MPLCONFIGDIR: the user has no home to put it in.
 RUN mkdir /data && chown pixeldojo:pixeldojo /data
-ENV DATABASE_PATH=/data/pixeldojo-bot.sqlite3
+ENV DATABASE_PATH=/data/pixeldojo-bot.sqlite3 \
+    MPLCONFIGDIR=/tmp/matplotlib
 VOLUME ["/data"]
 WORKDIR /data
 
