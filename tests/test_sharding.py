@@ -7,6 +7,7 @@ from pathlib import Path
 import aiohttp
 
 from bot.app import PixelDojoBot
+from bot.discord_ui.identify_pacing import IdentifyPacing
 from tests.doubles.discord_double import (
     ChannelSpec,
     DiscordDouble,
@@ -60,6 +61,7 @@ async def test_with_two_shards_imagine_posts_in_a_guild_on_each(
 ) -> None:
     assert shard_of(GUILD_ID, 2) == 1 and shard_of(SHARD_0_GUILD_ID, 2) == 0
     async with DiscordDouble(guilds=two_shard_guilds(), shards=2) as double:
+        double.max_concurrency = 2  # both may identify at once: no 5 s wait between them
         bot = PixelDojoBot(
             settings_for(double, api, tmp_path / "bot.sqlite3"), guild_ready_timeout=0.1
         )
@@ -135,3 +137,25 @@ async def test_the_double_closes_an_identify_with_an_impossible_shard() -> None:
         closed = await ws.receive(timeout=5)
         assert closed.type is aiohttp.WSMsgType.CLOSE and closed.data == 4010
         assert double.identified_shards == []
+
+
+async def test_shards_identify_as_fast_as_their_buckets_allow() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacing = IdentifyPacing(2, clock=lambda: now[0], sleep=sleep)
+    for shard_id in (0, 1):  # two buckets: both at once
+        await pacing.wait_turn(shard_id)
+    assert slept == []
+    now[0] += 1.5
+    await pacing.wait_turn(2)  # bucket 0 again: 5 s after shard 0
+    await pacing.wait_turn(3)  # bucket 1: its 5 s are over by then
+    assert slept == [3.5]
+    one_at_a_time = IdentifyPacing(1, clock=lambda: now[0], sleep=sleep)
+    await one_at_a_time.wait_turn(0)
+    await one_at_a_time.wait_turn(1)
+    assert slept == [3.5, 5.0]

@@ -319,6 +319,8 @@ class DiscordDouble:
         self.application_id = application_id
         #: The shard count ``GET /gateway/bot`` recommends (an AutoShardedClient uses it).
         self.shards = shards
+        #: Shards Discord lets the bot IDENTIFY per 5 s (``session_start_limit.max_concurrency``).
+        self.max_concurrency = 1
         #: The seconds rate-limit buckets count in, read once per request a bucket matches (and
         #: again for its headers with ``send_headers``); a test passes its own to make windows
         #: exact whatever the machine's speed.
@@ -1439,7 +1441,7 @@ class DiscordDouble:
                     "total": 1000,
                     "remaining": 1000,
                     "reset_after": 0,
-                    "max_concurrency": 1,
+                    "max_concurrency": self.max_concurrency,
                 },
             }
         )
