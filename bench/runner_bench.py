@@ -401,6 +401,9 @@ class NullPresenter:
     async def find_posted_result(self, job: Job) -> int | None:
         return None
 
+    def forget(self, job_id: int) -> None:
+        """Nothing is kept per job."""
+
     def _check(self) -> None:
         if len(self.posted) + len(self.failures) >= self.expected:
             self.all_posted.set()

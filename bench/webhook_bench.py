@@ -65,6 +65,9 @@ class Recorder:
     async def find_posted_result(self, job: Job) -> int | None:
         return None
 
+    def forget(self, job_id: int) -> None:
+        """Nothing is kept per job."""
+
     def _check(self) -> None:
         if len(self.posted) + len(self.failed) >= self.expected:
             self.done.set()

@@ -80,6 +80,9 @@ class FilePresenter:
     async def find_posted_result(self, job: Job) -> int | None:
         return None
 
+    def forget(self, job_id: int) -> None:
+        """Nothing is kept per job."""
+
 
 async def generate_once(
     settings: Settings,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -19,6 +20,9 @@ from bot.generation.service import validate
 if TYPE_CHECKING:
     from bot.app import PixelDojoBot
     from bot.generation.models import Job
+    from bot.generation.service import GenerationService
+
+log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
 
@@ -93,17 +97,19 @@ async def launch(bot: PixelDojoBot, interaction: discord.Interaction, prepare: P
     admitting = asyncio.ensure_future(_admit(bot, interaction, prepare))
     deferred = False
     try:
-        done, _ = await asyncio.wait({admitting}, timeout=ACK_WITHIN)
+        done, _ = await asyncio.wait({admitting}, timeout=_window_left(interaction))
         if not done:
             await interaction.response.defer(thinking=True)  # public: the status fills it
             deferred = True
-        job = await admitting
+        job = await asyncio.shield(admitting)
     except RequestRefused as refusal:
         await _refuse(interaction, str(refusal), deferred=deferred)
         return
     except BaseException:
-        if not admitting.done():
-            admitting.cancel()
+        # Never cancelled: a reservation already on its way to the database commits anyway.
+        # Whatever it reserves is refunded as soon as it is known (the member is told that
+        # nothing was charged).
+        _refund_when_admitted(service, admitting)
         if deferred:  # the error is reported privately: don't leave "thinking…" in public
             with contextlib.suppress(discord.HTTPException):
                 await interaction.delete_original_response()
@@ -120,6 +126,34 @@ async def launch(bot: PixelDojoBot, interaction: discord.Interaction, prepare: P
     message_id = await bot.presenter.publish(job, deferred=deferred)
     if message_id is not None:
         await service.record_status_message(job.id, message_id)
+
+
+def _window_left(interaction: discord.Interaction) -> float:
+    """Seconds left of `ACK_WITHIN`, counted from when Discord created the interaction (lag
+    before the handler ran, and a Reroll's lookup, come out of the same 3 s)."""
+    age = (discord.utils.utcnow() - interaction.created_at).total_seconds()
+    return min(ACK_WITHIN, max(0.0, ACK_WITHIN - age))
+
+
+_refunding: set[asyncio.Task[None]] = set()
+
+
+def _refund_when_admitted(service: GenerationService, admitting: asyncio.Future[Job]) -> None:
+    """Refund the job `admitting` reserves (or reserved) for a command that failed."""
+
+    async def refund() -> None:
+        try:
+            job = await admitting
+        except BaseException:
+            return  # nothing was reserved
+        try:
+            await service.abandon(job, "the command failed before the job started")
+        except Exception:  # the database is failing: the operator must hear of it
+            log.exception("job %d: could not refund a job whose command failed", job.id)
+
+    task = asyncio.ensure_future(refund())
+    _refunding.add(task)
+    task.add_done_callback(_refunding.discard)
 
 
 async def _admit(bot: PixelDojoBot, interaction: discord.Interaction, prepare: Prepare) -> Job:

@@ -3,20 +3,27 @@ response, its progress, its route after the token's life, and admission inside t
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import io
 from typing import Any
 
 import pytest
+from PIL import Image
 
 import cogs._launch
 from bot.discord_ui.embeds import progress_text
 from bot.errors import RequestRefused
+from bot.generation.models import JobState
 from tests.doubles.discord_models import MIB, InteractionRecord, MessageRecord
 from tests.helpers import (
+    ALICE_ID,
     CHANNEL_ID,
     GUILD_ID,
     Harness,
+    credits_used,
     footer_has,
+    job_id_of,
     queued_job_id,
     title_of,
 )
@@ -84,17 +91,31 @@ async def test_after_the_token_dies_the_same_message_is_edited_through_the_chann
 
 
 async def test_once_the_token_is_old_the_bot_does_not_try_it(harness: Harness) -> None:
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=16)
+    harness.bot.presenter.messages.now = lambda: later  # every token is past its 15 minutes
+    job_id = await queued_job_id(harness, await harness.imagine("a patient heron"))
+    result = await harness.result_for(job_id)
+    assert result.edits and all(edit.source == "channel" for edit in result.edits)
+    assert harness.double.requests_to("PATCH", ORIGINAL) == []
+    assert harness.double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages") == []
+
+
+async def test_a_token_refused_on_the_result_still_uploads_whole_images(
+    harness: Harness,
+) -> None:
     harness.api.set_duration(3600)
     job_id = await queued_job_id(harness, await harness.imagine("a patient heron"))
     message = await generating(harness, job_id)
-    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=16)
-    harness.bot.presenter.messages.now = lambda: later
-    webhook_edits = len(harness.double.requests_to("PATCH", ORIGINAL))
+    harness.double.refuse_requests(
+        "PATCH", ORIGINAL, (401, 50027, "Invalid Webhook Token"), with_files=True
+    )
     harness.api.finish_jobs()
     result = await harness.result_for(job_id)
     assert result.id == message.id and result.edits[-1].source == "channel"
-    assert len(harness.double.requests_to("PATCH", ORIGINAL)) == webhook_edits
-    assert harness.double.rate_limited_count == 0
+    [attachment] = result.attachments
+    assert attachment.size > 0
+    with Image.open(io.BytesIO(attachment.data)) as image:
+        assert image.size[0] > 0
 
 
 async def test_a_deleted_job_message_gets_one_new_message_for_the_result(
@@ -167,3 +188,68 @@ async def test_slow_admission_fills_the_thinking_message_with_the_job(
     result = await harness.result_for(job_id)
     assert record.original is not None and result.id == record.original.id
     assert record.followups == []
+
+
+# -- the response itself goes wrong -----------------------------------------------------------
+
+CALLBACK = r"/interactions/\d+/[^/]+/callback"
+
+
+async def test_a_response_lost_on_the_way_puts_the_status_in_the_channel(
+    harness: Harness,
+) -> None:
+    harness.double.drop_connections("POST", CALLBACK)
+    record = await harness.double.slash(
+        "imagine",
+        {"prompt": "lost in transit"},
+        user_id=ALICE_ID,
+        guild_id=GUILD_ID,
+        channel_id=CHANNEL_ID,
+    )
+    result = await harness.double.wait_for_message(
+        lambda m: bool(m.attachments) and m.embeds[0].get("description") == "lost in transit"
+    )
+    await harness.finished(job_id_of(result))
+    assert not result.ephemeral and result.channel_id == CHANNEL_ID
+    [post] = harness.double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages")
+    assert post.status == 200  # the status, which then became the result
+    assert record.responses == [] and record.followups == []  # no apology, no stray reply
+    assert harness.api.submissions and len(harness.api.submissions) == 1
+
+
+async def test_a_command_that_fails_while_admission_runs_refunds_what_it_reserved(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cogs._launch, "ACK_WITHIN", 0.01)
+    # Discord refuses the "thinking…" answer: the command fails while the reservation is on
+    # its way to the database.
+    harness.double.refuse_requests("POST", CALLBACK, (404, 10062, "Unknown interaction"))
+    reserve = harness.bot.services.generation.reserve
+    double = harness.double
+
+    async def slow_reserve(*args: Any, **kwargs: Any) -> Any:
+        job = await reserve(*args, **kwargs)  # committed; its answer is still on its way
+        await double.wait_until(lambda: bool(double.requests_to("POST", CALLBACK)))
+        return job
+
+    abandon = harness.bot.services.generation.abandon
+    abandoned = asyncio.Event()
+
+    async def watched_abandon(*args: Any, **kwargs: Any) -> None:
+        await abandon(*args, **kwargs)
+        abandoned.set()
+
+    monkeypatch.setattr(harness.bot.services.generation, "reserve", slow_reserve)
+    monkeypatch.setattr(harness.bot.services.generation, "abandon", watched_abandon)
+    await harness.double.slash(
+        "imagine",
+        {"prompt": "never mind"},
+        user_id=ALICE_ID,
+        guild_id=GUILD_ID,
+        channel_id=CHANNEL_ID,
+    )
+    await asyncio.wait_for(abandoned.wait(), 10)
+    [job] = await harness.bot.services.store.recent_for_user(GUILD_ID, ALICE_ID, limit=1)
+    assert job.state is JobState.FAILED
+    assert await credits_used(harness.bot.services.db, ALICE_ID) == 0
+    assert harness.api.submissions == []

@@ -49,6 +49,8 @@ class JobMessage:
     )
     """Done once the interaction's response was sent (or could not be)."""
     token_gone: bool = False
+    gave_up: bool = False
+    """An edit that had to land stopped waiting for the response and went elsewhere."""
     ended: bool = False
     """The final edit (result, failure, cancel) has been queued: progress edits are dropped."""
     shown: Any = None
@@ -73,6 +75,7 @@ class JobMessage:
             await asyncio.wait_for(asyncio.shield(self.sent), RESPONSE_WAIT)
         except TimeoutError:
             log.warning("job %d: the interaction response is late; not waiting for it", self.job_id)
+            self.gave_up = True
 
 
 class JobMessages:
@@ -109,9 +112,10 @@ class JobMessages:
         handle: JobMessage | None,
         channel: discord.PartialMessageable,
         stored_message_id: int | None,
-        **fields: Any,
+        fields: Callable[[], dict[str, Any]],
     ) -> int:
-        """Edit the job's message with `fields` (discord.py edit keywords); return its id.
+        """Edit the job's message with `fields()` (discord.py edit keywords, built anew for each
+        attempt: a file's stream is spent by the first); return the message's id.
 
         Through the interaction webhook while the token is usable, else through the channel.
         Raises `NoJobMessage` when there is no message to edit, `discord.HTTPException` when
@@ -120,7 +124,7 @@ class JobMessages:
         if handle is not None and self.usable_token(handle):
             assert handle.interaction is not None
             try:
-                message = await handle.interaction.edit_original_response(**fields)
+                message = await handle.interaction.edit_original_response(**fields())
                 handle.message_id = message.id
                 return message.id
             except discord.HTTPException as exc:
@@ -136,5 +140,5 @@ class JobMessages:
         message_id = message_id or stored_message_id
         if message_id is None:
             raise NoJobMessage
-        edited = await channel.get_partial_message(message_id).edit(**fields)
+        edited = await channel.get_partial_message(message_id).edit(**fields())
         return edited.id if edited is not None else message_id

@@ -120,8 +120,10 @@ class DiscordPresenter:
 
     async def publish(self, job: Job, *, deferred: bool) -> int | None:
         """Send the job's status as its interaction's public response (or fill the deferred
-        one); return the message id, or None if Discord did not take it (the job still runs:
-        its outcome then gets a channel message)."""
+        one); return the message id. Never raises: the job is running already. If Discord
+        does not take the response (it came too late, or the connection broke), the status
+        goes to the channel instead, so the member still sees the job; None if that fails too
+        (its outcome then gets a channel message)."""
         handle = self.messages.get(job.id)
         if handle is None or handle.interaction is None:
             return None
@@ -140,26 +142,69 @@ class DiscordPresenter:
                     embed=embed, allowed_mentions=NO_MENTIONS, **kwargs
                 )
                 handle.message_id = response.message_id
-            self._last_embed[job.id] = dict(embed.to_dict())
-        except discord.HTTPException as exc:
+        except Exception as exc:  # an HTTP error, or a connection that broke on the way
             log.warning(
-                "job %d: Discord did not take the status message (%s); the job runs anyway",
+                "job %d: Discord did not take the status as the command's answer (%s); "
+                "posting it in the channel",
                 job.id,
                 exc,
             )
             handle.token_gone = True
+            if not handle.gave_up:
+                handle.message_id = await self._status_in_channel(job, interaction, embed, kwargs)
         finally:
             if not handle.sent.done():
                 handle.sent.set_result(None)
-        if handle.message_id is not None and handle.shown is not shown and not handle.ended:
+        if handle.gave_up:
+            # The outcome could not wait for this response and went to a message of its own.
+            await self._delete_quietly(interaction, job)
+            return None
+        if handle.message_id is not None and not handle.ended:
+            self._last_embed[job.id] = dict(embed.to_dict())
             latest = handle.shown
-            if isinstance(latest, _Shown):  # it moved while the response was on its way
+            if latest is not shown and isinstance(latest, _Shown):  # it moved meanwhile
                 self._queue_edit(job, handle, latest, urgent=True)
         return handle.message_id
 
+    async def _status_in_channel(
+        self,
+        job: Job,
+        interaction: discord.Interaction,
+        embed: discord.Embed,
+        kwargs: dict[str, Any],
+    ) -> int | None:
+        """The job's one message, when its interaction could not carry it."""
+        try:
+            # Whether a broken connection delivered the response is unknown: if it did, the
+            # message exists and is the job's; otherwise make it in the channel.
+            with contextlib.suppress(discord.HTTPException):
+                return (await interaction.original_response()).id
+            message = await self._channel(job).send(
+                embed=embed, allowed_mentions=NO_MENTIONS, nonce=job.nonce, **kwargs
+            )
+            return message.id
+        except Exception as exc:
+            log.warning("job %d: could not post its status either (%s)", job.id, exc)
+            return None
+
+    async def _delete_quietly(self, interaction: discord.Interaction, job: Job) -> None:
+        try:
+            await interaction.delete_original_response()
+        except Exception as exc:
+            log.info("job %d: could not remove its late status (%s)", job.id, exc)
+
     def forget(self, job_id: int) -> None:
-        """The job was abandoned before it could be shown."""
+        """The job is over here (or was abandoned before it was shown): drop what is kept
+        for it, so nothing more is shown for it from this process."""
+        self._last_edit.pop(job_id, None)
+        self._last_embed.pop(job_id, None)
+        self._running.pop(job_id, None)
+        handle = self.messages.get(job_id)
+        if handle is not None:
+            handle.ended = True
         self.messages.close(job_id)
+        self.edits.forget(-job_id, job_id)
+        self.edits.discard(-job_id)
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -192,7 +237,10 @@ class DiscordPresenter:
             if handle is not None and handle.ended:
                 return  # the outcome is on its way: never show progress over it
             await self.messages.edit(
-                handle, channel, stored_id, embed=embed, view=view, allowed_mentions=NO_MENTIONS
+                handle,
+                channel,
+                stored_id,
+                lambda: {"embed": embed, "view": view, "allowed_mentions": NO_MENTIONS},
             )
 
         self.edits.tick(self._edit_key(job, handle), job.id, send, urgent=urgent)
@@ -262,9 +310,11 @@ class DiscordPresenter:
             handle.ended = True
         return handle
 
-    async def _final_edit(self, job: Job, handle: JobMessage | None, **fields: Any) -> int:
-        """Edit the job's message one last time, after any progress edit still waiting, and
-        wait until Discord took it. Raises `NoJobMessage` if there is no message to edit."""
+    async def _final_edit(
+        self, job: Job, handle: JobMessage | None, fields: Callable[[], dict[str, Any]]
+    ) -> int:
+        """Edit the job's message one last time, after any progress edit already on its way,
+        and wait until Discord took it. Raises `NoJobMessage` if there is no message to edit."""
         if handle is not None:
             await handle.wait_sent()
         if (handle is None or handle.message_id is None) and job.status_message_id is None:
@@ -274,16 +324,18 @@ class DiscordPresenter:
         edited: list[int] = []
 
         async def send() -> None:
-            edited.append(
-                await self.messages.edit(handle, channel, job.status_message_id, **fields)
-            )
+            edited.append(await self.messages.edit(handle, channel, job.status_message_id, fields))
 
         key = self._edit_key(job, handle)
+        other = job.channel_id if key < 0 else -job.id
+        # Progress still waiting is dropped; one already sent on the other route (the token
+        # just expired) must land before the outcome, never after it.
+        self.edits.forget(other, job.id)
+        self.edits.forget(key, job.id)
+        await self.edits.settle(other)
         try:
             await self.edits.final(key, job.id, send)
         finally:
-            self.edits.forget(-job.id, job.id)
-            self.edits.forget(job.channel_id, job.id)
             self.edits.discard(-job.id)
         return edited[0]
 
@@ -291,9 +343,7 @@ class DiscordPresenter:
         """Say on the job's message that the queued job was cancelled and refunded."""
         handle = self._ended(job)
         try:
-            await self._final_edit(
-                job, handle, embed=embeds.cancelled(job), view=None, allowed_mentions=NO_MENTIONS
-            )
+            await self._final_edit(job, handle, _ended_fields(embeds.cancelled(job)))
         except (NoJobMessage, discord.HTTPException) as exc:
             log.info("job %d: could not show the cancel (%s)", job.id, exc)
         finally:
@@ -320,9 +370,7 @@ class DiscordPresenter:
         self, job: Job, handle: JobMessage | None, embed: discord.Embed
     ) -> None:
         try:
-            await self._final_edit(
-                job, handle, embed=embed, view=None, allowed_mentions=NO_MENTIONS
-            )
+            await self._final_edit(job, handle, _ended_fields(embed))
             return
         except (NoJobMessage, discord.NotFound):
             pass  # no message, or it was deleted: say it in a new message instead
@@ -373,10 +421,12 @@ class DiscordPresenter:
                 message_id = await self._final_edit(
                     job,
                     handle,
-                    embed=embed,
-                    attachments=files(),
-                    view=view,
-                    allowed_mentions=NO_MENTIONS,
+                    lambda: {
+                        "embed": embed,
+                        "attachments": files(),
+                        "view": view,
+                        "allowed_mentions": NO_MENTIONS,
+                    },
                 )
             except (NoJobMessage, discord.NotFound):
                 # Typed Any: discord.py's overloads take `view` only as a View, not the None
@@ -460,6 +510,17 @@ class DiscordPresenter:
             await self._channel(job).get_partial_message(job.status_message_id).delete()
         except discord.HTTPException as exc:
             log.info("job %d: could not delete the status message (%s)", job.id, exc)
+
+
+def _ended_fields(embed: discord.Embed) -> Callable[[], dict[str, Any]]:
+    """A job's message once it ended without images: no buttons, no attachments (an earlier
+    result edit Discord did take, though its answer never arrived, must not stay)."""
+    return lambda: {
+        "embed": embed,
+        "view": None,
+        "attachments": [],
+        "allowed_mentions": NO_MENTIONS,
+    }
 
 
 def _carries_key(message: discord.Message, job: Job, keys: frozenset[str]) -> bool:

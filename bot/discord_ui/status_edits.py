@@ -36,6 +36,8 @@ class _Channel:
     refilled_at: float = 0.0
     worker: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sending: asyncio.Future[None] | None = None
+    """Done when the edit being sent now has been answered."""
 
 
 class StatusEditQueue:
@@ -88,6 +90,12 @@ class StatusEditQueue:
             pending = channel.pending.get(message_id)
             if pending is not None and not pending.final:
                 del channel.pending[message_id]
+
+    async def settle(self, channel_id: int) -> None:
+        """Wait until the edit `channel_id`'s queue is sending right now (if any) is answered."""
+        channel = self._channels.get(channel_id)
+        if channel is not None and channel.sending is not None:
+            await asyncio.shield(channel.sending)
 
     def discard(self, channel_id: int) -> None:
         """Stop the queue of `channel_id` (a key that will not be used again, such as one
@@ -142,6 +150,7 @@ class StatusEditQueue:
                     continue
                 channel.tokens -= 1
             message_id, item = channel.pending.popitem(last=False)
+            channel.sending = asyncio.get_running_loop().create_future()
             try:
                 await item.send()
             except Exception as exc:  # a failed edit must not stop the channel's queue
@@ -154,3 +163,7 @@ class StatusEditQueue:
             else:
                 if item.done is not None:
                     item.done.set_result(None)
+            finally:
+                sending, channel.sending = channel.sending, None
+                if sending is not None and not sending.done():
+                    sending.set_result(None)

@@ -114,6 +114,10 @@ class JobPresenter(Protocol):
     async def find_posted_result(self, job: Job) -> int | None:
         """After a crash: the id of a result message already posted for this job, if any."""
 
+    def forget(self, job_id: int) -> None:
+        """The job is over for this process (ended, or moved on by another process): drop
+        anything kept for it and show nothing more for it."""
+
 
 POLL_QUANTILES = (0.7, 0.9, 0.97, 0.995)
 """Where a job's polls go, as quantiles of the learned generation times: the first where most
@@ -354,6 +358,7 @@ class JobRunner:
     async def _finish(self, job: Job) -> None:
         """A job reached POSTED or FAILED: run the hook (the audit trail), then wake waiters."""
         self._release(job.id)
+        self.presenter.forget(job.id)
         if self.on_finished is not None:
             try:
                 await self.on_finished(job)
@@ -1003,6 +1008,7 @@ class JobRunner:
         state = current.state.value if current is not None else "gone"
         log.warning("job %d: %s: it is already %s", job.id, what, state)
         self._release(job.id)
+        self.presenter.forget(job.id)
         future = self._finished.pop(job.id, None)
         if future is not None and not future.done():
             future.set_result(current or job)

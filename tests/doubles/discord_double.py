@@ -288,6 +288,8 @@ class _Drop:
     pattern: re.Pattern[str]
     remaining: int
     with_files: bool = False
+    answer: ApiError | None = None
+    """Answer this error instead of dropping the connection."""
 
 
 class _DroppedResponse(web.Response):
@@ -700,6 +702,29 @@ class DiscordDouble:
         effect, so the client sees an aiohttp connection error rather than an HTTP status."""
         self._drops.append(_Drop(method.upper(), re.compile(path_regex), count, with_files))
 
+    def refuse_requests(
+        self,
+        method: str,
+        path_regex: str,
+        error: tuple[int, int, str],
+        count: int = 1,
+        *,
+        with_files: bool = False,
+    ) -> None:
+        """Answer the next ``count`` matching requests (as for :meth:`drop_connections`) with
+        Discord's error body for ``error`` = (status, code, message), e.g. ``(401, 50027,
+        "Invalid Webhook Token")``; the request has no effect."""
+        status, code, message = error
+        self._drops.append(
+            _Drop(
+                method.upper(),
+                re.compile(path_regex),
+                count,
+                with_files,
+                answer=ApiError(status, code, message),
+            )
+        )
+
     async def drop_gateway(
         self,
         *,
@@ -1086,6 +1111,9 @@ class DiscordDouble:
             drop.remaining -= 1
             if drop.remaining <= 0:
                 self._drops.remove(drop)
+            if drop.answer is not None:
+                await request.read()
+                return json_response(drop.answer.body, status=drop.answer.status)
             if request.transport is not None:
                 request.transport.abort()
             return _DroppedResponse(status=204)

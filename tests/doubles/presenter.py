@@ -43,3 +43,6 @@ class RecordingPresenter:
 
     async def find_posted_result(self, job: Job) -> int | None:
         return self.posted_before.get(job.id)
+
+    def forget(self, job_id: int) -> None:
+        """Nothing is kept per job."""
