@@ -54,7 +54,6 @@ from bench.bot_bench import (
     GUILD_ID,
     OWNER_ID,
     PROMPTS,
-    is_result,
     make_guild,
     pct,
     read_database,
@@ -65,10 +64,10 @@ from bench.verdict import verdict
 from bot.credits.admission import Limits
 from bot.credits.moderation import ModerationService
 from bot.storage import Database
-from tests.doubles.discord_double import DiscordDouble, Event, InteractionRecord
+from tests.doubles.discord_double import DiscordDouble, Event, InteractionRecord, MessageRecord
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
-from tests.helpers import BotProcess, job_id_of, settings_for
+from tests.helpers import BotProcess, job_id_of, job_named_by, settings_for
 
 HISTORY_GUILD_ID = 1
 
@@ -88,6 +87,10 @@ class Scenario:
 class Outcome:
     failures: list[str]
     figures: dict[str, float]
+
+
+def is_result(message: MessageRecord) -> bool:
+    return bool(message.attachments) and not message.deleted and job_named_by(message) is not None
 
 
 async def prepare_database(path: Path, history: list[float]) -> None:
