@@ -29,11 +29,9 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import random
 import re
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import replace
@@ -41,65 +39,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.history import seed_history
+from bench.bot_process import (
+    Ask,
+    add_burst_options,
+    bench_doubles,
+    bot_process,
+    burst_asks,
+    job_durations,
+    parse_burst,
+    proc_stats,
+    read_database,
+    send_burst,
+    show,
+    show_discord_errors,
+    show_spread,
+    start_bot,
+)
 from bench.job_messages import ResultWatch, private_text
 from bench.loop_lag import LoopLag
 from bench.verdict import verdict
-from bot.credits.admission import Limits
-from bot.credits.moderation import ModerationService
-from bot.pixeldojo.models import ASPECT_RATIOS
-from bot.storage import Database
-from tests.doubles.discord_double import (
-    ChannelSpec,
-    DiscordDouble,
-    GuildSpec,
-    InteractionRecord,
-    MemberSpec,
-)
+from tests.doubles.discord_double import DiscordDouble, InteractionRecord
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.helpers import BotProcess, settings_for
 
-GUILD_ID = 1_300_000_000_000_000_001
-CHANNEL_ID = 1_300_000_000_000_000_002
-OWNER_ID = 1_300_000_000_000_000_010
-FIRST_MEMBER_ID = 1_300_000_000_000_001_000
-
-PROMPTS = (
-    "a lighthouse at dawn",
-    "a fox in a snowy forest, watercolour",
-    "neon city street in the rain",
-    "a bowl of ramen, studio photo",
-    "an astronaut riding a horse on the moon",
-    "isometric pixel-art castle",
-    "portrait of an old sailor, oil painting",
-    "a cat wearing a tiny wizard hat",
-)
-
-
 # -- figures -----------------------------------------------------------------------------------
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def show(name: str, value: float | int | str, unit: str = "") -> None:
-    if isinstance(value, float):
-        text = "nan" if math.isnan(value) else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    else:
-        text = str(value)
-    print(f"{name}: {text}{' ' + unit if unit else ''}", flush=True)
-
-
-def show_ms(name: str, seconds: list[float]) -> None:
-    for label, p in (("p50", 50), ("p99", 99)):
-        show(f"{name} {label}", pct(seconds, p) * 1000, "ms")
-    show(f"{name} max", (max(seconds) if seconds else math.nan) * 1000, "ms")
 
 
 def peak_per_window(times: list[float], window: float) -> int:
@@ -125,95 +88,14 @@ def route_kind(method: str, path: str) -> str:
     return "other"
 
 
-def proc_stats(pid: int) -> tuple[float, int] | None:
-    """(CPU seconds, peak RSS in KiB) of a live process, from /proc; None if unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        cpu = (int(fields[11]) + int(fields[12])) / ticks
-        hwm = 0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1])
-        return cpu, hwm
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-# -- set-up ------------------------------------------------------------------------------------
-
-
-def make_guild(members: int) -> GuildSpec:
-    return GuildSpec(
-        id=GUILD_ID,
-        name="Bench Lab",
-        owner_id=OWNER_ID,
-        channels=[ChannelSpec(CHANNEL_ID, "creations")],
-        roles=[],
-        members=[
-            MemberSpec(OWNER_ID, "owner"),
-            *(MemberSpec(FIRST_MEMBER_ID + i, f"member{i:03d}") for i in range(members)),
-        ],
-    )
-
-
-HISTORY_GUILD_ID = 1
-
-
-async def prepare_database(path: Path, history: list[float]) -> None:
-    """Limits that let the burst through, and `history`: generation times of earlier jobs (in
-    another guild, so no figure counts them), as a bot that has been running would have."""
-    db = Database(path)
-    await db.connect()
-    try:
-        await seed_history(db, history, guild_id=HISTORY_GUILD_ID)
-        moderation = ModerationService(db, Limits(db))
-        await moderation.set_default_allowance(guild_id=GUILD_ID, actor_id=OWNER_ID, allowance=None)
-        await moderation.set_max_concurrent(guild_id=GUILD_ID, actor_id=OWNER_ID, value=10)
-        await moderation.set_max_outputs(guild_id=GUILD_ID, actor_id=OWNER_ID, value=4)
-    finally:
-        await db.close()
-
-
-async def read_database(path: Path) -> tuple[dict[int, dict], int]:
-    """Job rows by id, and the guild's credits used in the ledger (all kinds but grants)."""
-    db = Database(path)
-    await db.connect()
-    try:
-        rows = await db.fetchall(
-            "SELECT id, prompt, state, api_job_id, num_outputs, credits_charged, polls, "
-            "status_message_id FROM jobs "
-            "WHERE guild_id = ?",
-            (GUILD_ID,),
-        )
-        used = await db.fetchone(
-            "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE guild_id = ? AND kind != 'grant'",
-            (GUILD_ID,),
-        )
-    finally:
-        await db.close()
-    return {row["id"]: dict(row) for row in rows}, int(used[0])
-
-
 # -- the run -----------------------------------------------------------------------------------
 
 
 async def run(args: argparse.Namespace) -> int:
     scale = args.fast_scale if args.fast else 1.0
     rng = random.Random(args.seed)
-    durations = [
-        rng.uniform(args.min_duration, args.max_duration) * scale for _ in range(args.requests)
-    ]
-    # Prompts are unique per command: they map each /imagine to its job row.
-    asks = [
-        (
-            FIRST_MEMBER_ID + i % args.members,
-            f"{rng.choice(PROMPTS)}, take {i + 1}",
-            rng.randint(1, 4),
-            rng.choice(ASPECT_RATIOS),
-        )
-        for i in range(args.requests)
-    ]
+    durations = job_durations(rng, args, scale, args.requests)
+    asks = burst_asks(rng, args.requests, args.members)
     bench_started = time.monotonic()
     show("mode", "fast" if args.fast else "realistic")
     show("requests", args.requests)
@@ -224,61 +106,44 @@ async def run(args: argparse.Namespace) -> int:
     show("job duration min", min(durations), "s")
     show("job duration max", max(durations), "s")
 
-    history = [
-        rng.uniform(args.min_duration, args.max_duration) * scale
-        for _ in range(0 if args.cold else 20)
-    ]
+    history = job_durations(rng, args, scale, 0 if args.cold else 20)
     show("earlier jobs in the database (warm poll schedule)", len(history))
-    with tempfile.TemporaryDirectory(prefix="bot-bench-") as folder:
-        database = Path(folder) / "bot.sqlite3"
-        await prepare_database(database, history)
-        async with (
-            FakePixelDojo() as api,
-            DiscordDouble(guilds=[make_guild(args.members)]) as double,
-        ):
-            api.durations.extend(durations)
-            if args.discord_limits:
-                # Discord's observed per-channel buckets (one channel here, so one bucket each):
-                # message create 5 per 5 s, edit 5 per 5 s, delete 5 per 1 s.
-                message = r"/channels/\d+/messages/\d+"
-                double.rate_limit(
-                    "POST",
-                    r"/channels/\d+/messages",
-                    limit=5,
-                    per=5,
-                    send_headers=True,
-                    kind="channel message create",
-                )
-                double.rate_limit(
-                    "PATCH", message, limit=5, per=5, send_headers=True, kind="channel message edit"
-                )
-                double.rate_limit(
-                    "DELETE",
-                    message,
-                    limit=5,
-                    per=1,
-                    send_headers=True,
-                    kind="channel message delete",
-                )
-            settings = replace(
-                settings_for(double, api, database),
-                poll_initial_interval=args.poll_initial * scale,
-                poll_max_interval=args.poll_max * scale,
-                status_edit_interval=args.status_edit * scale,
-                job_timeout=300.0,
+    set_up = bench_doubles("bot-bench-", args.members, history, FakePixelDojo(), burst_limits=True)
+    async with set_up as (folder, database, api, double):
+        api.durations.extend(durations)
+        if args.discord_limits:
+            # Discord's observed per-channel buckets (one channel here, so one bucket each):
+            # message create 5 per 5 s, edit 5 per 5 s, delete 5 per 1 s.
+            message = r"/channels/\d+/messages/\d+"
+            double.rate_limit(
+                "POST",
+                r"/channels/\d+/messages",
+                limit=5,
+                per=5,
+                send_headers=True,
+                kind="channel message create",
             )
-            process = BotProcess(settings, Path(folder) / "bot.log")
-            lag = LoopLag()
-            lag.start()
-            try:
+            double.rate_limit(
+                "PATCH", message, limit=5, per=5, send_headers=True, kind="channel message edit"
+            )
+            double.rate_limit(
+                "DELETE",
+                message,
+                limit=5,
+                per=1,
+                send_headers=True,
+                kind="channel message delete",
+            )
+        settings = replace(
+            settings_for(double, api, database),
+            poll_initial_interval=args.poll_initial * scale,
+            poll_max_interval=args.poll_max * scale,
+            status_edit_interval=args.status_edit * scale,
+            job_timeout=300.0,
+        )
+        async with bot_process(settings, folder) as process:
+            with LoopLag() as lag:
                 return await drive(args, api, double, process, asks, database, bench_started, lag)
-            except BaseException:
-                print("--- last lines of the bot log ---", file=sys.stderr)
-                print("\n".join(process.log().splitlines()[-40:]), file=sys.stderr)
-                raise
-            finally:
-                lag.stop()
-                await asyncio.to_thread(process.stop)
 
 
 async def drive(
@@ -286,49 +151,29 @@ async def drive(
     api: FakePixelDojo,
     double: DiscordDouble,
     process: BotProcess,
-    asks: list[tuple[int, str, int, str]],
+    asks: list[Ask],
     database: Path,
     bench_started: float,
     lag: LoopLag,
 ) -> int:
-    loop = asyncio.get_running_loop()
-    started = time.monotonic()
-    process.start()
-    await double.wait_until_ready(timeout=30)
-    await double.wait_for_commands(timeout=30)
-    show("bot start-up to commands synced", time.monotonic() - started, "s")
-    assert process.process is not None
-    pid = process.process.pid
+    show("bot start-up to commands synced", await start_bot(process, double), "s")
     lag.samples.clear()
 
     # (a) The burst: every /imagine dispatched within ~burst_seconds. Results are collected as
     # they are created or edited in, whether into a new message or the job's status message.
     watch = ResultWatch(expected=len(asks))
-    watching = asyncio.ensure_future(double.wait_for(watch.observe, timeout=24 * 3600))
+    watch.start(double, timeout=24 * 3600)
     requests_before = len(double.requests)
     spacing = args.burst_seconds / max(1, len(asks))
-    burst_at = loop.time() + 0.1
-
-    async def fire(index: int, ask: tuple[int, str, int, str]) -> InteractionRecord:
-        await asyncio.sleep(max(0.0, burst_at + index * spacing - loop.time()))
-        user_id, prompt, outputs, ratio = ask
-        return await double.slash(
-            "imagine",
-            {"prompt": prompt, "num_outputs": outputs, "aspect_ratio": ratio},
-            user_id=user_id,
-            guild_id=GUILD_ID,
-            channel_id=CHANNEL_ID,
-        )
-
     burst_started = time.monotonic()
-    records = list(await asyncio.gather(*(fire(i, ask) for i, ask in enumerate(asks))))
+    records = await send_burst(double, asks, spacing)
     dispatched = [r.received_at for r in records]
     show("burst dispatch span", max(dispatched) - min(dispatched), "s")
     await asyncio.gather(
         *(r.wait_for_response(timeout=10) for r in records), return_exceptions=True
     )
     acks = [r.ack_latency for r in records if r.ack_latency is not None]
-    show_ms("ack latency", acks)
+    show_spread("ack latency", acks)
     show("acks missing", len(records) - len(acks))
     show("acks rejected (late or duplicate)", sum(bool(r.rejected_callbacks) for r in records))
     over_3s = sum(a > 3.0 for a in acks)
@@ -342,12 +187,10 @@ async def drive(
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(watch.complete.wait(), timeout)
     wall = max(watch.first_seen.values(), default=time.monotonic()) - burst_started
-    stats = proc_stats(pid)
+    stats = proc_stats(process)
     # Let the last status deletes land before stopping (they count as REST traffic).
     await asyncio.sleep(min(2.0, 10 * scale))
-    watching.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watching
+    await watch.stop()
     await asyncio.to_thread(process.stop)
     jobs, credits_used = await read_database(database)
 
@@ -394,12 +237,12 @@ async def drive(
         if status is not None:
             status_delay.append(status.created_at - record.received_at)
             submitted_after_status += fake is not None and fake.created_at >= status.created_at
-    show_ms("interaction to PixelDojo submission", submit_delay)
-    show_ms("interaction to status message posted", status_delay)
+    show_spread("interaction to PixelDojo submission", submit_delay)
+    show_spread("interaction to status message posted", status_delay)
     show("submissions made only after their status message was posted", submitted_after_status)
-    show_ms("completion to result message", to_post)
-    show_ms("  completion to first poll seeing it", detect)
-    show_ms("  that poll to result message", deliver)
+    show_spread("completion to result message", to_post)
+    show_spread("  completion to first poll seeing it", detect)
+    show_spread("  that poll to result message", deliver)
 
     # (c) Polls.
     show("polls per job mean", sum(polls) / len(polls) if polls else math.nan)
@@ -446,10 +289,7 @@ async def drive(
         r.at for r in load if r.method == "POST" and re.fullmatch(r"/channels/\d+/messages", r.path)
     ]
     show("channel message POSTs in busiest 5 s (Discord allows ~5)", peak_per_window(creates, 5.0))
-    show("Discord 429 responses", double.rate_limited_count)
-    for kind, count in sorted(double.rate_limited_by_kind.items()):
-        show(f"  429s {kind}", count)
-    show("Discord non-2xx responses", sum(not 200 <= r.status < 300 for r in load))
+    show_discord_errors(double, load, "Discord 429 responses")
 
     # (e) Totals and consistency.
     requested = sum(a[2] for a in asks)
@@ -471,7 +311,7 @@ async def drive(
     if stats is not None:
         show("bot process CPU time", stats[0], "s")
         show("bot process peak RSS", stats[1] / 1024, "MiB")
-    show_ms("bench loop lag (doubles' timestamp noise)", lag.samples)
+    show_spread("bench loop lag (doubles' timestamp noise)", lag.samples)
     show("bench runtime", time.monotonic() - bench_started, "s")
 
     failures = []
@@ -496,9 +336,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="/imagine commands in the burst")
     parser.add_argument("--members", type=int, default=50, help="members sending them")
-    parser.add_argument("--burst-seconds", type=float, default=1.0, help="dispatch window")
-    parser.add_argument("--min-duration", type=float, default=6.0, help="shortest job (s)")
-    parser.add_argument("--max-duration", type=float, default=10.0, help="longest job (s)")
+    add_burst_options(parser)
     parser.add_argument("--poll-initial", type=float, default=0.5, help="POLL_INITIAL_INTERVAL")
     parser.add_argument("--poll-max", type=float, default=5.0, help="POLL_MAX_INTERVAL")
     parser.add_argument("--status-edit", type=float, default=3.0, help="STATUS_EDIT_INTERVAL")
@@ -517,12 +355,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="have the double enforce Discord's per-channel message limits (create and edit 5 "
         "per 5 s, delete 5 per 1 s); slow: use with fewer --requests",
     )
-    args = parser.parse_args(argv)
-    if args.members < 1 or args.requests < 1:
-        parser.error("--requests and --members must be positive")
-    if args.requests > args.members * 10:
-        parser.error("more than 10 requests per member would hit max_concurrent 10")
-    return args
+    return parse_burst(parser, argv)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,6 @@ import math
 import random
 import re
 import sys
-import tempfile
-import time
 from collections import Counter
 from dataclasses import fields, replace
 from pathlib import Path
@@ -44,23 +42,27 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bot_bench import (
-    CHANNEL_ID,
-    FIRST_MEMBER_ID,
-    GUILD_ID,
-    PROMPTS,
-    make_guild,
+from bench.bot_process import (
+    Ask,
+    add_burst_options,
+    bench_doubles,
+    bot_process,
+    burst_asks,
+    job_durations,
+    parse_burst,
     pct,
-    prepare_database,
     proc_stats,
+    read_database,
+    send_burst,
     show,
+    show_discord_errors,
+    show_spread,
+    start_bot,
 )
 from bench.job_messages import ResultWatch, private_text
 from bench.loop_lag import LoopLag
 from bench.verdict import verdict
 from bot.config import Settings
-from bot.pixeldojo.models import ASPECT_RATIOS
-from bot.storage import Database
 from tests.doubles.discord_double import DiscordDouble, InteractionRecord
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.helpers import BotProcess, settings_for
@@ -104,19 +106,6 @@ def limit_like_discord(double: DiscordDouble, scale: float, *, fixed: bool) -> N
         )
 
 
-async def read_jobs(path: Path) -> list[dict[str, Any]]:
-    db = Database(path)
-    await db.connect()
-    try:
-        rows = await db.fetchall(
-            "SELECT id, prompt, state, api_job_id, num_outputs FROM jobs WHERE guild_id = ?",
-            (GUILD_ID,),
-        )
-    finally:
-        await db.close()
-    return [dict(row) for row in rows]
-
-
 def ok_requests(double: DiscordDouble, since: int, method: str, path: str) -> int:
     """Accepted API requests (2xx) to `method` + a path fully matching `path`."""
     pattern = re.compile(path)
@@ -127,32 +116,15 @@ def ok_requests(double: DiscordDouble, since: int, method: str, path: str) -> in
     )
 
 
-def show_latency(name: str, seconds: list[float], percentiles: tuple[int, ...]) -> None:
-    for p in percentiles:
-        show(f"{name} p{p}", pct(seconds, p), "s")
-    show(f"{name} max", max(seconds) if seconds else math.nan, "s")
-
-
 # -- the run -----------------------------------------------------------------------------------
 
 
 async def run(args: argparse.Namespace) -> int:
     scale = args.fast_scale if args.fast else 1.0
     rng = random.Random(args.seed)
-    durations = [
-        rng.uniform(args.min_duration, args.max_duration) * scale for _ in range(args.requests)
-    ]
-    # Prompts are unique per command: they map each /imagine to its job row.
-    asks = [
-        (
-            FIRST_MEMBER_ID + i % args.members,
-            f"{rng.choice(PROMPTS)}, take {i + 1}",
-            rng.randint(1, 4),
-            rng.choice(ASPECT_RATIOS),
-        )
-        for i in range(args.requests)
-    ]
-    history = [rng.uniform(args.min_duration, args.max_duration) * scale for _ in range(20)]
+    durations = job_durations(rng, args, scale, args.requests)
+    asks = burst_asks(rng, args.requests, args.members)
+    history = job_durations(rng, args, scale, 20)
     poll_initial = default("poll_initial_interval") * scale
     poll_max = default("poll_max_interval") * scale
     status_edit = default("status_edit_interval") * scale
@@ -166,34 +138,22 @@ async def run(args: argparse.Namespace) -> int:
     show("job duration min", min(durations), "s")
     show("job duration max", max(durations), "s")
 
-    with tempfile.TemporaryDirectory(prefix="channel-bench-") as folder:
-        database = Path(folder) / "bot.sqlite3"
-        await prepare_database(database, history)
-        async with (
-            FakePixelDojo() as api,
-            DiscordDouble(guilds=[make_guild(args.members)]) as double,
-        ):
-            api.durations.extend(durations)
-            limit_like_discord(double, scale, fixed=not args.sliding_windows)
-            settings = replace(
-                settings_for(double, api, database),
-                poll_initial_interval=poll_initial,
-                poll_max_interval=poll_max,
-                status_edit_interval=status_edit,
-                job_timeout=default("job_timeout"),
-            )
-            process = BotProcess(settings, Path(folder) / "bot.log")
-            lag = LoopLag()
-            lag.start()
-            try:
+    set_up = bench_doubles(
+        "channel-bench-", args.members, history, FakePixelDojo(), burst_limits=True
+    )
+    async with set_up as (folder, database, api, double):
+        api.durations.extend(durations)
+        limit_like_discord(double, scale, fixed=not args.sliding_windows)
+        settings = replace(
+            settings_for(double, api, database),
+            poll_initial_interval=poll_initial,
+            poll_max_interval=poll_max,
+            status_edit_interval=status_edit,
+            job_timeout=default("job_timeout"),
+        )
+        async with bot_process(settings, folder) as process:
+            with LoopLag() as lag:
                 return await drive(args, scale, api, double, process, asks, database, lag)
-            except BaseException:
-                print("--- last lines of the bot log ---", file=sys.stderr)
-                print("\n".join(process.log().splitlines()[-40:]), file=sys.stderr)
-                raise
-            finally:
-                lag.stop()
-                await asyncio.to_thread(process.stop)
 
 
 async def drive(
@@ -202,40 +162,21 @@ async def drive(
     api: FakePixelDojo,
     double: DiscordDouble,
     process: BotProcess,
-    asks: list[tuple[int, str, int, str]],
+    asks: list[Ask],
     database: Path,
     lag: LoopLag,
 ) -> int:
     loop = asyncio.get_running_loop()
-    started = time.monotonic()
-    process.start()
-    await double.wait_until_ready(timeout=30)
-    await double.wait_for_commands(timeout=30)
-    show("bot start-up to commands synced", time.monotonic() - started, "s")
-    assert process.process is not None
-    pid = process.process.pid
+    show("bot start-up to commands synced", await start_bot(process, double), "s")
     lag.samples.clear()
 
     watch = ResultWatch(expected=len(asks))
     timeout = args.timeout or 30 + 120 * scale
-    watching = asyncio.ensure_future(double.wait_for(watch.observe, timeout=timeout + 120))
+    watch.start(double, timeout=timeout + 120)
     requests_before = len(double.requests)
     spacing = args.burst_seconds * scale / max(1, len(asks))
-    burst_at = loop.time() + 0.1
-
-    async def fire(index: int, ask: tuple[int, str, int, str]) -> InteractionRecord:
-        await asyncio.sleep(max(0.0, burst_at + index * spacing - loop.time()))
-        user_id, prompt, outputs, ratio = ask
-        return await double.slash(
-            "imagine",
-            {"prompt": prompt, "num_outputs": outputs, "aspect_ratio": ratio},
-            user_id=user_id,
-            guild_id=GUILD_ID,
-            channel_id=CHANNEL_ID,
-        )
-
     try:
-        records = list(await asyncio.gather(*(fire(i, ask) for i, ask in enumerate(asks))))
+        records = await send_burst(double, asks, spacing)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(watch.complete.wait(), timeout)
         # Let the traffic each job still causes (a status delete, a last edit) land, as it
@@ -248,12 +189,10 @@ async def drive(
             except TimeoutError:
                 break
     finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await watching
-    stats = proc_stats(pid)
+        await watch.stop()
+    stats = proc_stats(process)
     await asyncio.to_thread(process.stop)
-    jobs = {job["prompt"]: job for job in await read_jobs(database)}
+    jobs = {job["prompt"]: job for job in (await read_database(database))[0].values()}
     return report(args, scale, api, double, records, asks, jobs, watch, requests_before, stats, lag)
 
 
@@ -263,7 +202,7 @@ def report(
     api: FakePixelDojo,
     double: DiscordDouble,
     records: list[InteractionRecord],
-    asks: list[tuple[int, str, int, str]],
+    asks: list[Ask],
     jobs: dict[str, dict[str, Any]],
     watch: ResultWatch,
     since: int,
@@ -307,8 +246,8 @@ def report(
     show("jobs refused", sum(refused.values()))
     for text, count in refused.most_common(3):
         show("  refused", f"{count}x {text!r}")
-    show_latency("/imagine to PixelDojo submission", submitted, (50, 95))
-    show_latency("/imagine to result visible", visible, (50, 95))
+    show_spread("/imagine to PixelDojo submission", submitted, (50, 95), "s")
+    show_spread("/imagine to result visible", visible, (50, 95), "s")
     show(
         "result messages per job",
         ", ".join(f"{n} ({count} jobs)" for n, count in sorted(per_job.items())) or "none",
@@ -328,11 +267,7 @@ def report(
     ):
         show(name, ok_requests(double, since, method, path) / per)
     show("public messages created per job (deleted ones too)", len(watch.public_created) / jobs_n)
-    show("Discord 429s", double.rate_limited_count)
-    for kind, count in sorted(double.rate_limited_by_kind.items()):
-        show(f"  429s {kind}", count)
-    load = [r for r in double.requests[since:] if r.api]
-    show("Discord non-2xx responses", sum(not 200 <= r.status < 300 for r in load))
+    show_discord_errors(double, [r for r in double.requests[since:] if r.api], "Discord 429s")
     if stats is not None:
         show("bot process CPU time", stats[0], "s")
     show("bench loop lag p99 (doubles' timestamp noise)", pct(lag.samples, 99) * 1000, "ms")
@@ -356,9 +291,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=15, help="/imagine commands")
     parser.add_argument("--members", type=int, default=8, help="members sending them")
-    parser.add_argument("--burst-seconds", type=float, default=1.0, help="dispatch window")
-    parser.add_argument("--min-duration", type=float, default=6.0, help="shortest job (s)")
-    parser.add_argument("--max-duration", type=float, default=10.0, help="longest job (s)")
+    add_burst_options(parser)
     parser.add_argument("--goals", action="store_true", help="FAIL when issue 10's goals miss")
     parser.add_argument("--fast", action="store_true", help="scale every duration down")
     parser.add_argument("--fast-scale", type=float, default=0.1, help="the --fast factor")
@@ -369,12 +302,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--timeout", type=float, default=0, help="seconds to wait for results")
-    args = parser.parse_args(argv)
-    if args.members < 1 or args.requests < 1:
-        parser.error("--requests and --members must be positive")
-    if args.requests > args.members * 10:
-        parser.error("more than 10 requests per member would hit max_concurrent 10")
-    return args
+    return parse_burst(parser, argv)
 
 
 if __name__ == "__main__":

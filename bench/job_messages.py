@@ -7,11 +7,12 @@ bot shows it in one message (the interaction's response, edited to the result) o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from tests.doubles.discord_double import Event, InteractionRecord, MessageRecord
+from tests.doubles.discord_double import DiscordDouble, Event, InteractionRecord, MessageRecord
 
 # The result view's buttons (cogs/results.py): every one names the job it belongs to.
 RESULT_BUTTON = re.compile(r"pdj:(?:reroll|vary|info|delete):([0-9]+)")
@@ -35,8 +36,8 @@ class ResultWatch:
     """Every message that carried each job's result, seen at the moment it was created or
     edited (a message's record is mutated later, so it is read in the event, not after).
 
-    Pass `observe` to `DiscordDouble.wait_for` before the load starts and cancel that wait at
-    the end; `complete` is set once `expected` jobs have shown a result."""
+    `start` it before the load starts and `stop` it at the end; `complete` is set once
+    `expected` jobs have shown a result."""
 
     expected: int
     first_seen: dict[int, float] = field(default_factory=dict)
@@ -44,6 +45,19 @@ class ResultWatch:
     images: dict[int, int] = field(default_factory=dict)
     public_created: set[int] = field(default_factory=set)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
+    _watching: asyncio.Future[Event] | None = field(default=None, init=False, repr=False)
+
+    def start(self, double: DiscordDouble, *, timeout: float) -> None:
+        """Observe `double`'s events from now on, for `timeout` seconds at most."""
+        self._watching = asyncio.ensure_future(double.wait_for(self.observe, timeout=timeout))
+
+    async def stop(self) -> None:
+        """Stop observing."""
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await self._watching
+            self._watching = None
 
     def observe(self, event: Event) -> bool:
         """A `DiscordDouble.wait_for` predicate that records and never matches."""

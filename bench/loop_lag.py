@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Self
 
 
 class LoopLag:
@@ -11,6 +12,7 @@ class LoopLag:
     A timer callback re-armed after each sample (no task, no sleep loop). Like a task waking
     from `asyncio.sleep`, the sample is taken one loop iteration after the timer fires, so the
     figure is the same as a sleeping task's overshoot. Subclasses may extend `record`.
+    `with LoopLag() as lag:` starts and stops it.
     """
 
     def __init__(self, period: float = 0.05) -> None:
@@ -28,6 +30,13 @@ class LoopLag:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def record(self, now: float, overshoot: float) -> None:
         """Keep one sample (`now` is the loop's clock)."""

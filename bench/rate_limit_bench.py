@@ -40,7 +40,6 @@ import contextlib
 import math
 import random
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -48,28 +47,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bot_bench import (
-    CHANNEL_ID,
+from bench.bot_process import (
     FIRST_MEMBER_ID,
-    GUILD_ID,
-    OWNER_ID,
     PROMPTS,
-    make_guild,
+    bench_doubles,
+    bot_process,
     pct,
     read_database,
+    send_burst,
     show,
+    start_bot,
 )
-from bench.history import seed_history
 from bench.verdict import verdict
-from bot.credits.admission import Limits
-from bot.credits.moderation import ModerationService
-from bot.storage import Database
 from tests.doubles.discord_double import DiscordDouble, Event, InteractionRecord, MessageRecord
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
 from tests.helpers import BotProcess, job_id_of, job_named_by, settings_for
-
-HISTORY_GUILD_ID = 1
 
 
 @dataclass
@@ -93,17 +86,6 @@ def is_result(message: MessageRecord) -> bool:
     return bool(message.attachments) and not message.deleted and job_named_by(message) is not None
 
 
-async def prepare_database(path: Path, history: list[float]) -> None:
-    db = Database(path)
-    await db.connect()
-    try:
-        await seed_history(db, history, guild_id=HISTORY_GUILD_ID)
-        moderation = ModerationService(db, Limits(db))
-        await moderation.set_default_allowance(guild_id=GUILD_ID, actor_id=OWNER_ID, allowance=None)
-    finally:
-        await db.close()
-
-
 async def run_scenario(args: argparse.Namespace, scenario: Scenario) -> Outcome:
     scale = args.time_scale
     print(f"--- scenario ({scenario.name}) ---", flush=True)
@@ -118,35 +100,21 @@ async def run_scenario(args: argparse.Namespace, scenario: Scenario) -> Outcome:
         headers=not args.bare,
         exempt=lambda request: request.path.startswith("/files/"),
     )
-    with tempfile.TemporaryDirectory(prefix="rate-limit-bench-") as folder:
-        database = Path(folder) / "bot.sqlite3"
-        await prepare_database(database, history)
-        async with (
-            FakePixelDojo(
-                job_duration=scenario.duration * scale, middlewares=[limiter.middleware]
-            ) as api,
-            DiscordDouble(guilds=[make_guild(scenario.members)]) as double,
-        ):
-            settings = replace(
-                settings_for(double, api, database),
-                # The product's defaults, scaled; no request budget figure of our own.
-                poll_initial_interval=0.5 * scale,
-                poll_max_interval=5.0 * scale,
-                status_edit_interval=3.0 * scale,
-                job_timeout=300.0,
-                pixeldojo_requests_per_minute=None,
-            )
-            process = BotProcess(settings, Path(folder) / "bot.log")
-            try:
-                return await drive(args, scenario, api, limiter, double, process, database)
-            except BaseException:
-                print("--- last lines of the bot log ---", file=sys.stderr)
-                print("\n".join(process.log().splitlines()[-40:]), file=sys.stderr)
-                raise
-            finally:
-                await asyncio.to_thread(process.stop)
-                if args.log:
-                    await asyncio.to_thread(Path(args.log).write_text, process.log())
+    api = FakePixelDojo(job_duration=scenario.duration * scale, middlewares=[limiter.middleware])
+    set_up = bench_doubles("rate-limit-bench-", scenario.members, history, api, burst_limits=False)
+    async with set_up as (folder, database, api, double):
+        settings = replace(
+            settings_for(double, api, database),
+            # The product's defaults, scaled; no request budget figure of our own.
+            poll_initial_interval=0.5 * scale,
+            poll_max_interval=5.0 * scale,
+            status_edit_interval=3.0 * scale,
+            job_timeout=300.0,
+            pixeldojo_requests_per_minute=None,
+        )
+        keep_log_at = Path(args.log) if args.log else None
+        async with bot_process(settings, folder, keep_log_at=keep_log_at) as process:
+            return await drive(args, scenario, api, limiter, double, process, database)
 
 
 async def drive(
@@ -159,29 +127,18 @@ async def drive(
     database: Path,
 ) -> Outcome:
     scale = args.time_scale
-    loop = asyncio.get_running_loop()
     rng = random.Random(args.seed)
-    process.start()
-    await double.wait_until_ready(timeout=30)
-    await double.wait_for_commands(timeout=30)
+    await start_bot(process, double)
     allowed_before = limiter.stats.total_allowed
     refused_before = limiter.stats.total_refused
 
     spacing = scenario.spread * scale / max(1, scenario.jobs)
-    start_at = loop.time() + 0.1
-
-    async def fire(index: int) -> InteractionRecord:
-        await asyncio.sleep(max(0.0, start_at + index * spacing - loop.time()))
-        return await double.slash(
-            "imagine",
-            {"prompt": rng.choice(PROMPTS), "num_outputs": 1, "aspect_ratio": "1:1"},
-            user_id=FIRST_MEMBER_ID + index % scenario.members,
-            guild_id=GUILD_ID,
-            channel_id=CHANNEL_ID,
-        )
-
+    asks = [
+        (FIRST_MEMBER_ID + i % scenario.members, rng.choice(PROMPTS), 1, "1:1")
+        for i in range(scenario.jobs)
+    ]
     started = time.monotonic()
-    records = list(await asyncio.gather(*(fire(i) for i in range(scenario.jobs))))
+    records = await send_burst(double, asks, spacing)
     offered_until = time.monotonic()
     with contextlib.suppress(TimeoutError):
         await double.wait_until(lambda: all(r.followups for r in records), timeout=60)

@@ -13,7 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bench import channel_bench
-from bench.bot_bench import CHANNEL_ID, FIRST_MEMBER_ID, GUILD_ID, make_guild
+from bench.bot_process import CHANNEL_ID, FIRST_MEMBER_ID, GUILD_ID, make_guild
 from bench.job_messages import ResultWatch
 from tests.doubles.discord_double import (
     DiscordDouble,
