@@ -1,11 +1,24 @@
-"""Runner benchmark: 1,000 jobs in flight at once in one process, polled by one scheduler.
+"""Runner benchmark: 1,000 jobs in one process, those in flight polled by one scheduler.
 
-Run from the repository root: `python bench/runner_bench.py [--cold] [--jobs N] [--duration S]`.
+Run from the repository root: `python bench/runner_bench.py [--cold] [--jobs N] [--duration S]
+[--members M] [--jobs-at-once K]`.
 
 The real `JobStore` (temporary file database), `JobRunner` and `PixelDojoClient` run against
 FakePixelDojo with a no-op presenter, using the product's runner defaults (`RunnerSettings()`,
 printed at the start; the options below override them). Every job takes `--duration` seconds
-(20 by default), so all of them are in flight together.
+(20 by default). The jobs come from `--members` members (50) of one guild, and the runner's fair
+queue runs at most the guild's jobs-at-once per member, wired as `bot/services.py` wires it (the
+guild settings in the database, read at each dispatch): the product default (2) unless
+`--jobs-at-once` sets it, through the moderators' own `ModerationService.set_max_concurrent`
+(so only what `/mod settings` accepts, 1 to 10). So min(jobs, members x jobs at once) are in
+flight at the peak (100 by default; `--members 100 --jobs-at-once 10` puts all 1,000 in flight)
+and the rest follow in waves as jobs finish. Phases: "submitting" runs until the peak in flight
+is reached, "polling" (or "all in flight") from then to the first completion, "delivering"
+from then to the last post (later waves included).
+
+It exits 1 (a FAIL line per check) if the peak in flight is not min(jobs, members x jobs at
+once), a job is not posted or not final in the database, or a poll count in SQLite differs from
+what PixelDojo saw; in either pass.
 
 The runner shapes its poll schedule (`JobRunner._interval`) around the typical generation time
 it has learned (the median of recent jobs, read from the database at `start()`): sparse before
@@ -65,13 +78,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.history import seed_history
 from bench.loop_lag import LoopLag
+from bench.verdict import verdict
+from bot.credits.admission import Limits
+from bot.credits.moderation import MAX_CONCURRENT_MAX, ModerationService
 from bot.generation import runner as runner_module
 from bot.generation.models import GenerationRequest, Job
 from bot.generation.runner import JobRunner, Phase, ResultImage, RunnerSettings
 from bot.generation.service import admit_without_limits
 from bot.pixeldojo.client import PixelDojoClient
 from bot.pixeldojo.models import JobStatus, SubmittedJob
+
+# The composition root's own wiring of the per-member limit (not a copy of it).
+from bot.services import _member_concurrency
 from bot.storage import Database
+from bot.storage.guild_settings import GuildSettings
 from bot.storage.jobs import JobStore
 from tests.doubles.pixeldojo import FakePixelDojo
 
@@ -79,6 +99,8 @@ GUILD_ID = 1
 CHANNEL_ID = 10
 HISTORY_GUILD_ID = 2  # earlier finished jobs (warm start) live in another guild
 HISTORY_JOBS = 20
+MODERATOR_ID = 99  # who sets --jobs-at-once (in the audit log)
+DEFAULT_JOBS_AT_ONCE = GuildSettings(guild_id=0).max_concurrent
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -340,11 +362,16 @@ class TimedRunner(JobRunner):
         self.records: list[PollRecord] = []
         self.schedule_calls = 0
         self.max_tasks = 0
+        self.peak_in_flight = 0
+        self.peak_at = math.nan  # when `in_flight` first reached `peak_in_flight`
 
     def _schedule(self, job: Job, delay: float) -> None:
         self.due[job.id] = asyncio.get_running_loop().time() + delay
         self.schedule_calls += 1
         super()._schedule(job, delay)
+        # `_schedule` is where a job joins the polled ones: this sees every new peak.
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight, self.peak_at = self.in_flight, time.monotonic()
 
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         if name.startswith("poll-"):
@@ -485,7 +512,7 @@ def show_typical(name: str, runner: JobRunner) -> None:
 
 
 def capacity(
-    args: argparse.Namespace,
+    polling: int,
     settings: RunnerSettings,
     lag: TimedLoopLag,
     records: list[PollRecord],
@@ -502,7 +529,7 @@ def capacity(
     late = pct([r.http_sent - r.due for r in records if start <= r.http_sent < end], 50)
     cpu = lag.busy(start, end)
     where = (
-        f"{end - start:.1f} s with all {args.jobs} jobs polling: asked {asked:.0f} polls/s, "
+        f"{end - start:.1f} s with all {polling} jobs polling: asked {asked:.0f} polls/s, "
         f"sent {sent:.0f}/s ({sent / asked:.0%}), polls {late * 1000:.0f} ms late (p50), "
         f"event loop thread {cpu:.0%} busy"
     )
@@ -512,7 +539,7 @@ def capacity(
         return
     show(
         "capacity",
-        f"NOT MET: {where}. The {asked:.0f} polls/s the schedule asks for {args.jobs} jobs "
+        f"NOT MET: {where}. The {asked:.0f} polls/s the schedule asks for {polling} jobs "
         f"(dense interval {settings.poll_initial_interval:g} s) are more than this process "
         "serves on one event loop thread with FakePixelDojo in it; late polls are rescheduled "
         "from when they ran, so the runner polls less often than asked rather than falling "
@@ -547,6 +574,13 @@ async def run(args: argparse.Namespace) -> int:
         )
     show("jobs", args.jobs)
     show("job duration", args.duration, "s")
+    show("members", args.members)
+    show(
+        "jobs at once per member",
+        f"{jobs_at_once(args)}"
+        + (" (set by a moderator)" if args.jobs_at_once else " (the product default)"),
+    )
+    show("jobs in flight asked (at the peak)", expected_peak(args))
     changed = ", ".join(f"{name}={value}" for name, value in overrides.items())
     show("runner settings", f"RunnerSettings() defaults{' except ' + changed if changed else ''}")
     show("poll initial (dense) interval", settings.poll_initial_interval, "s")
@@ -556,7 +590,7 @@ async def run(args: argparse.Namespace) -> int:
     show("max concurrent submits", settings.max_concurrent_submits)
     show("caveat", "FakePixelDojo runs in this process: its CPU and memory are in every figure")
 
-    await one_pass(args, settings, args.duration)
+    failures = await one_pass(args, settings, args.duration)
     show("peak RSS (ru_maxrss)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")
     show("timing pass runtime", time.monotonic() - bench_started, "s")
     if args.memory_duration > 0:
@@ -564,7 +598,7 @@ async def run(args: argparse.Namespace) -> int:
         MUTED = True
         tracemalloc.start()
         try:
-            await one_pass(args, settings, args.memory_duration)
+            memory_failures = await one_pass(args, settings, args.memory_duration)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -572,18 +606,37 @@ async def run(args: argparse.Namespace) -> int:
         show("memory pass job duration", args.memory_duration, "s")
         show("tracemalloc peak (memory pass)", peak / 1024 / 1024, "MiB")
         show("memory pass runtime", time.monotonic() - started, "s")
+        failures += [f"memory pass: {failure}" for failure in memory_failures]
     show("bench runtime", time.monotonic() - bench_started, "s")
-    print("OK", flush=True)
-    return 0
+    return verdict(failures)
 
 
-async def one_pass(args: argparse.Namespace, settings: RunnerSettings, duration: float) -> None:
+def jobs_at_once(args: argparse.Namespace) -> int:
+    """How many jobs one member may run at once in this run."""
+    return int(args.jobs_at_once or DEFAULT_JOBS_AT_ONCE)
+
+
+def expected_peak(args: argparse.Namespace) -> int:
+    """Jobs in flight at the peak if the fair queue runs every member's jobs-at-once."""
+    return min(int(args.jobs), int(args.members) * jobs_at_once(args))
+
+
+async def one_pass(
+    args: argparse.Namespace, settings: RunnerSettings, duration: float
+) -> list[str]:
+    """One run on a fresh database; the checks it failed."""
     with tempfile.TemporaryDirectory(prefix="runner-bench-") as folder:
         db = Database(Path(folder) / "bench.sqlite3")
         await db.connect()
         await seed_history(
             db, [] if args.cold else [duration] * HISTORY_JOBS, guild_id=HISTORY_GUILD_ID
         )
+        limits = Limits(db)
+        if args.jobs_at_once:
+            # As `/mod settings concurrency:` does it (audited, range-checked).
+            await ModerationService(db, limits).set_max_concurrent(
+                guild_id=GUILD_ID, actor_id=MODERATOR_ID, value=args.jobs_at_once
+            )
         lock = TimedLock()
         db._lock = lock  # instrument the one lock every query goes through
         lag = TimedLoopLag()
@@ -592,7 +645,7 @@ async def one_pass(args: argparse.Namespace, settings: RunnerSettings, duration:
             async with FakePixelDojo(job_duration=duration) as api:
                 client = TimedClient("test-key", api.base_url)
                 try:
-                    await drive(args, settings, duration, db, lock, api, client, lag)
+                    return await drive(args, settings, duration, db, limits, lock, api, client, lag)
                 finally:
                     await client.aclose()
         finally:
@@ -605,16 +658,19 @@ async def drive(
     settings: RunnerSettings,
     duration: float,
     db: Database,
+    limits: Limits,
     lock: TimedLock,
     api: FakePixelDojo,
     client: TimedClient,
     lag: TimedLoopLag,
-) -> None:
+) -> list[str]:
     store = TimedStore(db)
     store.expected = args.jobs
     presenter = NullPresenter()
     presenter.expected = args.jobs
-    runner = TimedRunner(store, client, presenter, settings)
+    runner = TimedRunner(
+        store, client, presenter, settings, member_concurrency=_member_concurrency(limits)
+    )
     lag.runner = runner
 
     # Start first: `start()` refunds RESERVED jobs left over from a crash, and reads the
@@ -629,27 +685,36 @@ async def drive(
     started = time.monotonic()
     jobs = []
     for i in range(args.jobs):
+        member = 100 + i % args.members
         request = GenerationRequest(
-            GUILD_ID, CHANNEL_ID, 100 + i % 50, f"bench prompt {i}", "1:1", args.outputs, seed=i
+            GUILD_ID, CHANNEL_ID, member, f"bench prompt {i}", "1:1", args.outputs, seed=i
         )
         job, _ = await store.create_admitted(request, admit_without_limits)
         jobs.append(job)
     show("reserve jobs in DB", time.monotonic() - started, "s")
 
+    # Jobs beyond the peak wait in the fair queue for a job of their member to end.
+    waves = math.ceil(args.jobs / expected_peak(args))
+    allowed = 60 + waves * (duration + 30)
     t_submit = time.monotonic()
     for job in jobs:
         runner.submit(job)
     # Submitted: every job is accepted by PixelDojo and marked SUBMITTED.
     try:
-        await asyncio.wait_for(store.all_submitted.wait(), 60)
+        await asyncio.wait_for(store.all_submitted.wait(), allowed)
     except TimeoutError:
         show("submit timed out", f"{store.submitted}/{args.jobs} submitted", always=True)
     t_all_submitted = time.monotonic()
-    show("submit all to PixelDojo", t_all_submitted - t_submit, "s")
-    show("submissions per second", args.jobs / (t_all_submitted - t_submit), "/s")
+    show("submit all to PixelDojo (waves included)", t_all_submitted - t_submit, "s")
+    # The peak's own jobs: all submitted and polled, none completed yet.
+    t_full = runner.peak_at
+    show("submit until the peak in flight", t_full - t_submit, "s")
+    show(
+        "submissions per second (until the peak)", runner.peak_in_flight / (t_full - t_submit), "/s"
+    )
 
     try:
-        await asyncio.wait_for(presenter.all_posted.wait(), duration + 60)
+        await asyncio.wait_for(presenter.all_posted.wait(), allowed)
     except TimeoutError:
         show("delivery timed out", f"{len(presenter.posted)}/{args.jobs} posted", always=True)
     t_done = time.monotonic()
@@ -664,14 +729,12 @@ async def drive(
     fakes = list(api.jobs.values())
     t_first = min(f.complete_at for f in fakes)
     last_complete = max(f.complete_at for f in fakes)
-    in_flight_max = max((n for _, n in lag.in_flight), default=0)
-
     # Event loop lag per phase.
-    show_dist("loop lag while submitting", lag.between(t_submit, t_all_submitted))
-    show_dist("loop lag while polling", lag.between(t_all_submitted, t_first))
+    show_dist("loop lag while submitting", lag.between(t_submit, t_full))
+    show_dist("loop lag while polling", lag.between(t_full, t_first))
     show_dist("loop lag while delivering", lag.between(t_first, t_done))
     show_dist("loop lag overall", lag.between(t_submit, t_done))
-    show("jobs in flight max", in_flight_max)
+    show("jobs in flight peak", runner.peak_in_flight)
 
     # The ideal schedule: each job's poll times from the model's `_interval`, counted from the
     # job's `submitted_at` (where the runner counts `elapsed` from) to the first poll at or
@@ -682,7 +745,7 @@ async def drive(
     api_of = {row["id"]: row["api_job_id"] for row in rows}
     rng = random.Random(args.seed)
     asked: list[float] = []  # every ideal poll time (monotonic), all jobs
-    asked_first: list[float] = []  # each job's first ideal poll
+    asked_first: list[float] = []  # first ideal poll of each job in flight at the peak
     ideal_counts: list[int] = []
     ideal_detect: list[float] = []
     for row in rows:
@@ -692,7 +755,8 @@ async def drive(
         origin = row["submitted_at"] - wall_minus_mono
         times = [origin + t for t in ideal_poll_times(model, fake.complete_at - origin, rng)]
         asked.extend(times)
-        asked_first.append(times[0])
+        if origin <= t_full:
+            asked_first.append(times[0])
         ideal_counts.append(len(times))
         ideal_detect.append(times[-1] - fake.complete_at)
 
@@ -710,14 +774,15 @@ async def drive(
     show("polls per job on an ideal schedule max", max(ideal_counts, default=0))
     show(
         "polls per second the schedule asks for (all in flight)",
-        rate(asked, t_all_submitted, t_first),
+        rate(asked, t_full, t_first),
         "/s",
     )
-    show("polls per second sent (all in flight)", rate(poll_times, t_all_submitted, t_first), "/s")
+    show("polls per second sent (all in flight)", rate(poll_times, t_full, t_first), "/s")
     # From the last job's first poll on, every job is on its dense schedule (until it completes,
-    # as long as it completes before the runner backs off).
+    # as long as it completes before the runner backs off). Later waves' jobs only start once
+    # one of the peak's has completed.
     t_dense = max(asked_first, default=math.nan)
-    show("every job's first poll due (after submit start)", t_dense - t_submit, "s")
+    show("every peak job's first poll due (after submit start)", t_dense - t_submit, "s")
     show(
         "polls per second the schedule asks for (all polling)", rate(asked, t_dense, t_first), "/s"
     )
@@ -727,11 +792,20 @@ async def drive(
 
     # Can this process serve what the schedule asks for while every job is polling?
     records = [r for r in runner.records if not math.isnan(r.http_sent)]
-    lo, hi = (t_dense, t_first) if t_first - t_dense >= 1.0 else (t_all_submitted, t_first)
-    capacity(args, settings, lag, records, rate(asked, lo, hi), rate(poll_times, lo, hi), lo, hi)
+    lo, hi = (t_dense, t_first) if t_first - t_dense >= 1.0 else (t_full, t_first)
+    capacity(
+        runner.peak_in_flight,
+        settings,
+        lag,
+        records,
+        rate(asked, lo, hi),
+        rate(poll_times, lo, hi),
+        lo,
+        hi,
+    )
 
     # Polls: lateness against the due time, and where it comes from.
-    in_window = [r for r in records if t_all_submitted <= r.acquired <= t_first]
+    in_window = [r for r in records if t_full <= r.acquired <= t_first]
     show_dist("poll HTTP request lateness vs due time", [r.http_sent - r.due for r in records])
     show_dist(
         "poll HTTP request lateness while all in flight", [r.http_sent - r.due for r in in_window]
@@ -750,7 +824,7 @@ async def drive(
     show_dist("  of which answered -> released", [r.released - r.answered for r in records])
     show(
         "poll slots busy while all in flight",
-        runner.slots.busy_fraction(t_all_submitted, t_first),
+        runner.slots.busy_fraction(t_full, t_first),
     )
     show("poll slots busy while delivering", runner.slots.busy_fraction(t_first, t_done))
     show("poll slot acquisitions", runner.slots.acquisitions)
@@ -772,14 +846,14 @@ async def drive(
     delivering = lock.between(t_first, t_done)
     show_dist("DB lock hold while delivering", [r - a for _, a, r in delivering])
     show("DB lock held fraction of run", lock.held_fraction(t_submit, t_done))
-    show("DB lock held fraction while all in flight", lock.held_fraction(t_all_submitted, t_first))
+    show("DB lock held fraction while all in flight", lock.held_fraction(t_full, t_first))
     show("DB lock held fraction while delivering", lock.held_fraction(t_first, t_done))
     elapsed = t_done - t_submit
     show("DB lock acquisitions per second", len(holds) / elapsed if elapsed else math.nan, "/s")
 
     # The event loop thread's own CPU use (aiosqlite's worker thread not included).
-    show("event loop thread CPU busy while submitting", lag.busy(t_submit, t_all_submitted))
-    show("event loop thread CPU busy while all in flight", lag.busy(t_all_submitted, t_first))
+    show("event loop thread CPU busy while submitting", lag.busy(t_submit, t_full))
+    show("event loop thread CPU busy while all in flight", lag.busy(t_full, t_first))
     show("event loop thread CPU busy while delivering", lag.busy(t_first, t_done))
     timeline(t_submit, t_done, runner, lock, lag, asked)
 
@@ -809,18 +883,39 @@ async def drive(
     show("time last completion to all posted", t_done - last_complete, "s")
     show_typical("typical generation time the runner ends with", runner)
 
-    assert len(presenter.posted) == args.jobs, (
-        f"only {len(presenter.posted)} of {args.jobs} posted ({len(presenter.failures)} failed)"
-    )
-    assert not unfinished, f"{len(unfinished)} jobs did not reach a final state"
-    assert matching == len(rows), f"{len(rows) - matching} poll counts differ from PixelDojo's"
+    failures = []
+    peak, asked_peak = runner.peak_in_flight, expected_peak(args)
+    if peak != asked_peak:
+        failures.append(
+            f"{peak} jobs in flight at the peak, not {asked_peak} ({args.members} members x "
+            f"{jobs_at_once(args)} at once, at most {args.jobs})"
+        )
+    if len(presenter.posted) != args.jobs:
+        failures.append(
+            f"only {len(presenter.posted)} of {args.jobs} posted ({len(presenter.failures)} failed)"
+        )
+    if unfinished:
+        failures.append(f"{len(unfinished)} jobs did not reach a final state")
+    if len(rows) != args.jobs or matching != len(rows):
+        failures.append(
+            f"{len(rows) - matching} of {len(rows)} poll counts in SQLite differ from "
+            f"PixelDojo's ({args.jobs} jobs)"
+        )
+    return failures
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = RunnerSettings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=1000, help="jobs in flight together")
+    parser.add_argument("--jobs", type=int, default=1000, help="jobs submitted together")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds each job takes")
+    parser.add_argument("--members", type=int, default=50, help="members the jobs come from")
+    parser.add_argument(
+        "--jobs-at-once",
+        type=int,
+        help=f"jobs one member may run at once, set as a moderator would (1-{MAX_CONCURRENT_MAX}; "
+        f"default: the product default, {DEFAULT_JOBS_AT_ONCE})",
+    )
     parser.add_argument("--outputs", type=int, default=1, choices=range(1, 5), help="images/job")
     parser.add_argument(
         "--cold",
@@ -854,7 +949,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="job duration of the tracemalloc pass (0 skips it); must exceed its submit time",
     )
     parser.add_argument("--seed", type=int, default=1234, help="jitter of the ideal schedule")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.members < 1:
+        parser.error("--jobs and --members must be at least 1")
+    if args.jobs_at_once is not None and not 1 <= args.jobs_at_once <= MAX_CONCURRENT_MAX:
+        parser.error(f"a moderator can set 1 to {MAX_CONCURRENT_MAX} jobs at once per member")
+    return args
 
 
 if __name__ == "__main__":
