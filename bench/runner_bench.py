@@ -89,7 +89,7 @@ from bot.pixeldojo.client import PixelDojoClient
 from bot.pixeldojo.models import JobStatus, SubmittedJob
 
 # The composition root's own wiring of the per-member limit (not a copy of it).
-from bot.services import _member_concurrency
+from bot.services import member_concurrency_from
 from bot.storage import Database
 from bot.storage.guild_settings import GuildSettings
 from bot.storage.jobs import JobStore
@@ -669,7 +669,7 @@ async def drive(
     presenter = NullPresenter()
     presenter.expected = args.jobs
     runner = TimedRunner(
-        store, client, presenter, settings, member_concurrency=_member_concurrency(limits)
+        store, client, presenter, settings, member_concurrency=member_concurrency_from(limits)
     )
     lag.runner = runner
 

@@ -189,7 +189,7 @@ async def build_services(
         runner_settings(settings),
         on_finished=notices.generation_finished,
         capabilities=capabilities,
-        member_concurrency=_member_concurrency(limits) if member_limits else None,
+        member_concurrency=member_concurrency_from(limits) if member_limits else None,
     )
     webhooks = None
     if settings.pixeldojo_webhook_url is not None:
@@ -239,7 +239,7 @@ async def _webhook_receiver(
     )
 
 
-def _member_concurrency(limits: Limits) -> Callable[[int], Awaitable[int]]:
+def member_concurrency_from(limits: Limits) -> Callable[[int], Awaitable[int]]:
     """Each guild's `max_concurrent`, read when the queue dispatches."""
 
     async def of(guild_id: int) -> int:
