@@ -832,10 +832,14 @@ class JobRunner:
         """One status check; the caller acquired a poll slot, released once PixelDojo answers
         or the check's time is up, so a request that never answers cannot keep the slot.
 
+        The check's time (`poll_timeout`) is the request's own: it does not run while the
+        request waits for the request budget (above capacity that wait can be most of a
+        minute, and a check abandoned there would only queue again behind the others).
+
         Every check asks PixelDojo, even past the deadline: a job that finished while the bot
-        was down is delivered, not refunded. A check that starts at or after the deadline is
-        the last one: unless it finds the job finished or failed, the job times out. Earlier
-        checks may only run until the deadline, where the last one follows.
+        was down is delivered, not refunded. A check sent at or after the deadline is the last
+        one: unless it finds the job finished or failed, the job times out. Earlier checks may
+        only take until the deadline, where the last one follows.
         """
         started = self.clock()
         elapsed = started - (job.submitted_at or job.created_at)
@@ -848,7 +852,8 @@ class JobRunner:
         timing = RequestTiming()
         try:
             try:
-                async with asyncio.timeout(limit):
+                async with asyncio.timeout(limit) as bound:
+                    timing.bound = bound  # paused while the request waits for the budget
                     # A 429 comes back at once, to be rescheduled at its hint.
                     state: pixeldojo.JobStatus | Exception = await self.client.get_job(
                         job.api_job_id or "",
@@ -864,6 +869,8 @@ class JobRunner:
             # When PixelDojo said so, not when the database got to it, and less the wait for
             # the request budget: the learned durations must not grow with the bot's load.
             answered_at = self.clock() - timing.waited
+            # Sent at or after the deadline (it waited for the budget): the last check.
+            final = final or timing.waited >= remaining
             self._polls[job.id] = self._polls.get(job.id, 0) + 1
         finally:
             self._poll_slots.release()

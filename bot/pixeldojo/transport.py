@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import email.utils
 import heapq
 import json
@@ -24,7 +25,7 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -221,10 +222,35 @@ _MIN_BARE_LIMIT = 10
 
 @dataclass
 class RequestTiming:
-    """Filled in by a request: how long it waited (budget, rate-limit gate, retry backoff)
-    before the attempt that was answered was sent."""
+    """How a request is timed: ``waited`` is filled in (how long it waited, for the budget,
+    the rate-limit gate and retry backoff, before the attempt that was answered was sent).
+
+    ``bound`` is the caller's own time limit on the request (the ``asyncio.timeout`` it awaits
+    the request in): it is paused while the request waits for the request budget or the gate,
+    so it bounds the request itself, not its place in the queue for the key's limit.
+    """
 
     waited: float = 0.0
+    bound: asyncio.Timeout | None = None
+
+
+@contextlib.contextmanager
+def _bound_paused(timing: RequestTiming | None) -> Iterator[None]:
+    """Stop the caller's time limit (`RequestTiming.bound`) for the duration of the block; it
+    then resumes with the time it had left."""
+    bound = timing.bound if timing is not None else None
+    when = bound.when() if bound is not None else None
+    if bound is None or when is None or bound.expired():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    left = max(0.0, when - loop.time())
+    bound.reschedule(None)
+    try:
+        yield
+    finally:
+        if not bound.expired():
+            bound.reschedule(loop.time() + left)
 
 
 class RequestBudget:
@@ -670,7 +696,7 @@ class Transport:
         except a 429: that raises :class:`RateLimited` at once (with the budget's hint), as does
         any 429 with ``raise_rate_limited`` (the caller reschedules rather than wait here).
         ``priority`` orders the wait for the request budget; ``timing`` learns how long the
-        request waited before it was sent.
+        request waited before it was sent, and its ``bound`` does not run during those waits.
         ``send`` replaces ``httpx.AsyncClient.send`` (downloads follow redirects themselves).
         The whole request, retries and their backoff included, must end within ``deadline``
         seconds (default: the transport's) of its first send (waits for the rate limit, the
@@ -690,11 +716,12 @@ class Transport:
                 # Result images do not count against PixelDojo's limit (PixelDojo serves them
                 # from a file host), so they never wait for the budget, even from the API origin.
                 queued = self._clock()
-                if self.budget is not None:
-                    if target != "image":
-                        await self.budget.acquire(priority)
-                else:
-                    await self._wait_for_rate_gate(method, path)
+                with _bound_paused(timing):
+                    if self.budget is not None:
+                        if target != "image":
+                            await self.budget.acquire(priority)
+                    else:
+                        await self._wait_for_rate_gate(method, path)
                 if ends is not None:
                     ends += self._clock() - queued  # waiting for the rate limit is not counted
             if timing is not None:

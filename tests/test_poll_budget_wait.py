@@ -1,0 +1,139 @@
+"""A status check's time limit (`RunnerSettings.poll_timeout`) bounds the request, not its wait
+for the request budget: above capacity a check may wait most of a minute for its turn, and
+abandoning it there only queued it again behind the others.
+
+The budget runs on an injected clock that only the test moves, so "the budget is saturated"
+lasts exactly until the test says the window has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from bot.generation.runner import JobRunner, RunnerSettings
+from bot.generation.service import GenerationService
+from bot.pixeldojo.client import PixelDojoClient
+from bot.pixeldojo.transport import RequestTiming
+from bot.storage import Database
+from bot.storage.jobs import JobStore
+from tests.doubles.pixeldojo import FakePixelDojo
+from tests.doubles.presenter import RecordingPresenter
+from tests.helpers import request
+
+ONE_A_MINUTE = 2
+"""requests_per_minute giving a budget of one request a minute (less the safety margin)."""
+
+
+class HeldTime:
+    """The budget's clock and sleep: a sleeper waits until the test advances the clock past
+    its wake-up time. Counts sleeps that were cancelled instead (an abandoned request)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.waiting = asyncio.Event()
+        self.cancelled = 0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + seconds, future))
+        self.waiting.set()
+        try:
+            await future
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for when, future in self._sleepers:
+            if when <= self.now and not future.done():
+                future.set_result(None)
+
+
+async def test_the_callers_limit_is_paused_while_the_request_waits_for_the_budget() -> None:
+    held = HeldTime()
+    async with (
+        FakePixelDojo(job_duration=0) as api,
+        PixelDojoClient(
+            "test-key",
+            api.base_url,
+            requests_per_minute=ONE_A_MINUTE,
+            clock=held,
+            sleep=held.sleep,
+        ) as client,
+    ):
+        job = await client.submit(prompt="a kite", aspect_ratio="1:1")  # this minute's request
+        bound_when: list[float | None] = []
+
+        async def check() -> str:
+            async with asyncio.timeout(30) as bound:
+                timing = RequestTiming(bound=bound)
+                checking = asyncio.ensure_future(client.get_job(job.job_id, timing=timing))
+                await held.waiting.wait()
+                bound_when.append(bound.when())  # while the request waits for the budget
+                held.advance(60)
+                status = await checking
+                bound_when.append(bound.when())
+                return status.status
+
+        assert await asyncio.wait_for(check(), 10) == "completed"
+    paused, resumed = bound_when
+    assert paused is None, "the caller's limit ran while the request waited for the budget"
+    assert resumed is not None  # running again once the request was sent
+    assert held.cancelled == 0
+
+
+async def test_a_status_check_waiting_for_a_saturated_budget_is_not_abandoned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.generation.runner")
+    held = HeldTime()
+    settings = RunnerSettings(
+        poll_initial_interval=0.01, poll_max_interval=0.05, poll_timeout=0.3, job_timeout=300
+    )
+    db = Database(tmp_path / "bot.sqlite3")
+    await db.connect()
+    presenter = RecordingPresenter()
+    store = JobStore(db)
+    async with (
+        FakePixelDojo(job_duration=0) as api,
+        PixelDojoClient(
+            "test-key",
+            api.base_url,
+            requests_per_minute=ONE_A_MINUTE,
+            clock=held,
+            sleep=held.sleep,
+        ) as client,
+    ):
+        runner = JobRunner(store, client, presenter, settings)
+        await runner.start()
+        try:
+            service = GenerationService(store, runner)
+            job = await service.launch(await service.reserve(request()), status_message_id=99)
+            # The submit spent the minute's one request: the first check waits for the next.
+            await asyncio.wait_for(held.waiting.wait(), 10)
+            # Keep it waiting past twice its time limit. asyncio fires timers in deadline
+            # order, so a limit armed when the check started (before this timer) fires first
+            # and abandons the check, however loaded the machine is.
+            loop = asyncio.get_running_loop()
+            past_the_limit = loop.create_future()
+            loop.call_later(2 * settings.poll_timeout, past_the_limit.set_result, None)
+            await past_the_limit
+            assert held.cancelled == 0, "the check was abandoned while waiting for the budget"
+            assert "no answer to a status check" not in caplog.text
+
+            held.advance(60)  # the window has passed: the check that waited is sent
+            finished = await asyncio.wait_for(runner.wait_finished(job.id), 10)
+        finally:
+            await runner.stop()
+            await db.close()
+    assert job.id in presenter.results and finished.polls >= 1
+    assert held.cancelled == 0
