@@ -1,13 +1,17 @@
-"""Webhooks: PixelDojo calls the bot back when a job ends, and the bot checks before it posts.
+"""Webhooks: PixelDojo calls the bot back when a job ends, and the bot posts the result.
 
-The bot runs with `PIXELDOJO_WEBHOOK_URL` pointing at a loopback reverse proxy in front of its
-receiver, against the PixelDojo double under the documented 60 requests/min limit. Jobs are
-held "generating" until the test finishes them, so every step is ordered by events.
+A callback with the job's token whose body is a complete, bounded job status is delivered as it
+stands (no status request); any other callback only makes the bot check the job at once, and
+PixelDojo's answer decides. The bot runs with `PIXELDOJO_WEBHOOK_URL` pointing at a loopback
+reverse proxy in front of its receiver, against the PixelDojo double under the documented 60
+requests/min limit. Jobs are held "generating" until the test finishes them, so every step is
+ordered by events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -26,9 +30,16 @@ from bot.generation.models import JobState
 from bot.generation.runner import JobRunner, RunnerSettings
 from bot.generation.service import GenerationService
 from bot.pixeldojo.client import PixelDojoClient
-from bot.pixeldojo.models import MODEL_ID
+from bot.pixeldojo.models import MODEL_ID, JobStatus
 from bot.pixeldojo.sandbox import SandboxPixelDojo
-from bot.pixeldojo.webhooks import MAX_BODY_BYTES, WebhookReceiver, WebhookTokens
+from bot.pixeldojo.webhooks import (
+    MAX_BODY_BYTES,
+    WebhookReceiver,
+    WebhookTokens,
+    doubt,
+    read_report,
+    result_origins,
+)
 from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.doubles.discord_double import DiscordDouble, run_bot_against
@@ -37,8 +48,10 @@ from tests.doubles.pixeldojo_rate_limit import RateLimiter
 from tests.doubles.presenter import RecordingPresenter
 from tests.doubles.reverse_proxy import ReverseProxy
 from tests.helpers import (
+    ALICE_ID,
     CHANNEL_ID,
     Harness,
+    credits_used,
     footer_has,
     queued_job_id,
     run_cli,
@@ -141,7 +154,7 @@ def results_of(double: DiscordDouble, job_id: int) -> list[int]:
     ]
 
 
-async def test_the_callback_posts_the_result_after_one_verification_poll(
+async def test_a_complete_callback_posts_the_result_without_a_status_request(
     webhook_bot: BotStarter, api: FakePixelDojo, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -150,19 +163,180 @@ async def test_the_callback_posts_the_result_after_one_verification_poll(
         url = webhook_url(api)
         assert url.startswith(harness_base(harness) + f"/pixeldojo/webhook/{job_id}/")
         assert api_calls(api) == ["submit"]
+        # PixelDojo charged less than the estimate (a discount, say): the callback says so.
+        pixeldojo_job = next(iter(api.jobs.values()))
+        pixeldojo_job.credit_cost = 0
         api.finish_jobs()  # PixelDojo finishes and calls back
 
         result = await harness.result_for(job_id)
         job = await harness.bot.services.runner.wait_finished(job_id)
         calls = await api.wait_for_webhooks(1)
+        used = await credits_used(harness.bot.services.db, ALICE_ID)
     assert job.state is JobState.POSTED
-    assert job.polls == 1
-    assert calls == [WebhookCall(next(iter(api.jobs)), 200)]
-    # No scheduled poll before the callback: the submit, the one check it caused, done.
-    assert api_calls(api) == ["submit", "poll"]
+    assert calls == [WebhookCall(pixeldojo_job.job_id, 200)]
+    # The submit, and nothing else: the callback's report was the result.
+    assert api_calls(api) == ["submit"]
+    assert job.polls == 0
+    # Settled from the callback's creditCost.
+    assert job.credits_charged == 0 and used == 0
+    # PixelDojo's own file, downloaded and checked as any result is.
     assert results_of(harness.double, job_id) == [result.id]
+    assert result.attachments[0].data == api._draw(pixeldojo_job, 0)
     assert "called back" in caplog.text
     assert url.rsplit("/", 1)[1] not in caplog.text, "the token was logged"
+
+
+def _completed_body(api: FakePixelDojo) -> dict[str, Any]:
+    """The body PixelDojo calls back with once the (only) job has completed."""
+    return api._finished_body(next(iter(api.jobs.values())))
+
+
+def _with(**changes: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def change(body: dict[str, Any]) -> dict[str, Any]:
+        return {**body, **changes}
+
+    return change
+
+
+def _without(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def change(body: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in body.items() if k != key}
+
+    return change
+
+
+def _more_images(body: dict[str, Any]) -> dict[str, Any]:
+    (url,) = body["output"]["images"]
+    return {**body, "output": {"images": [url, url + "?copy=1"]}}
+
+
+def _foreign_images(body: dict[str, Any]) -> dict[str, Any]:
+    # Loopback, so the test never leaves the machine; another port is another origin.
+    return {**body, "output": {"images": ["http://127.0.0.1:9/evil.png"]}}
+
+
+# Through the whole bot; `doubt`'s other refusals are checked directly below.
+HOSTILE_BODIES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "foreign image host": _foreign_images,
+    "cost above the price": _with(creditCost=5),
+    "too many images": _more_images,
+    "no creditCost": _without("creditCost"),
+    "says failed": _with(status="failed", error="NSFW content detected"),
+}
+
+
+@pytest.mark.parametrize("change", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
+async def test_an_incomplete_or_hostile_callback_is_checked_and_the_poll_wins(
+    webhook_bot: BotStarter,
+    api: FakePixelDojo,
+    change: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    async with webhook_bot() as harness:
+        job_id = await generating(harness)
+        api.drop_webhooks(1)  # PixelDojo's own callback is lost...
+        api.finish_jobs()
+        await api.wait_for_webhooks(1)
+        # ...and one with the right token and a body that cannot be taken as it stands comes.
+        assert await post(webhook_url(api), change(_completed_body(api))) == 200
+
+        result = await harness.result_for(job_id)
+        job = await harness.bot.services.runner.wait_finished(job_id)
+        used = await credits_used(harness.bot.services.db, ALICE_ID)
+    # One status check, and what PixelDojo answered is what was posted and charged.
+    assert api_calls(api) == ["submit", "poll"]
+    assert job.state is JobState.POSTED and job.polls == 1
+    assert job.credits_charged == 1 and used == 1
+    assert results_of(harness.double, job_id) == [result.id]
+    assert len(result.attachments) == 1
+    assert result.attachments[0].data == api._draw(next(iter(api.jobs.values())), 0)
+
+
+async def test_a_callback_that_is_not_a_job_status_is_checked(
+    webhook_bot: BotStarter, api: FakePixelDojo
+) -> None:
+    async with webhook_bot() as harness:
+        job_id = await generating(harness)
+        api.drop_webhooks(1)
+        api.finish_jobs()
+        await api.wait_for_webhooks(1)
+        assert await post(webhook_url(api), b"<html>not json</html>") == 200
+
+        await harness.result_for(job_id)
+        job = await harness.bot.services.runner.wait_finished(job_id)
+    assert api_calls(api) == ["submit", "poll"]
+    assert job.state is JobState.POSTED
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"not json", b"[]", b'{"jobId": "job_1"}', b"[" * 100_000], ids=repr
+)
+def test_only_the_job_status_shape_is_read_as_a_report(body: bytes) -> None:
+    assert read_report(body) is None
+
+
+PIXELDOJO_FILE = "https://temp.pixeldojo.ai/results/job_1-0.png"
+
+
+def _report(**changes: Any) -> JobStatus:
+    body = {
+        "jobId": "job_1",
+        "status": "completed",
+        "output": {"images": [PIXELDOJO_FILE]},
+        "creditCost": 1,
+        **changes,
+    }
+    report = read_report(json.dumps({k: v for k, v in body.items() if v is not None}).encode())
+    assert report is not None
+    return report
+
+
+def _doubt(report: JobStatus, *, api_job_id: str | None = "job_1", outputs: int = 1) -> str | None:
+    return doubt(
+        report,
+        api_job_id=api_job_id,
+        num_outputs=outputs,
+        price=outputs,
+        result_origins=result_origins("https://pixeldojo.ai/api/v1"),
+    )
+
+
+def test_a_complete_report_on_pixeldojo_hosts_is_taken_as_it_stands() -> None:
+    assert _doubt(_report()) is None
+    assert _doubt(_report(creditCost=0)) is None  # less than the estimate is a charge too
+    on_the_api = "https://pixeldojo.ai/api/v1/files/job_1-0.png"
+    assert _doubt(_report(output={"images": [on_the_api]})) is None
+    two = {"images": [PIXELDOJO_FILE, PIXELDOJO_FILE + "?2"]}
+    assert _doubt(_report(output=two, creditCost=2), outputs=2) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "api_job_id"),
+    [
+        ({"jobId": None}, "job_1"),
+        ({"jobId": "job_2"}, "job_1"),
+        ({}, None),  # the submission's answer is not recorded yet
+        ({"status": "failed", "output": None}, "job_1"),
+        ({"status": "processing"}, "job_1"),
+        ({"output": None}, "job_1"),
+        ({"output": {"images": ["http://temp.pixeldojo.ai/job_1-0.png"]}}, "job_1"),
+        ({"output": {"images": ["https://temp.pixeldojo.ai.evil.example/x.png"]}}, "job_1"),
+        ({"output": {"images": ["/files/job_1-0.png"]}}, "job_1"),  # relative: resolved how?
+        ({"output": {"images": ["//temp.pixeldojo.ai/job_1-0.png"]}}, "job_1"),
+        ({"output": {"images": ["https://xn--zz.pixeldojo.ai/x.png"]}}, "job_1"),  # bad IDNA
+        ({"output": {"images": ["https://temp.pixeldojo.ai:8443/x.png"]}}, "job_1"),
+        ({"output": {"images": [PIXELDOJO_FILE, PIXELDOJO_FILE + "?2"]}}, "job_1"),
+        ({"creditCost": None}, "job_1"),
+        ({"creditCost": 2}, "job_1"),
+        ({"creditCost": -1}, "job_1"),
+        ({"creditCost": 0.5}, "job_1"),
+        ({"creditCost": True}, "job_1"),
+    ],
+    ids=repr,
+)
+def test_a_report_outside_the_jobs_bounds_is_doubted(
+    changes: dict[str, Any], api_job_id: str | None
+) -> None:
+    assert _doubt(_report(**changes), api_job_id=api_job_id) is not None
 
 
 def harness_base(harness: Harness) -> str:
@@ -221,11 +395,12 @@ async def test_a_repeated_callback_posts_once(webhook_bot: BotStarter, api: Fake
         await harness.result_for(job_id)
         calls = await api.wait_for_webhooks(2)
         # Once more, long after the job was posted: still accepted, still nothing done.
+        assert await post(webhook_url(api), _completed_body(api)) == 200
         assert await post(webhook_url(api), {"status": "completed"}) == 200
         job = await harness.bot.services.runner.wait_finished(job_id)
     assert [call.status for call in calls] == [200, 200]
-    assert job.polls == 1
-    assert api_calls(api) == ["submit", "poll"]
+    assert job.polls == 0
+    assert api_calls(api) == ["submit"]
     assert len(results_of(harness.double, job_id)) == 1
 
 
@@ -268,7 +443,8 @@ async def test_a_forged_completion_is_checked_and_not_trusted(
         job = await harness.bot.services.runner.wait_finished(job_id)
     assert job.state is JobState.POSTED
     assert job.credits_charged == 1  # PixelDojo's creditCost, not the forged 0
-    assert api_calls(api) == ["submit", "poll", "poll"]
+    # PixelDojo's own callback was complete: delivered without another check.
+    assert api_calls(api) == ["submit", "poll"]
     assert results_of(harness.double, job_id) == [result.id]
     # The posted image is PixelDojo's own file.
     png = api._draw(next(iter(api.jobs.values())), 0)
@@ -322,7 +498,7 @@ async def test_a_callback_after_a_restart_still_posts(
         calls = await api.wait_for_webhooks(1)
     assert calls[0].status == 200
     assert job.state is JobState.POSTED
-    assert api_calls(api) == ["submit", "poll", "poll"]
+    assert api_calls(api) == ["submit", "poll"]
     assert results_of(harness.double, job_id) == [result.id]
 
 
@@ -365,10 +541,12 @@ async def test_the_command_line_never_uses_webhooks(tmp_path: Path) -> None:
 
 
 async def test_the_sandbox_calls_back_with_the_job_status_body() -> None:
-    called: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    called: asyncio.Future[tuple[int, JobStatus | None]] = (
+        asyncio.get_running_loop().create_future()
+    )
 
-    def poll_now(job_id: int) -> bool:
-        called.set_result(job_id)
+    def poll_now(job_id: int, report: JobStatus | None) -> bool:
+        called.set_result((job_id, report))
         return True
 
     tokens = WebhookTokens(b"secret", "")
@@ -384,12 +562,16 @@ async def test_the_sandbox_calls_back_with_the_job_status_body() -> None:
                     headers={"Authorization": "Bearer any"},
                 )
                 assert submitted.status_code == 202
-                assert await asyncio.wait_for(called, 10) == 41
-                job_id = submitted.json()["jobId"]
+                job_id, report = await asyncio.wait_for(called, 10)
+                assert job_id == 41
                 polled = await http.get(
-                    f"{sandbox.base_url}/jobs/{job_id}", headers={"Authorization": "Bearer any"}
+                    f"{sandbox.base_url}/jobs/{submitted.json()['jobId']}",
+                    headers={"Authorization": "Bearer any"},
                 )
         assert polled.json()["status"] == "completed"
+        # The callback's body, read as the poll's answer would be.
+        assert report is not None and report.is_completed
+        assert report == JobStatus.from_payload(polled.json())
     finally:
         await receiver.stop()
 
@@ -402,7 +584,7 @@ async def test_a_callback_racing_the_submission_is_not_lost(
     webhook_bot: BotStarter, api: FakePixelDojo
 ) -> None:
     # An instant job: PixelDojo may call back before the bot has recorded its answer to the
-    # submit. Either way the job is checked once, at once, and posted.
+    # submit. Either way the callback's report is delivered once the job is recorded.
     api.set_duration(0.0)
     async with webhook_bot() as harness:
         job_id = await queued_job_id(harness, await harness.imagine("a quick sketch"))
@@ -410,8 +592,8 @@ async def test_a_callback_racing_the_submission_is_not_lost(
         job = await harness.bot.services.runner.wait_finished(job_id)
         calls = await api.wait_for_webhooks(1)
     assert calls[0].status == 200
-    assert job.polls == 1
-    assert api_calls(api) == ["submit", "poll"]
+    assert job.polls == 0
+    assert api_calls(api) == ["submit"]
     assert results_of(harness.double, job_id) == [result.id]
 
 

@@ -27,10 +27,11 @@ from typing import Any, Protocol, TypeVar
 
 from bot import pixeldojo
 from bot.generation import edit_input
-from bot.generation.models import Job, JobState
+from bot.generation.models import CREDITS_PER_OUTPUT, Job, JobState
 from bot.generation.queue import FairQueue, Slot, seconds_until_start
 from bot.pixeldojo.schema import CapabilityCache
 from bot.pixeldojo.transport import RequestTiming
+from bot.pixeldojo.webhooks import doubt, result_origins
 from bot.storage import TRANSIENT_ERRORS
 from bot.storage.jobs import JobStore
 
@@ -43,7 +44,8 @@ STORE_RETRY_CAP = 30.0
 """Backoff (seconds) between attempts at a state write the database refused."""
 
 WEBHOOK_HINTS_PER_JOB = 3
-"""Callbacks that may each make a job be checked at once; later ones wait for the schedule."""
+"""Callbacks that may each make a job be checked at once; later ones wait for the schedule.
+(A callback whose report is delivered as it stands costs no request and is not counted.)"""
 
 RATE_LIMIT_PAUSE = 5.0
 """Seconds dispatch pauses after a 429 that gave no hint of when to try again."""
@@ -234,6 +236,9 @@ class JobRunner:
         # as they are next scheduled.
         self._hinted: set[int] = set()
         self._hints: dict[int, int] = {}
+        # The report of a callback that came while a poll or the submission was in flight:
+        # weighed when that answer has been acted on and the job is next scheduled.
+        self._reports: dict[int, pixeldojo.JobStatus] = {}
         self._late_errors: dict[int, int] = {}
         """Per job: status checks at or after its deadline that got no answer (an error)."""
         self.webhook_url_for = webhook_url_for
@@ -340,6 +345,7 @@ class JobRunner:
         self._next_due.clear()
         self._hinted.clear()
         self._hints.clear()
+        self._reports.clear()
         self._polling.clear()
 
     async def wait_finished(self, job_id: int) -> Job:
@@ -502,30 +508,73 @@ class JobRunner:
         url = self.webhook_url_for(job) if self.webhook_url_for is not None else None
         return {"webhook_url": url} if url else {}
 
-    def poll_now(self, job_id: int) -> bool:
-        """PixelDojo says the job ended (a webhook): check it now instead of when it is due.
+    def poll_now(self, job_id: int, report: pixeldojo.JobStatus | None = None) -> bool:
+        """PixelDojo called back: the job ended. `report` is the callback's body read as a job
+        status (None: not that shape).
 
-        Only a hint: the one status request this makes decides what is posted. Repeated hints
+        The call is authenticated (the job's token), so a report `webhooks.doubt` finds
+        nothing wrong with is the result: delivered at once, without a status request. Any
+        other call is a hint to check the job now instead of when it is due; repeated hints
         before that check answers cost nothing more, and at most `WEBHOOK_HINTS_PER_JOB` move
-        a job's check. Returns whether the runner is waiting on the job (submitting or
-        polling it).
+        a job's check. While a poll or the submission is in flight, the call waits for its
+        answer (which wins if it ends the job). Returns whether the runner is waiting on the
+        job (submitting or polling it).
         """
         job = self._polling.get(job_id)
         if job is None and job_id not in self._submits:
             return False
         due = self._next_due.get(job_id)
-        if job_id in self._hinted or (due is not None and due <= asyncio.get_running_loop().time()):
+        if job is None or due is None:
+            # A poll, the delivery or the submission is in flight and may have been answered
+            # before the job ended: the next scheduling takes the report or polls at once.
+            if report is not None:
+                self._reports.setdefault(job_id, report)
+            if job_id not in self._hinted and self._hint(job_id):
+                self._hinted.add(job_id)
+            return True
+        if report is not None and self._trusted(job, report):
+            del self._next_due[job_id]  # its heap entry is now stale: never polled as well
+            self._spawn(self._take_report(job, report), f"callback-{job_id}")
+            return True
+        if due <= asyncio.get_running_loop().time():
             return True  # a check is owed already
-        if self._hints.get(job_id, 0) >= WEBHOOK_HINTS_PER_JOB:
-            return True  # a flood (a leaked URL) must not spend the budget: polling still runs
-        self._hints[job_id] = self._hints.get(job_id, 0) + 1
-        if job is not None and due is not None:
+        if self._hint(job_id):
             self._schedule(job, delay=0)
-        else:
-            # A poll or the submission is in flight and may have been answered before the job
-            # ended: the next scheduling polls at once (unless that poll finds it finished).
-            self._hinted.add(job_id)
         return True
+
+    def _hint(self, job_id: int) -> bool:
+        """Count a callback that costs a status check; False past `WEBHOOK_HINTS_PER_JOB`
+        (a flood, from a leaked URL, must not spend the budget: polling still runs)."""
+        if self._hints.get(job_id, 0) >= WEBHOOK_HINTS_PER_JOB:
+            return False
+        self._hints[job_id] = self._hints.get(job_id, 0) + 1
+        return True
+
+    def _trusted(self, job: Job, report: pixeldojo.JobStatus) -> bool:
+        """Whether a callback's report can be delivered as it stands (`webhooks.doubt`)."""
+        base = getattr(self.client, "base_url", None)
+        why = doubt(
+            report,
+            api_job_id=job.api_job_id,
+            num_outputs=job.num_outputs,
+            price=job.num_outputs * CREDITS_PER_OUTPUT,
+            result_origins=result_origins(base if isinstance(base, str) else None),
+        )
+        if why is not None:
+            log.info("job %d: the callback is checked with a status request: %s", job.id, why)
+        return why is None
+
+    async def _take_report(self, job: Job, report: pixeldojo.JobStatus) -> None:
+        """Act on a trusted callback's report as on a poll's answer that found the job done."""
+        now = self.clock()
+        log.info("job %d: delivering the result PixelDojo called back with", job.id)
+        try:
+            elapsed = now - (job.submitted_at or job.created_at)
+            await self._after_poll(job, report, elapsed, now, final=False)
+        except Exception:
+            log.exception("job %d: unexpected error after its callback", job.id)
+            if job.id in self._polling:
+                self._schedule(job, self.settings.poll_max_interval)
 
     def next_poll_in(self, job_id: int) -> float | None:
         """Seconds until the job's next status check; None unless one is waiting to be made."""
@@ -775,6 +824,15 @@ class JobRunner:
 
     def _schedule(self, job: Job, delay: float) -> None:
         loop = asyncio.get_running_loop()
+        report = self._reports.pop(job.id, None)
+        if report is not None and self._trusted(job, report):
+            # Called back while the submission or a poll was in flight, whose answer did not
+            # end the job: the callback's report is the result.
+            self._hinted.discard(job.id)
+            self._polling[job.id] = job
+            self._next_due.pop(job.id, None)
+            self._spawn(self._take_report(job, report), f"callback-{job.id}")
+            return
         if job.id in self._hinted:
             self._hinted.discard(job.id)
             delay = 0
@@ -795,6 +853,7 @@ class JobRunner:
         self._next_due.pop(job_id, None)
         self._hinted.discard(job_id)
         self._hints.pop(job_id, None)
+        self._reports.pop(job_id, None)
         self._late_errors.pop(job_id, None)
         return self._polls.pop(job_id, 0)
 
