@@ -225,15 +225,23 @@ def job_durations(
     return [rng.uniform(args.min_duration, args.max_duration) * scale for _ in range(count)]
 
 
-def burst_asks(rng: random.Random, requests: int, members: int) -> list[Ask]:
-    """`requests` /imagine from `members` members in turn. Prompts are unique per command: they
-    map each /imagine to its job row."""
+def burst_asks(
+    rng: random.Random,
+    requests: int,
+    members: int,
+    *,
+    outputs: int | None = None,
+    aspect_ratio: str | None = None,
+) -> list[Ask]:
+    """`requests` /imagine from `members` members in turn, each for `outputs` images in
+    `aspect_ratio` (drawn, 1-4 and any, when None). Prompts are unique per command: they map
+    each /imagine to its job row."""
     return [
         (
             FIRST_MEMBER_ID + i % members,
             f"{rng.choice(PROMPTS)}, take {i + 1}",
-            rng.randint(1, 4),
-            rng.choice(ASPECT_RATIOS),
+            rng.randint(1, 4) if outputs is None else outputs,
+            rng.choice(ASPECT_RATIOS) if aspect_ratio is None else aspect_ratio,
         )
         for i in range(requests)
     ]

@@ -28,6 +28,10 @@ converted back to real-time units (seconds and per-minute figures as at F = 1), 
 The bot has to learn the scaled window from `X-RateLimit-Reset`, which is in whole seconds, so a
 small F is harder on it than F = 1 (a 6 s window is known only to within a second).
 
+Each /imagine has a unique prompt, which maps it to its job row; a command with no row was
+refused. A job's result is timed when a public message first carries it (its images and result
+buttons, created or edited in: bench/job_messages.py), wherever the bot shows it.
+
 Prints one "name: value unit" line per figure and exits 1 (with FAIL lines) when a job is lost,
 the ledger disagrees with what PixelDojo charged, or a goal is missed.
 """
@@ -48,21 +52,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bot_process import (
-    FIRST_MEMBER_ID,
-    PROMPTS,
     bench_doubles,
     bot_process,
+    burst_asks,
     pct,
     read_database,
     send_burst,
     show,
     start_bot,
 )
+from bench.job_messages import ResultWatch, private_text
 from bench.verdict import verdict
-from tests.doubles.discord_double import DiscordDouble, Event, InteractionRecord, MessageRecord
+from tests.doubles.discord_double import DiscordDouble, InteractionRecord, MessageRecord
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.doubles.pixeldojo_rate_limit import RateLimiter
-from tests.helpers import BotProcess, job_id_of, job_named_by, settings_for
+from tests.helpers import BotProcess, job_named_by, settings_for
 
 
 @dataclass
@@ -82,8 +86,16 @@ class Outcome:
     figures: dict[str, float]
 
 
-def is_result(message: MessageRecord) -> bool:
-    return bool(message.attachments) and not message.deleted and job_named_by(message) is not None
+def messages_of(record: InteractionRecord) -> list[MessageRecord]:
+    """The interaction's response and follow-ups."""
+    return [m for m in [record.original, *record.followups] if m is not None]
+
+
+def told(record: InteractionRecord) -> bool:
+    """Whether the member has been told if their command became a job: a public response
+    naming the job, or a private answer (a refusal). It says when to look, not which it was:
+    the job table says that."""
+    return any(m.ephemeral or job_named_by(m) is not None for m in messages_of(record))
 
 
 async def run_scenario(args: argparse.Namespace, scenario: Scenario) -> Outcome:
@@ -133,54 +145,54 @@ async def drive(
     refused_before = limiter.stats.total_refused
 
     spacing = scenario.spread * scale / max(1, scenario.jobs)
-    asks = [
-        (FIRST_MEMBER_ID + i % scenario.members, rng.choice(PROMPTS), 1, "1:1")
-        for i in range(scenario.jobs)
-    ]
-    started = time.monotonic()
-    records = await send_burst(double, asks, spacing)
-    offered_until = time.monotonic()
-    with contextlib.suppress(TimeoutError):
-        await double.wait_until(lambda: all(r.followups for r in records), timeout=60)
-    accepted: dict[int, InteractionRecord] = {}
-    refusals: Counter[str] = Counter()
-    for record in records:
-        content = record.followups[0].content if record.followups else None
-        if content and content.startswith("Job #"):
-            accepted[int(content.split()[1].lstrip("#"))] = record
-        else:
-            refusals[(content or "<no follow-up>")[:90]] += 1
-
-    # Every accepted job ends in a result, or it is lost (failed, or still nowhere at the end).
-    results = {job_id_of(m): m for m in list(double.messages.values()) if is_result(m)}
-
-    def all_results(event: Event) -> bool:
-        message = event.message
-        if event.kind in ("message_create", "message_update") and message is not None:
-            if is_result(message):
-                results[job_id_of(message)] = message
-        return len(results) >= len(accepted)
-
+    asks = burst_asks(rng, scenario.jobs, scenario.members, outputs=1, aspect_ratio="1:1")
     timeout = args.timeout or (scenario.spread + 120 + 4 * scenario.jobs) * scale + 30
-    if len(results) < len(accepted):
+    watch = ResultWatch(expected=scenario.jobs)
+    watch.start(double, timeout=timeout + 120)
+    try:
+        started = time.monotonic()
+        records = await send_burst(double, asks, spacing)
+        offered_until = time.monotonic()
+
+        def finished() -> bool:
+            # Every member told, and every job they were told of has shown its result.
+            if not all(told(record) for record in records):
+                return False
+            named = (job_named_by(m) for r in records for m in messages_of(r) if not m.ephemeral)
+            return {job for job in named if job is not None} <= watch.first_seen.keys()
+
         with contextlib.suppress(TimeoutError):
-            await double.wait_for(all_results, timeout=timeout)
-    results = {job_id_of(m): m for m in list(double.messages.values()) if is_result(m)}
+            await double.wait_until(finished, timeout=timeout)
+    finally:
+        await watch.stop()
     await asyncio.to_thread(process.stop)
     jobs, credits_used = await read_database(database)
 
+    # A command became a job when it has a row (its unique prompt); else it was refused. Every
+    # job ends in a result, or it is lost (failed, or still nowhere at the end).
+    by_prompt = {job["prompt"]: job for job in jobs.values()}
+    accepted: dict[int, InteractionRecord] = {}
+    refusals: Counter[str] = Counter()
+    for record, (_, prompt, _, _) in zip(records, asks, strict=True):
+        job = by_prompt.get(prompt)
+        if job is None:
+            refusals[private_text(record)] += 1
+        else:
+            accepted[job["id"]] = record
+    results = {job_id: at for job_id, at in watch.first_seen.items() if job_id in accepted}
+
     to_post = []
-    for job_id, message in results.items():
-        fake = api.jobs.get(jobs.get(job_id, {}).get("api_job_id") or "")
+    for job_id, shown_at in results.items():
+        fake = api.jobs.get(jobs[job_id]["api_job_id"] or "")
         if fake is not None:
-            to_post.append(message.created_at - fake.complete_at)
-    posted_times = sorted(m.created_at for m in results.values())
+            to_post.append(shown_at - fake.complete_at)
+    posted_times = sorted(results.values())
     wall = (posted_times[-1] - started) if posted_times else math.nan
     requests = limiter.stats.total_allowed - allowed_before
     refused = limiter.stats.total_refused - refused_before
     lost = len(accepted) - len(results)
     charged = sum(job.credit_cost for job in api.jobs.values())
-    polls = [jobs[j]["polls"] for j in results if j in jobs and jobs[j]["polls"] is not None]
+    polls = [jobs[j]["polls"] for j in results if jobs[j]["polls"] is not None]
 
     if scale != 1:
         print(f"(time scale {scale:g}: every figure below is converted back to real time)")
