@@ -50,6 +50,7 @@ from bench.bot_process import (
     proc_stats,
     read_database,
     send_burst,
+    settle,
     show,
     show_discord_errors,
     show_spread,
@@ -188,8 +189,10 @@ async def drive(
         await asyncio.wait_for(watch.complete.wait(), timeout)
     wall = max(watch.first_seen.values(), default=time.monotonic()) - burst_started
     stats = proc_stats(process)
-    # Let the last status deletes land before stopping (they count as REST traffic).
-    await asyncio.sleep(min(2.0, 10 * scale))
+    # Let the last edits and deletes land before stopping (they count as REST traffic): until
+    # Discord has had no request for two status-edit intervals (or 1 s).
+    quiet = max(2 * args.status_edit * scale, 1.0)
+    await settle(double, quiet, at_most=4 * quiet)
     await watch.stop()
     await asyncio.to_thread(process.stop)
     jobs, credits_used = await read_database(database)

@@ -178,6 +178,18 @@ async def start_bot(process: BotProcess, double: DiscordDouble) -> float:
     return time.monotonic() - started
 
 
+async def settle(double: DiscordDouble, quiet: float, *, at_most: float) -> None:
+    """Return once Discord has had no request for `quiet` seconds, or after `at_most`: lets
+    the traffic a finished job still causes (a last edit, a status delete) land, as it counts."""
+    loop = asyncio.get_running_loop()
+    settled_by = loop.time() + at_most
+    while (left := settled_by - loop.time()) > 0:
+        try:
+            await double.wait_for(lambda e: e.kind == "request", timeout=min(quiet, left))
+        except TimeoutError:
+            return
+
+
 def proc_stats(process: BotProcess) -> tuple[float, int] | None:
     """(CPU seconds, peak RSS in KiB) of the running bot, from /proc; None if unavailable."""
     assert process.process is not None
