@@ -54,6 +54,7 @@ from bench.bot_process import (
     proc_stats,
     read_database,
     send_burst,
+    settle,
     show,
     show_discord_errors,
     show_spread,
@@ -166,7 +167,6 @@ async def drive(
     database: Path,
     lag: LoopLag,
 ) -> int:
-    loop = asyncio.get_running_loop()
     show("bot start-up to commands synced", await start_bot(process, double), "s")
     lag.samples.clear()
 
@@ -179,15 +179,9 @@ async def drive(
         records = await send_burst(double, asks, spacing)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(watch.complete.wait(), timeout)
-        # Let the traffic each job still causes (a status delete, a last edit) land, as it
-        # counts: until Discord has had no request for two status-edit intervals (or 1 s).
+        # Until Discord has had no request for two status-edit intervals (or 1 s).
         quiet = max(2 * default("status_edit_interval") * scale, 1.0)
-        settled_by = loop.time() + 4 * quiet
-        while (left := settled_by - loop.time()) > 0:
-            try:
-                await double.wait_for(lambda e: e.kind == "request", timeout=min(quiet, left))
-            except TimeoutError:
-                break
+        await settle(double, quiet, at_most=4 * quiet)
     finally:
         await watch.stop()
     stats = proc_stats(process)
