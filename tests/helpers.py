@@ -221,6 +221,21 @@ class Harness:
         await self.finished(job_id, timeout)
         return message
 
+    async def generating(self, job_id: int, timeout: float = 10) -> MessageRecord:
+        """Job `job_id`'s message once it says the job is generating."""
+        return await self.double.wait_for_message(
+            lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨"), timeout
+        )
+
+    async def shown_with_images(self, prompt: str, timeout: float = 10) -> MessageRecord:
+        """The first message carrying images for `prompt` (for a job whose number the member
+        was never shown), once the bot has recorded that job as finished."""
+        message = await self.double.wait_for_message(
+            lambda m: bool(m.attachments) and m.embeds[0].get("description") == prompt, timeout
+        )
+        await self.finished(job_id_of(message), timeout)
+        return message
+
     async def finished(self, job_id: int, timeout: float = 10) -> None:
         """Wait until the runner has recorded job `job_id` as posted or failed (and audited
         it). Discord sees a result before the database does: the bot records the post only
@@ -246,6 +261,12 @@ def job_named_by(message: MessageRecord) -> int | None:
         if marker.startswith("Job #") and marker.removeprefix("Job #").isdigit():
             return int(marker.removeprefix("Job #"))
     return None
+
+
+def field_of(message: MessageRecord, name: str) -> str | None:
+    """The value of the first embed's field `name` ("Position", "Progress" …), if any."""
+    fields = message.embeds[0].get("fields", []) if message.embeds else []
+    return next((f["value"] for f in fields if f["name"] == name), None)
 
 
 def title_of(message: MessageRecord) -> str:

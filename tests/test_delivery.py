@@ -37,9 +37,7 @@ def finish_jobs(api: FakePixelDojo) -> None:
 async def test_a_dropped_connection_while_posting_is_retried(harness: Harness) -> None:
     hold_jobs(harness.api)
     job_id = await queued_job_id(harness, await harness.imagine("a kite in the storm"))
-    await harness.double.wait_for_message(
-        lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨")
-    )
+    await harness.generating(job_id)
     # The next edit of the job's message (the result) hits a broken connection.
     original = r"/webhooks/\d+/[^/]+/messages/@original"
     harness.double.drop_connections("PATCH", original, with_files=True)
@@ -147,9 +145,7 @@ async def job_in_a_channel_that_is_then_deleted(harness: Harness) -> tuple[Inter
     hold_jobs(harness.api)
     record = await harness.imagine("a lighthouse at dawn", num_outputs=2)
     job_id = await queued_job_id(harness, record)
-    await harness.double.wait_for_message(
-        lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨")
-    )
+    await harness.generating(job_id)
     return record, job_id
 
 

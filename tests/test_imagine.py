@@ -18,7 +18,6 @@ from tests.helpers import (
     GUILD_ID,
     Harness,
     footer_has,
-    job_id_of,
     queued_job_id,
     title_of,
 )
@@ -258,11 +257,8 @@ async def test_a_status_discord_would_not_take_never_costs_the_job(harness: Harn
         channel_id=CHANNEL_ID,
     )
     await harness.double.wait_until(lambda: bool(record.rejected_callbacks))
-    result = await harness.double.wait_for_message(
-        lambda m: bool(m.attachments) and m.embeds[0].get("description") == "late but fine"
-    )
-    await harness.finished(job_id_of(result))
-    assert record.original is None
+    result = await harness.shown_with_images("late but fine")
+    assert record.original is None and not result.ephemeral and result.channel_id == CHANNEL_ID
     [post] = harness.double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages")
     assert post.status == 200
     assert await used_credits(harness, ALICE_ID) == 1

@@ -22,24 +22,15 @@ from tests.helpers import (
     GUILD_ID,
     Harness,
     credits_used,
-    footer_has,
-    job_id_of,
+    field_of,
     queued_job_id,
-    title_of,
 )
 
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
 
 
 def progress_of(message: MessageRecord) -> str | None:
-    fields = message.embeds[0].get("fields", []) if message.embeds else []
-    return next((f["value"] for f in fields if f["name"] == "Progress"), None)
-
-
-async def generating(harness: Harness, job_id: int) -> MessageRecord:
-    return await harness.double.wait_for_message(
-        lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨 Generating")
-    )
+    return field_of(message, "Progress")
 
 
 def test_the_progress_bar_is_honest_about_the_estimate() -> None:
@@ -56,7 +47,7 @@ async def test_a_generating_job_shows_a_moving_progress_bar(harness: Harness) ->
     for _ in range(3):  # learned: jobs take about 2 s
         harness.bot.services.runner.durations.add(2.0)
     job_id = await queued_job_id(harness, await harness.imagine("a slow sunrise"))
-    message = await generating(harness, job_id)
+    message = await harness.generating(job_id)
     seen: set[str] = set()
 
     def moved() -> bool:
@@ -81,7 +72,7 @@ async def test_after_the_token_dies_the_same_message_is_edited_through_the_chann
     harness.api.set_duration(3600)
     record = await harness.imagine("a patient heron")
     job_id = await queued_job_id(harness, record)
-    message = await generating(harness, job_id)
+    message = await harness.generating(job_id)
     harness.double.interaction_token_ttl = 0  # Discord now answers 401 to the token
     harness.api.finish_jobs()
     result = await harness.result_for(job_id)
@@ -105,7 +96,7 @@ async def test_a_token_refused_on_the_result_still_uploads_whole_images(
 ) -> None:
     harness.api.set_duration(3600)
     job_id = await queued_job_id(harness, await harness.imagine("a patient heron"))
-    message = await generating(harness, job_id)
+    message = await harness.generating(job_id)
     harness.double.refuse_requests(
         "PATCH", ORIGINAL, (401, 50027, "Invalid Webhook Token"), with_files=True
     )
@@ -123,7 +114,7 @@ async def test_a_deleted_job_message_gets_one_new_message_for_the_result(
 ) -> None:
     harness.api.set_duration(3600)
     job_id = await queued_job_id(harness, await harness.imagine("a vanishing act"))
-    message = await generating(harness, job_id)
+    message = await harness.generating(job_id)
     await harness.double.delete_message(message.id)
     harness.api.finish_jobs()
     result = await harness.result_for(job_id)
@@ -206,10 +197,7 @@ async def test_a_response_lost_on_the_way_puts_the_status_in_the_channel(
         guild_id=GUILD_ID,
         channel_id=CHANNEL_ID,
     )
-    result = await harness.double.wait_for_message(
-        lambda m: bool(m.attachments) and m.embeds[0].get("description") == "lost in transit"
-    )
-    await harness.finished(job_id_of(result))
+    result = await harness.shown_with_images("lost in transit")
     assert not result.ephemeral and result.channel_id == CHANNEL_ID
     [post] = harness.double.requests_to("POST", rf"/channels/{CHANNEL_ID}/messages")
     assert post.status == 200  # the status, which then became the result

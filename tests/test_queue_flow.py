@@ -37,6 +37,7 @@ from tests.helpers import (
     OTHER_CHANNEL_ID,
     BotProcess,
     Harness,
+    field_of,
     final_job_state,
     footer_has,
     job_id_of,
@@ -68,14 +69,7 @@ def status_message(double: DiscordDouble, job_id: int) -> MessageRecord:
 
 
 def position_of(message: MessageRecord) -> str | None:
-    fields = message.embeds[0].get("fields", []) if message.embeds else []
-    return next((f["value"] for f in fields if f["name"] == "Position"), None)
-
-
-async def generating(harness: Harness, job_id: int) -> MessageRecord:
-    return await harness.double.wait_for_message(
-        lambda m: footer_has(m, f"Job #{job_id}") and title_of(m).startswith("🎨 Generating")
-    )
+    return field_of(message, "Position")
 
 
 async def shows_position(harness: Harness, job_id: int, text: str) -> MessageRecord:
@@ -150,10 +144,10 @@ def custom_ids(message: MessageRecord) -> list[str]:
 async def test_another_members_prompt_is_sent_before_the_burst_goes_on(harness: Harness) -> None:
     harness.api.set_duration(3600)
     alice = [job_of(await ask(harness, f"alice {i}")) for i in range(1, 7)]
-    await generating(harness, alice[1])
+    await harness.generating(alice[1])
     # In another channel, whose status edits have a budget of their own.
     bob = job_of(await ask(harness, "bob's only one", BOB_ID, OTHER_CHANNEL_ID))
-    await generating(harness, bob)
+    await harness.generating(bob)
     assert prompts_sent(harness.api) == ["alice 1", "alice 2", "bob's only one"]
     harness.api.set_duration(0.05)
     harness.api.finish_jobs()
@@ -278,7 +272,7 @@ async def test_a_restart_mid_queue_resumes_it_in_order(
             job_of(await ask(harness, f"bob {i}", BOB_ID, OTHER_CHANNEL_ID)) for i in range(1, 4)
         ]
         for job_id in (*alice[:2], *bob[:2]):
-            await generating(harness, job_id)
+            await harness.generating(job_id)
         await shows_position(harness, bob[-1], "2nd in line")  # after alice 3, before alice 4
         assert prompts_sent(api) == ["alice 1", "alice 2", "bob 1", "bob 2"]
     # The bot is down. Waiting jobs stay queued, with their credits held.
