@@ -431,3 +431,33 @@ async def credits_used(db: Database, user_id: int = 3) -> int:
         "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = ?", (user_id,)
     )
     return row[0]
+
+
+class ManualTime:
+    """A clock and a sleep the test moves: a sleeper wakes once `advance` passes its time.
+    `waiting` is set by the first sleep; `cancelled` counts sleeps cancelled instead."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.waiting = asyncio.Event()
+        self.cancelled = 0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + seconds, future))
+        self.waiting.set()
+        try:
+            await future
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for when, future in self._sleepers:
+            if when <= self.now and not future.done():
+                future.set_result(None)

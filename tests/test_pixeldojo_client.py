@@ -48,6 +48,7 @@ from bot.pixeldojo.transport import (
     parse_retry_after,
 )
 from tests.doubles.pixeldojo import FakePixelDojo, noise_png
+from tests.helpers import ManualTime
 
 SECRET = "sk-live-SECRET-0123456789abcdef"
 
@@ -1266,28 +1267,6 @@ async def test_request_budget_spreads_a_fresh_allowance_instead_of_bursting() ->
     gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert min(gaps) >= 60 / 58 / 2 - 1e-9
     assert sent[57] - sent[0] >= 29
-
-
-class ManualTime:
-    """A clock the test moves; sleepers wake when it passes their time."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self.now + seconds, future))
-        await future
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        for when, future in self._sleepers:
-            if when <= self.now and not future.done():
-                future.set_result(None)
 
 
 async def test_request_budget_serves_the_most_urgent_caller_first() -> None:

@@ -22,44 +22,14 @@ from bot.storage import Database
 from bot.storage.jobs import JobStore
 from tests.doubles.pixeldojo import FakePixelDojo
 from tests.doubles.presenter import RecordingPresenter
-from tests.helpers import request
+from tests.helpers import ManualTime, request
 
 ONE_A_MINUTE = 2
 """requests_per_minute giving a budget of one request a minute (less the safety margin)."""
 
 
-class HeldTime:
-    """The budget's clock and sleep: a sleeper waits until the test advances the clock past
-    its wake-up time. Counts sleeps that were cancelled instead (an abandoned request)."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self.waiting = asyncio.Event()
-        self.cancelled = 0
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self.now + seconds, future))
-        self.waiting.set()
-        try:
-            await future
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        for when, future in self._sleepers:
-            if when <= self.now and not future.done():
-                future.set_result(None)
-
-
 async def test_the_callers_limit_is_paused_while_the_request_waits_for_the_budget() -> None:
-    held = HeldTime()
+    held = ManualTime()
     async with (
         FakePixelDojo(job_duration=0) as api,
         PixelDojoClient(
@@ -95,7 +65,7 @@ async def test_a_status_check_waiting_for_a_saturated_budget_is_not_abandoned(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="bot.generation.runner")
-    held = HeldTime()
+    held = ManualTime()
     settings = RunnerSettings(
         poll_initial_interval=0.01, poll_max_interval=0.05, poll_timeout=0.3, job_timeout=300
     )
