@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.discord_ui.errors import set_failure_note
+from bot.discord_ui.errors import reply_privately, set_failure_note
 from bot.discord_ui.members import role_ids_of
 from bot.errors import RequestRefused
 from bot.generation.models import GenerationRequest
@@ -111,8 +111,7 @@ async def launch(bot: PixelDojoBot, interaction: discord.Interaction, prepare: P
         # nothing was charged).
         _refund_when_admitted(service, admitting)
         if deferred:  # the error is reported privately: don't leave "thinking…" in public
-            with contextlib.suppress(discord.HTTPException):
-                await interaction.delete_original_response()
+            await _withdraw_thinking(interaction)
         raise
     # An error from here on says what became of the job's credits, read at that moment.
     set_failure_note(interaction, partial(service.failure_note, job.id))
@@ -165,10 +164,13 @@ async def _admit(bot: PixelDojoBot, interaction: discord.Interaction, prepare: P
 
 async def _refuse(interaction: discord.Interaction, text: str, *, deferred: bool) -> None:
     """Tell only the member why nothing was started."""
-    if not deferred:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-        return
-    # A follow-up would fill the public "thinking…" message: remove it, then answer privately.
+    if deferred:
+        await _withdraw_thinking(interaction)
+    await reply_privately(interaction, text)
+
+
+async def _withdraw_thinking(interaction: discord.Interaction) -> None:
+    """Delete the public "thinking…" answer, so that what follows is private (a follow-up
+    would fill it, in public)."""
     with contextlib.suppress(discord.HTTPException):
         await interaction.delete_original_response()
-    await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)

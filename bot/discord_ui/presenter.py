@@ -196,12 +196,7 @@ class DiscordPresenter:
     def forget(self, job_id: int) -> None:
         """The job is over here (or was abandoned before it was shown): drop what is kept
         for it, so nothing more is shown for it from this process."""
-        self._last_edit.pop(job_id, None)
-        self._last_embed.pop(job_id, None)
-        self._running.pop(job_id, None)
-        handle = self.messages.get(job_id)
-        if handle is not None:
-            handle.ended = True
+        self._stop_showing(job_id)
         self.messages.close(job_id)
         self.edits.forget(-job_id, job_id)
         self.edits.discard(-job_id)
@@ -300,12 +295,12 @@ class DiscordPresenter:
                 except Exception:
                     log.exception("job %d: could not move its progress bar", job.id)
 
-    def _ended(self, job: Job) -> JobMessage | None:
-        """The job's outcome is about to be shown: stop its progress edits."""
-        self._last_edit.pop(job.id, None)
-        self._last_embed.pop(job.id, None)
-        self._running.pop(job.id, None)
-        handle = self.messages.get(job.id)
+    def _stop_showing(self, job_id: int) -> JobMessage | None:
+        """No more progress for the job: its outcome is about to be shown, or it is over here."""
+        self._last_edit.pop(job_id, None)
+        self._last_embed.pop(job_id, None)
+        self._running.pop(job_id, None)
+        handle = self.messages.get(job_id)
         if handle is not None:
             handle.ended = True
         return handle
@@ -341,7 +336,7 @@ class DiscordPresenter:
 
     async def show_cancelled(self, job: Job) -> None:
         """Say on the job's message that the queued job was cancelled and refunded."""
-        handle = self._ended(job)
+        handle = self._stop_showing(job.id)
         try:
             await self._final_edit(job, handle, _ended_fields(embeds.cancelled(job)))
         except (NoJobMessage, discord.HTTPException) as exc:
@@ -350,7 +345,7 @@ class DiscordPresenter:
             self.messages.close(job.id)
 
     async def show_failure(self, job: Job, reason: str) -> None:
-        handle = self._ended(job)
+        handle = self._stop_showing(job.id)
         embed = embeds.failure(job, reason)
         try:
             await self._show_failure_in_channel(job, handle, embed)
@@ -404,7 +399,7 @@ class DiscordPresenter:
     async def post_result(self, job: Job, images: list[ResultImage], elapsed: float) -> int:
         """Put the images, the result embed and its buttons in the job's message (a new
         channel message only if it has none); return that message's id."""
-        handle = self._ended(job)
+        handle = self._stop_showing(job.id)
         uploads = await fit_for_upload_async(
             [image.data for image in sorted(images, key=lambda i: i.index)],
             file_limit=self._filesize_limit(job, handle),
