@@ -28,17 +28,18 @@ ONE_A_MINUTE = 2
 """requests_per_minute giving a budget of one request a minute (less the safety margin)."""
 
 
+def budgeted_client(api: FakePixelDojo, held: ManualTime) -> PixelDojoClient:
+    """A client whose budget allows one request a minute, on the test's clock."""
+    return PixelDojoClient(
+        "test-key", api.base_url, requests_per_minute=ONE_A_MINUTE, clock=held, sleep=held.sleep
+    )
+
+
 async def test_the_callers_limit_is_paused_while_the_request_waits_for_the_budget() -> None:
     held = ManualTime()
     async with (
         FakePixelDojo(job_duration=0) as api,
-        PixelDojoClient(
-            "test-key",
-            api.base_url,
-            requests_per_minute=ONE_A_MINUTE,
-            clock=held,
-            sleep=held.sleep,
-        ) as client,
+        budgeted_client(api, held) as client,
     ):
         job = await client.submit(prompt="a kite", aspect_ratio="1:1")  # this minute's request
         bound_when: list[float | None] = []
@@ -75,13 +76,7 @@ async def test_a_status_check_waiting_for_a_saturated_budget_is_not_abandoned(
     store = JobStore(db)
     async with (
         FakePixelDojo(job_duration=0) as api,
-        PixelDojoClient(
-            "test-key",
-            api.base_url,
-            requests_per_minute=ONE_A_MINUTE,
-            clock=held,
-            sleep=held.sleep,
-        ) as client,
+        budgeted_client(api, held) as client,
     ):
         runner = JobRunner(store, client, presenter, settings)
         await runner.start()
